@@ -1,0 +1,30 @@
+# Entry points. Each target sets up .venv on first use (scripts/bootstrap.sh).
+PY := .venv/bin/python
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup demo test lint typecheck check bench clean
+
+setup:
+	@bash scripts/bootstrap.sh
+
+demo: setup
+	$(PY) examples/quickstart.py
+
+test: setup
+	$(PY) -m pytest -q tests
+
+lint: setup
+	$(PY) -m ruff check src tests bench examples
+	$(PY) -m ruff format --check src tests bench examples
+
+typecheck: setup
+	$(PY) -m mypy
+
+check: lint typecheck
+
+bench: setup
+	$(PY) bench/inference_overhead.py
+
+clean:
+	rm -rf .venv .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,23 @@
+"""hf_cagul: make a frozen vision-language model forget, with CAGUL adapters.
+
+CAGUL (Cross-Modal Attention Guided Unlearning, arXiv 2510.07567) leaves the VLM untouched: a
+small discriminator flags images of subjects to forget and a small encoder rewrites their
+least-attended visual tokens.
+"""
+
+from hf_cagul.config import CagulConfig
+from hf_cagul.families import supported_families
+from hf_cagul.model import CagulModel, ImageTrace, get_cagul_model
+from hf_cagul.modules import ForgetDiscriminator, TokenEncoder
+from hf_cagul.version import __version__
+
+__all__ = [
+    "CagulConfig",
+    "CagulModel",
+    "ForgetDiscriminator",
+    "ImageTrace",
+    "TokenEncoder",
+    "__version__",
+    "get_cagul_model",
+    "supported_families",
+]

@@ -1,0 +1,205 @@
+"""`CagulConfig`: every choice a CAGUL adapter makes, saved as ``cagul_config.json``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from hf_cagul.version import __version__
+
+CONFIG_NAME = "cagul_config.json"
+WEIGHTS_NAME = "cagul_adapter.safetensors"
+
+QUERY_TOKEN_CHOICES = ("prompt", "last")
+# Written at injection; a saved adapter without them cannot be checked against a model.
+BOUND_FIELDS = ("family", "hidden_size", "image_token_id", "num_hidden_layers")
+
+
+@dataclass
+class CagulConfig:
+    """Configuration of a CAGUL adapter (Cross-Modal Attention Guided Unlearning).
+
+    The paper (arXiv 2510.07567) fixes the mechanism: a discriminator flags images of subjects
+    to forget, text-to-visual attention ranks the image's visual tokens, and an encoder rewrites
+    the least important ones. It leaves the numbers open; the defaults below are this project's
+    choices, justified by its synthetic benchmark (see ``docs/concepts.md``).
+
+    Fields marked "filled in at injection" describe the VLM the adapter was fitted on. They are
+    written by `get_cagul_model` and checked by `CagulModel.from_pretrained`, so an adapter can
+    never be loaded silently into a model it does not fit.
+
+    Args:
+        base_model_name_or_path: Name or path of the VLM (filled in at injection).
+        revision: Revision of the VLM on the Hub, if known (filled in at injection).
+        family: VLM family key from `hf_cagul.families` (filled in at injection).
+        hidden_size: Hidden size of the language model (filled in at injection).
+        image_token_id: Id of the image placeholder token (filled in at injection).
+        num_hidden_layers: Depth of the language model (filled in at injection).
+        attention_layer: Decoder layer whose text-to-visual attention ranks the visual tokens.
+            ``None`` picks ``num_hidden_layers // 4``: early layers are cheap to reach and
+            already route text to image.
+        query_tokens: Which text tokens form the query: ``"prompt"`` averages over every prompt
+            token that is not a visual token (answer tokens excluded during training), ``"last"``
+            uses the last prompt token only.
+        token_ratio: Fraction of each flagged image's visual tokens that the encoder rewrites.
+        num_tokens: A fixed number of tokens to rewrite per image; overrides ``token_ratio``.
+        encoder_hidden_size: Width of the token encoder's hidden layer.
+        discriminator_hidden_size: Width of the discriminator's hidden layer.
+        gate_threshold: Probability above which the discriminator flags an image.
+        cagul_version: Version of hf_cagul that wrote the config.
+    """
+
+    base_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Name or path of the VLM (filled in at injection)."}
+    )
+    revision: str | None = field(
+        default=None, metadata={"help": "Hub revision of the VLM (filled in at injection)."}
+    )
+    family: str | None = field(
+        default=None, metadata={"help": "VLM family key from hf_cagul.families (filled in)."}
+    )
+    hidden_size: int | None = field(
+        default=None, metadata={"help": "Hidden size of the language model (filled in)."}
+    )
+    image_token_id: int | None = field(
+        default=None, metadata={"help": "Id of the image placeholder token (filled in)."}
+    )
+    num_hidden_layers: int | None = field(
+        default=None,
+        metadata={"help": "Number of decoder layers of the language model (filled in)."},
+    )
+    attention_layer: int | None = field(
+        default=None,
+        metadata={
+            "help": "Decoder layer whose text->visual attention ranks visual tokens. "
+            "None: num_hidden_layers // 4."
+        },
+    )
+    query_tokens: Literal["prompt", "last"] = field(
+        default="prompt",
+        metadata={
+            "help": "Query text tokens: 'prompt' (mean over every prompt text token) or 'last' "
+            "(the last prompt token)."
+        },
+    )
+    token_ratio: float = field(
+        default=0.5,
+        metadata={"help": "Fraction (0, 1] of a flagged image's visual tokens to rewrite."},
+    )
+    num_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Fixed number of visual tokens to rewrite per image; overrides ratio."},
+    )
+    encoder_hidden_size: int = field(
+        default=256, metadata={"help": "Hidden width of the token encoder."}
+    )
+    discriminator_hidden_size: int = field(
+        default=256, metadata={"help": "Hidden width of the forget discriminator."}
+    )
+    gate_threshold: float = field(
+        default=0.5,
+        metadata={"help": "Discriminator probability above which an image is rewritten."},
+    )
+    cagul_version: str = field(
+        default=__version__, metadata={"help": "Version of hf_cagul that wrote this config."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.query_tokens not in QUERY_TOKEN_CHOICES:
+            raise ValueError(
+                f"query_tokens={self.query_tokens!r} is not supported; "
+                f"choose one of {QUERY_TOKEN_CHOICES}."
+            )
+        if not 0.0 < self.token_ratio <= 1.0:
+            raise ValueError(
+                f"token_ratio={self.token_ratio} must lie in (0, 1]: it is the fraction of an "
+                "image's visual tokens that the encoder rewrites."
+            )
+        if self.num_tokens is not None and self.num_tokens < 1:
+            raise ValueError(f"num_tokens={self.num_tokens} must be >= 1 (or None to use ratio).")
+        if not 0.0 < self.gate_threshold < 1.0:
+            raise ValueError(
+                f"gate_threshold={self.gate_threshold} must lie strictly between 0 and 1."
+            )
+        for name in ("encoder_hidden_size", "discriminator_hidden_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be a positive integer.")
+        if self.attention_layer is not None and self.attention_layer < 0:
+            raise ValueError(f"attention_layer={self.attention_layer} must be >= 0 (or None).")
+        if (
+            self.attention_layer is not None
+            and self.num_hidden_layers is not None
+            and self.attention_layer >= self.num_hidden_layers
+        ):
+            raise ValueError(
+                f"attention_layer={self.attention_layer} does not exist: the language model has "
+                f"{self.num_hidden_layers} layers (valid: 0..{self.num_hidden_layers - 1})."
+            )
+
+    @property
+    def resolved_attention_layer(self) -> int:
+        """The attention layer in use, once the config knows the model's depth."""
+        if self.attention_layer is not None:
+            return self.attention_layer
+        if self.num_hidden_layers is None:
+            raise ValueError("The config has not been bound to a model yet (num_hidden_layers).")
+        return self.num_hidden_layers // 4
+
+    def num_selected(self, num_visual_tokens: int) -> int:
+        """How many of an image's ``num_visual_tokens`` tokens are rewritten."""
+        if self.num_tokens is not None:
+            return min(self.num_tokens, num_visual_tokens)
+        return max(1, min(num_visual_tokens, round(self.token_ratio * num_visual_tokens)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a JSON-serialisable dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CagulConfig:
+        """Build a config from a dict, refusing keys this version does not know."""
+        if not isinstance(data, dict):
+            raise ValueError(f"A CAGUL config must be a JSON object, got {type(data).__name__}.")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"cagul_config.json has fields this hf_cagul ({__version__}) does not know: "
+                f"{unknown}. It was written by hf_cagul {data.get('cagul_version', '?')}; "
+                "upgrade with `pip install -U hf_cagul` to load it."
+            )
+        try:
+            return cls(**data)
+        except TypeError as err:  # wrong value types surface here
+            raise ValueError(f"Invalid cagul_config.json: {err}") from err
+
+    def save(self, save_directory: str | os.PathLike[str]) -> str:
+        """Write ``cagul_config.json`` into ``save_directory``; returns the file path."""
+        path = os.path.join(os.fspath(save_directory), CONFIG_NAME)
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(self.to_dict(), handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        return path
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike[str]) -> CagulConfig:
+        """Read a config from a ``cagul_config.json`` file, with errors that name the file."""
+        try:
+            with open(path, encoding="utf-8") as handle:
+                data = json.load(handle)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err}); re-save the adapter.") from err
+        try:
+            config = cls.from_dict(data)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
+        missing = [name for name in BOUND_FIELDS if getattr(config, name) is None]
+        if missing:
+            raise ValueError(
+                f"{path} lacks {missing}: a saved adapter records the model it was fitted on. "
+                "Re-save it with `CagulModel.save_pretrained`."
+            )
+        return config
