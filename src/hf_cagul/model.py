@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -56,6 +56,7 @@ class ImageTrace:
         sample: Batch row of the image.
         start: First position of its visual tokens.
         end: One past the last position of its visual tokens.
+        logit: Discriminator logit, attached to the autograd graph (the training signal).
         probability: Discriminator probability that the image shows a forget subject.
         flagged: Whether the image was rewritten.
         scores: Text-to-visual attention of each of its visual tokens (flagged images only).
@@ -65,6 +66,7 @@ class ImageTrace:
     sample: int
     start: int
     end: int
+    logit: torch.Tensor
     probability: float
     flagged: bool
     scores: torch.Tensor | None = None
@@ -76,7 +78,6 @@ class _CallState:
     input_ids: torch.Tensor
     runs: torch.Tensor  # (num_images, 3): sample, start, end
     query_mask: torch.Tensor  # (batch, seq) bool: prompt text tokens
-    logits: list[torch.Tensor] = field(default_factory=list)
 
 
 def _bind_config(config: CagulConfig, model: PreTrainedModel, family: VLMFamily) -> CagulConfig:
@@ -454,11 +455,12 @@ class CagulModel(nn.Module):
             flagged = probabilities > config.gate_threshold
         else:
             flagged = torch.full((num_images,), forced, dtype=torch.bool)
-        state.logits.append(logits)
         traces = self._traces.get()
         image_traces = [
-            ImageTrace(int(s), int(b), int(e), float(p), bool(f))
-            for (s, b, e), p, f in zip(runs.tolist(), probabilities, flagged, strict=True)
+            ImageTrace(int(s), int(b), int(e), logit, float(p), bool(f))
+            for (s, b, e), logit, p, f in zip(
+                runs.tolist(), logits, probabilities, flagged, strict=True
+            )
         ]
         if traces is not None:
             traces.extend(image_traces)
