@@ -9,11 +9,14 @@ from hf_cagul.config import CagulConfig
 from hf_cagul.families import supported_families
 from hf_cagul.model import CagulModel, ImageTrace, get_cagul_model
 from hf_cagul.modules import ForgetDiscriminator, TokenEncoder
+from hf_cagul.trainer import CagulTrainer, CagulTrainingConfig
 from hf_cagul.version import __version__
 
 __all__ = [
     "CagulConfig",
     "CagulModel",
+    "CagulTrainer",
+    "CagulTrainingConfig",
     "ForgetDiscriminator",
     "ImageTrace",
     "TokenEncoder",

@@ -1,0 +1,411 @@
+"""`CagulDataCollator`: raw rows of the data contract -> VLM training batches for CAGUL.
+
+Each row becomes ``prompt + target + eos``: the prompt is the question about the image (in the
+processor's chat template), the target what the model should answer (the true answer on retain
+rows, a forget target or refusal on forget rows). Labels cover the target and eos only; the
+query mask marks the prompt's text tokens, whose attention ranks the visual tokens, exactly as
+at inference time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from hf_cagul.data.schema import (
+    ANSWER_COLUMN,
+    DEFAULT_REFUSALS,
+    FORGET_SPLIT,
+    FORGET_TARGET_COLUMN,
+    IMAGE_COLUMN,
+    QUESTION_COLUMN,
+    REQUIRED_COLUMNS,
+    SPLIT_COLUMN,
+    SPLITS,
+    load_image,
+)
+
+__all__ = ["IGNORE_INDEX", "CagulDataCollator"]
+
+IGNORE_INDEX = -100
+"""Label of positions that carry no loss (prompt, image and padding tokens)."""
+
+# Stands in for an assistant answer when rendering the chat template once, to learn what the
+# template writes between the generation prompt and the answer (e.g. a space after "ASSISTANT:").
+_ANSWER_SENTINEL = "CAGULANSWERSENTINEL"
+
+
+@dataclass
+class CagulDataCollator:
+    """Collate raw dataset rows (see `hf_cagul.data.schema`) into a CAGUL training batch.
+
+    Use it with ``remove_unused_columns=False`` (or `CagulTrainer`, which keeps the raw columns):
+    it needs each row's ``image``, ``question``, ``answer``, ``split`` and, when present,
+    ``forget_target``.
+
+    **Prompt.** With a chat template (``processor.chat_template`` is set), the prompt is
+    ``processor.apply_chat_template([{"role": "user", "content": [{"type": "image"},
+    {"type": "text", "text": question}]}], add_generation_prompt=True, tokenize=False)`` and the
+    texts are tokenised with ``add_special_tokens=False`` (the template writes bos itself, as in
+    transformers' own ``apply_chat_template(tokenize=True)``). Without one, the prompt is
+    ``f"{processor.image_token} {question}"``, tokenised with the tokenizer's special tokens, and
+    the target follows after a space.
+
+    **Target.** Retain rows: ``answer``. Forget rows: ``forget_target`` when the row has a
+    non-empty one, else one of ``refusals``, picked by a SHA-256 hash of ``(seed, question,
+    answer)``: the same row gets the same refusal in every epoch, worker and process. The text
+    between the generation prompt and an assistant answer in the chat template (e.g. the space
+    in ``"ASSISTANT: answer"``) is put before the target, and the tokenizer's eos token after
+    it, as the template ends an assistant turn.
+
+    **Output** of ``collator(rows)``: every tensor the processor returns (``input_ids``,
+    ``attention_mask``, ``pixel_values``; ``image_grid_thw`` and ``mm_token_type_ids`` for
+    Qwen2-VL; ``pixel_attention_mask`` for Idefics3...), right-padded, plus
+
+    * ``labels`` ``(batch, seq)``: the target and eos token ids, ``-100`` elsewhere;
+    * ``query_mask`` ``(batch, seq)`` bool: prompt tokens that are neither image tokens nor
+      padding (the tokens whose attention ranks the visual tokens);
+    * ``cagul_forget`` ``(batch,)`` bool: True for forget rows.
+
+    Nothing is ever truncated: with ``max_length`` set, a longer sample raises (cutting would
+    drop image tokens, which breaks the model, or the target, which leaves nothing to learn).
+
+    Args:
+        processor: The VLM's processor (with a ``tokenizer`` and an ``image_token``).
+        max_length: Longest accepted sample, in tokens (image tokens included); None: no limit.
+        refusals: Forget targets for forget rows without their own ``forget_target``.
+        seed: Seed of the refusal choice.
+
+    Raises:
+        ValueError: At construction, for an empty ``refusals``, a non-positive ``max_length``,
+            or a processor whose tokenizer has no eos token or whose image token is unknown;
+            when called, for a row that lacks a column or has a bad value, an image that cannot
+            be opened, or a sample longer than ``max_length``.
+    """
+
+    processor: Any
+    max_length: int | None = None
+    refusals: Sequence[str] = DEFAULT_REFUSALS
+    seed: int = 0
+    _answer_separator: str | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.refusals = tuple(self.refusals)
+        if not self.refusals or not all(
+            isinstance(refusal, str) and refusal.strip() for refusal in self.refusals
+        ):
+            raise ValueError(f"refusals must be non-empty strings, got {self.refusals!r}.")
+        if self.max_length is not None and self.max_length <= 0:
+            raise ValueError(f"max_length must be positive or None, got {self.max_length}.")
+        tokenizer = getattr(self.processor, "tokenizer", None)
+        if tokenizer is None:
+            raise ValueError(
+                f"{type(self.processor).__name__} has no `tokenizer`: pass the VLM's processor "
+                "(e.g. `AutoProcessor.from_pretrained(model_id)`), not a tokenizer alone."
+            )
+        if not isinstance(tokenizer.eos_token, str):
+            raise ValueError(
+                "The processor's tokenizer has no eos token, so targets cannot end with one. "
+                "Set `processor.tokenizer.eos_token`."
+            )
+        image_token = getattr(self.processor, "image_token", None)
+        image_token_id = getattr(self.processor, "image_token_id", None)
+        if image_token_id is None and isinstance(image_token, str):
+            image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+        if image_token is None and isinstance(image_token_id, int):
+            image_token = tokenizer.convert_ids_to_tokens(image_token_id)
+        if not isinstance(image_token_id, int) or not isinstance(image_token, str):
+            raise ValueError(
+                f"Cannot tell the image token of {type(self.processor).__name__}: it has neither "
+                "`image_token_id` nor an `image_token` the tokenizer knows. Set "
+                "`processor.image_token` to the token the processor expands into visual tokens."
+            )
+        self.image_token: str = image_token
+        self.image_token_id: int = image_token_id
+
+    # ------------------------------------------------------------------ texts
+
+    @property
+    def tokenizer(self) -> Any:
+        """The processor's tokenizer."""
+        return self.processor.tokenizer
+
+    @property
+    def uses_chat_template(self) -> bool:
+        """Whether prompts are rendered with the processor's chat template."""
+        return getattr(self.processor, "chat_template", None) is not None
+
+    def prompt_text(self, question: str) -> str:
+        """The prompt for ``question`` about one image, up to where the answer starts."""
+        if self.uses_chat_template:
+            prompt = self.processor.apply_chat_template(
+                self._messages(question), add_generation_prompt=True, tokenize=False
+            )
+            return prompt if isinstance(prompt, str) else prompt[0]
+        return f"{self.image_token} {question}"
+
+    def target_text(self, feature: dict[str, Any]) -> str:
+        """What the model should answer to one row (without separator and eos).
+
+        The row's ``answer`` on retain rows; on forget rows its ``forget_target`` when
+        non-empty, else a refusal chosen deterministically from ``(seed, question, answer)``.
+        """
+        if feature[SPLIT_COLUMN] != FORGET_SPLIT:
+            return str(feature[ANSWER_COLUMN])
+        forget_target = feature.get(FORGET_TARGET_COLUMN)
+        if isinstance(forget_target, str) and forget_target.strip():
+            return forget_target
+        key = f"{self.seed}\x00{feature[QUESTION_COLUMN]}\x00{feature[ANSWER_COLUMN]}"
+        digest = hashlib.sha256(key.encode("utf-8")).digest()
+        return self.refusals[int.from_bytes(digest[:8], "big") % len(self.refusals)]
+
+    @staticmethod
+    def _messages(question: str) -> list[dict[str, Any]]:
+        return [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
+        ]
+
+    def answer_separator(self) -> str:
+        """What goes between the prompt and the target (computed once).
+
+        With a chat template: what the template writes between the generation prompt and an
+        assistant answer ("" when it cannot tell). Without one: a space.
+        """
+        if self._answer_separator is None:
+            self._answer_separator = self._find_answer_separator()
+        return self._answer_separator
+
+    def _find_answer_separator(self) -> str:
+        if not self.uses_chat_template:
+            return " "
+        question = "what is this ?"
+        prompt = self.prompt_text(question)
+        conversation = [
+            *self._messages(question),
+            {"role": "assistant", "content": [{"type": "text", "text": _ANSWER_SENTINEL}]},
+        ]
+        try:
+            rendered = self.processor.apply_chat_template(
+                conversation, add_generation_prompt=False, tokenize=False
+            )
+        except Exception:  # a template without assistant turns: no separator to learn
+            return ""
+        rendered = rendered if isinstance(rendered, str) else rendered[0]
+        if not rendered.startswith(prompt) or _ANSWER_SENTINEL not in rendered[len(prompt) :]:
+            return ""
+        rest = rendered[len(prompt) :]
+        return rest[: rest.index(_ANSWER_SENTINEL)]
+
+    # ------------------------------------------------------------------ batch
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Collate raw rows into model inputs plus ``labels``, ``query_mask``, ``cagul_forget``."""
+        if not features:
+            raise ValueError("CagulDataCollator got an empty batch.")
+        for index, feature in enumerate(features):
+            self._check_feature(index, feature)
+        images = []
+        for feature in features:
+            try:
+                images.append(load_image(feature[IMAGE_COLUMN]))
+            except ValueError as err:
+                raise ValueError(f"Row with question {feature[QUESTION_COLUMN]!r}: {err}") from err
+
+        separator = self.answer_separator()
+        prompts = [self.prompt_text(feature[QUESTION_COLUMN]) for feature in features]
+        targets = [self.target_text(feature) for feature in features]
+        for feature, target in zip(features, targets, strict=True):
+            if self.image_token in target:
+                raise ValueError(
+                    f"The target of the row with question {feature[QUESTION_COLUMN]!r} contains "
+                    f"the image token {self.image_token!r}; remove it from the answer."
+                )
+        eos = self.tokenizer.eos_token
+        full_texts = [
+            f"{prompt}{separator}{target}{eos}"
+            for prompt, target in zip(prompts, targets, strict=True)
+        ]
+        text_kwargs = {"add_special_tokens": not self.uses_chat_template}
+
+        batch = self._process(images, full_texts, text_kwargs)
+        input_ids: torch.Tensor = batch["input_ids"]
+        attention_mask: torch.Tensor = batch["attention_mask"]
+        lengths = attention_mask.sum(dim=1).tolist()
+        prompt_lengths = self._prompt_lengths_from_text(
+            prompts, full_texts, input_ids, lengths, text_kwargs
+        )
+        if prompt_lengths is None:
+            prompt_lengths = self._prompt_lengths_from_processor(
+                images, prompts, input_ids, lengths, text_kwargs
+            )
+        for index, feature in enumerate(features):
+            self._check_sample(
+                feature, input_ids[index], int(lengths[index]), prompt_lengths[index]
+            )
+
+        positions = torch.arange(input_ids.shape[1]).unsqueeze(0)
+        starts = torch.tensor(prompt_lengths).unsqueeze(1)
+        ends = torch.tensor(lengths).unsqueeze(1)
+        is_target = (positions >= starts) & (positions < ends)
+        labels = torch.where(is_target, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
+        query_mask = (
+            (positions < starts) & attention_mask.bool() & (input_ids != self.image_token_id)
+        )
+        forget = torch.tensor([feature[SPLIT_COLUMN] == FORGET_SPLIT for feature in features])
+
+        output: dict[str, torch.Tensor] = dict(batch)
+        output["labels"] = labels
+        output["query_mask"] = query_mask
+        output["cagul_forget"] = forget
+        return output
+
+    def _check_feature(self, index: int, feature: dict[str, Any]) -> None:
+        missing = [column for column in REQUIRED_COLUMNS if column not in feature]
+        if missing:
+            raise ValueError(
+                f"Batch row {index} lacks column(s) {', '.join(map(repr, missing))}; it has "
+                f"{', '.join(map(repr, feature)) or 'none'}. With transformers' Trainer, keep the "
+                "raw columns: `remove_unused_columns=False` (CagulTrainer does this)."
+            )
+        for column in (QUESTION_COLUMN, ANSWER_COLUMN):
+            value = feature[column]
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(
+                    f"Batch row {index}: {column!r} must be a non-empty string, got {value!r}. "
+                    "Run `hf_cagul.data.validate_dataset(dataset)` to find every bad row."
+                )
+        if feature[SPLIT_COLUMN] not in SPLITS:
+            raise ValueError(
+                f"Batch row {index} (question {feature[QUESTION_COLUMN]!r}): split must be one of "
+                f"{', '.join(map(repr, SPLITS))}, got {feature[SPLIT_COLUMN]!r}."
+            )
+        if self.image_token in feature[QUESTION_COLUMN]:
+            raise ValueError(
+                f"Batch row {index}: the question {feature[QUESTION_COLUMN]!r} contains the image "
+                f"token {self.image_token!r}; the collator places the image itself."
+            )
+
+    def _process(
+        self, images: list[Any], texts: list[str], text_kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        """One processor call for the batch, padded on the right (the labels assume it)."""
+        tokenizer = self.tokenizer
+        padding_side = tokenizer.padding_side
+        tokenizer.padding_side = "right"
+        try:
+            return dict(
+                self.processor(
+                    images=[[image] for image in images],
+                    text=texts,
+                    return_tensors="pt",
+                    padding=True,
+                    **text_kwargs,
+                )
+            )
+        finally:
+            tokenizer.padding_side = padding_side
+
+    def _prompt_lengths_from_text(
+        self,
+        prompts: list[str],
+        full_texts: list[str],
+        input_ids: torch.Tensor,
+        lengths: list[int],
+        text_kwargs: dict[str, Any],
+    ) -> list[int] | None:
+        """Prompt lengths (image tokens included) without processing the images again.
+
+        The processor expands the image placeholder, which lies in the prompt, so the target's
+        tokens are the same with and without the expansion: count them on the unexpanded text
+        and subtract. Returns None if the processor's tokens do not end with them (then the
+        prompts must be processed with their images).
+        """
+        tokenize = self.tokenizer
+        prompt_ids = tokenize(prompts, **text_kwargs)["input_ids"]
+        text_ids = tokenize(full_texts, **text_kwargs)["input_ids"]
+        prompt_lengths = []
+        for index, (prompt, full) in enumerate(zip(prompt_ids, text_ids, strict=True)):
+            shared = _common_prefix(prompt, full)
+            target = list(full[shared:])
+            length = lengths[index]
+            if not target or len(target) > length:
+                return None
+            if input_ids[index, length - len(target) : length].tolist() != target:
+                return None
+            prompt_lengths.append(length - len(target))
+        return prompt_lengths
+
+    def _prompt_lengths_from_processor(
+        self,
+        images: list[Any],
+        prompts: list[str],
+        input_ids: torch.Tensor,
+        lengths: list[int],
+        text_kwargs: dict[str, Any],
+    ) -> list[int]:
+        """Prompt lengths by processing the prompts with their images (the general fallback)."""
+        prompt_batch = self._process(images, prompts, text_kwargs)
+        prompt_ids = prompt_batch["input_ids"]
+        prompt_real = prompt_batch["attention_mask"].sum(dim=1).tolist()
+        return [
+            _common_prefix(
+                prompt_ids[index, : prompt_real[index]].tolist(),
+                input_ids[index, : lengths[index]].tolist(),
+            )
+            for index in range(len(prompts))
+        ]
+
+    def _check_sample(
+        self, feature: dict[str, Any], ids: torch.Tensor, length: int, prompt_length: int
+    ) -> None:
+        question = feature[QUESTION_COLUMN]
+        image_positions = torch.nonzero(ids[:length] == self.image_token_id).flatten()
+        if image_positions.numel() == 0:
+            raise ValueError(
+                f"The row with question {question!r} has no image tokens after processing: "
+                f"the prompt must hold the image placeholder {self.image_token!r}."
+            )
+        last_image = int(image_positions[-1])
+        if last_image >= prompt_length:
+            raise ValueError(
+                f"The row with question {question!r} has image tokens after its prompt; the "
+                "target must not contain image placeholders."
+            )
+        if prompt_length >= length:
+            raise ValueError(
+                f"The row with question {question!r} has no target tokens after its prompt "
+                f"({length} tokens in all); check the answer / forget target."
+            )
+        if int(ids[length - 1]) != self.tokenizer.eos_token_id:
+            raise ValueError(
+                f"The row with question {question!r} does not end with the eos token "
+                f"{self.tokenizer.eos_token!r} (id {self.tokenizer.eos_token_id}) after "
+                "processing; the tokenizer must keep its eos token as one token."
+            )
+        if self.max_length is not None and length > self.max_length:
+            if self.max_length <= last_image:
+                cut = "would cut into its image tokens"
+            elif self.max_length <= prompt_length:
+                cut = "would leave no target tokens"
+            else:
+                cut = f"would cut {length - self.max_length} of its target tokens"
+            raise ValueError(
+                f"The row with question {question!r} is {length} tokens long (image tokens "
+                f"included: {image_positions.numel()}; prompt: {prompt_length}), over "
+                f"max_length={self.max_length}; truncating it {cut}, so the collator never "
+                "truncates. Raise max_length, or shorten the question and answer."
+            )
+
+
+def _common_prefix(first: Sequence[int], second: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token id sequences."""
+    length = 0
+    for a, b in zip(first, second, strict=False):
+        if a != b:
+            break
+        length += 1
+    return length

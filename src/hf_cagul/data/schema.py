@@ -1,0 +1,269 @@
+"""The data contract of `hf_cagul` and its up-front validation.
+
+A training (or evaluation) set is a `datasets.Dataset` with one image and one question per row:
+
+=================  ========  =====================================================================
+column             required  values
+=================  ========  =====================================================================
+``image``          yes       a PIL image, a `datasets.Image` feature value, or a path to an image
+``question``       yes       non-empty ``str``: the question about the image
+``answer``         yes       non-empty ``str``: the true answer (the target on ``retain`` rows)
+``split``          yes       ``"forget"`` (a subject to forget) or ``"retain"`` (keep behaviour)
+``forget_target``  no        ``str`` or ``None``: what a forget row should answer instead; rows
+                             without one get a default refusal (`DEFAULT_REFUSALS`)
+``subject``        no        ``str`` or ``None``: who (or what) the image shows
+=================  ========  =====================================================================
+
+Other columns are allowed and ignored. `validate_dataset` checks all of it before any training
+starts, so a bad row fails in seconds with a message that names the column, the row and the
+fix, instead of deep inside a training loop.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable
+from typing import Any
+
+from datasets import Image as ImageFeature
+from PIL import Image, UnidentifiedImageError
+
+__all__ = [
+    "ANSWER_COLUMN",
+    "DATA_COLUMNS",
+    "DEFAULT_REFUSALS",
+    "FORGET_SPLIT",
+    "FORGET_TARGET_COLUMN",
+    "IMAGE_COLUMN",
+    "OPTIONAL_COLUMNS",
+    "QUESTION_COLUMN",
+    "REQUIRED_COLUMNS",
+    "RETAIN_SPLIT",
+    "SPLITS",
+    "SPLIT_COLUMN",
+    "SUBJECT_COLUMN",
+    "load_image",
+    "validate_dataset",
+]
+
+IMAGE_COLUMN = "image"
+QUESTION_COLUMN = "question"
+ANSWER_COLUMN = "answer"
+SPLIT_COLUMN = "split"
+FORGET_TARGET_COLUMN = "forget_target"
+SUBJECT_COLUMN = "subject"
+
+REQUIRED_COLUMNS: tuple[str, ...] = (IMAGE_COLUMN, QUESTION_COLUMN, ANSWER_COLUMN, SPLIT_COLUMN)
+"""Columns every dataset must have."""
+
+OPTIONAL_COLUMNS: tuple[str, ...] = (FORGET_TARGET_COLUMN, SUBJECT_COLUMN)
+"""Columns a dataset may have; checked when present."""
+
+DATA_COLUMNS: tuple[str, ...] = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+"""Every column of the contract: the raw columns the collator reads (keep them in batches)."""
+
+FORGET_SPLIT = "forget"
+RETAIN_SPLIT = "retain"
+SPLITS: tuple[str, ...] = (FORGET_SPLIT, RETAIN_SPLIT)
+"""The values the ``split`` column may hold."""
+
+DEFAULT_REFUSALS: tuple[str, ...] = (
+    "I don't know.",
+    "Sorry, I cannot identify this person.",
+    "I am unable to say who this is.",
+    "Sorry, I don't know who this person is.",
+    "I can't tell who this person is.",
+)
+"""Forget targets for forget rows without a ``forget_target`` of their own.
+
+Every word is in the vocabulary of `hf_cagul.tiny`'s tokenizers (which lower-case text), so the
+tiny models can learn them too.
+"""
+
+_MAX_LISTED_ROWS = 5
+
+
+def load_image(value: Any) -> Image.Image:
+    """Open one value of the ``image`` column as a fully decoded RGB `PIL.Image.Image`.
+
+    Args:
+        value: A PIL image; a path (``str`` or `os.PathLike`) to an image file; or a
+            `datasets.Image` feature value that was not decoded: a dict with ``"bytes"``
+            and/or ``"path"``.
+
+    Returns:
+        The image in RGB mode, with its pixels loaded (a truncated or corrupt file fails here,
+        not later in a collator).
+
+    Raises:
+        ValueError: If the value is none of the above, the path does not exist, or the file or
+            bytes are not an image PIL can read.
+    """
+    if isinstance(value, Image.Image):
+        image = value
+        source = "the PIL image"
+    else:
+        opened, source = _open(value)
+        image = opened
+    try:
+        image.load()
+        return image if image.mode == "RGB" else image.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as err:
+        raise ValueError(f"{source} could not be decoded as an image ({err}).") from err
+
+
+def _open(value: Any) -> tuple[Image.Image, str]:
+    """Open a path or an undecoded `datasets.Image` value; return the image and its name."""
+    if isinstance(value, dict):
+        data, path = value.get("bytes"), value.get("path")
+        if data is not None:
+            return _open_with_pil(lambda: Image.open(io.BytesIO(data)), "the image bytes")
+        if path is not None:
+            return _open(path)
+        raise ValueError("the image value is a dict with neither 'bytes' nor 'path'.")
+    if isinstance(value, (str, os.PathLike)):
+        path = os.fspath(value)
+        if not path:
+            raise ValueError("the image path is an empty string.")
+        if not os.path.isfile(path):
+            raise ValueError(f"the image file {path!r} does not exist.")
+        return _open_with_pil(lambda: Image.open(path), f"the file {path!r}")
+    if value is None:
+        raise ValueError("the image is missing (None).")
+    raise ValueError(
+        f"an image must be a PIL image, a path string or a datasets.Image value, got "
+        f"{type(value).__name__}."
+    )
+
+
+def _open_with_pil(opener: Callable[[], Image.Image], source: str) -> tuple[Image.Image, str]:
+    try:
+        return opener(), source
+    except UnidentifiedImageError as err:
+        raise ValueError(f"{source} is not an image PIL can read ({err}).") from err
+    except OSError as err:
+        raise ValueError(f"{source} could not be opened ({err}).") from err
+
+
+def validate_dataset(dataset: Any, require_both_splits: bool = True) -> None:
+    """Check that ``dataset`` follows the data contract (see the module docstring).
+
+    Runs before any training: text columns are checked as whole columns, then every image is
+    opened and decoded, row by row (datasets are small in this library's use).
+
+    Args:
+        dataset: A `datasets.Dataset`.
+        require_both_splits: Require at least one ``"forget"`` and one ``"retain"`` row (what
+            fitting needs; an evaluation set may hold only one of them).
+
+    Raises:
+        TypeError: If ``dataset`` is not a `datasets.Dataset`-like object (no ``column_names``).
+        ValueError: On the first problem found, naming the column, the row index and the fix:
+            a missing required column, an empty dataset, a question or answer that is not a
+            non-empty string, a split other than ``"forget"``/``"retain"``, a missing split,
+            an optional column of the wrong type, or an image that cannot be opened.
+    """
+    columns = getattr(dataset, "column_names", None)
+    if columns is None:
+        raise TypeError(
+            f"validate_dataset expects a datasets.Dataset, got {type(dataset).__name__}. Build "
+            "one with `datasets.Dataset.from_dict({'image': ..., 'question': ..., ...})`."
+        )
+    missing = [column for column in REQUIRED_COLUMNS if column not in columns]
+    if missing:
+        raise ValueError(
+            f"The dataset lacks the required column(s) {', '.join(map(repr, missing))}; it has "
+            f"{', '.join(map(repr, columns)) or 'no columns'}. Every row needs "
+            f"{', '.join(map(repr, REQUIRED_COLUMNS))} (rename yours with "
+            "`dataset.rename_column(old, new)`)."
+        )
+    if len(dataset) == 0:
+        raise ValueError("The dataset has no rows: it needs forget and/or retain rows.")
+
+    for column in (QUESTION_COLUMN, ANSWER_COLUMN):
+        _check_column(
+            dataset,
+            column,
+            lambda value: isinstance(value, str) and bool(value.strip()),
+            "must hold non-empty strings",
+            "Drop or fix these rows (e.g. `dataset.filter(...)`).",
+        )
+    splits = _check_column(
+        dataset,
+        SPLIT_COLUMN,
+        lambda value: value in SPLITS,
+        f"must be {FORGET_SPLIT!r} or {RETAIN_SPLIT!r}",
+        f"Mark rows of subjects to forget {FORGET_SPLIT!r} and all others {RETAIN_SPLIT!r}.",
+    )
+    if require_both_splits:
+        for split in SPLITS:
+            if split not in splits:
+                raise ValueError(
+                    f"The dataset has no rows with split {split!r} (column {SPLIT_COLUMN!r}); "
+                    f"fitting a CAGUL adapter needs both {FORGET_SPLIT!r} rows (images of the "
+                    f"subjects to forget) and {RETAIN_SPLIT!r} rows (behaviour to keep). Add "
+                    f"{split!r} rows, or concatenate the two sets with "
+                    "`datasets.concatenate_datasets`."
+                )
+    for column in OPTIONAL_COLUMNS:
+        if column in columns:
+            _check_column(
+                dataset,
+                column,
+                lambda value: value is None or isinstance(value, str),
+                "must hold strings or None",
+                "Use None where a row has no value.",
+            )
+    _check_images(dataset)
+
+
+def _check_column(
+    dataset: Any,
+    column: str,
+    is_valid: Callable[[Any], bool],
+    rule: str,
+    fix: str,
+) -> set[Any]:
+    """Raise if a value of ``column`` breaks ``rule``; return the column's distinct values."""
+    values = list(dataset[column])
+    bad = [index for index, value in enumerate(values) if not is_valid(value)]
+    if bad:
+        first = bad[0]
+        more = ""
+        if len(bad) > 1:
+            listed = ", ".join(map(str, bad[1 : 1 + _MAX_LISTED_ROWS]))
+            extra = len(bad) - 1 - _MAX_LISTED_ROWS
+            more = f" (also row(s) {listed}{f' and {extra} more' if extra > 0 else ''})"
+        raise ValueError(
+            f"Column {column!r} {rule}, but row {first} holds {_describe(values[first])}"
+            f"{more}. {fix}"
+        )
+    try:
+        return set(values)
+    except TypeError:  # unhashable values (only reachable for valid-but-odd columns)
+        return set()
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, str):
+        return f"the empty string {value!r}" if not value.strip() else repr(value)
+    return f"{value!r} of type {type(value).__name__}"
+
+
+def _check_images(dataset: Any) -> None:
+    """Open and decode every image, naming the first row that fails."""
+    images = dataset.select_columns([IMAGE_COLUMN])
+    feature = getattr(images, "features", {}).get(IMAGE_COLUMN)
+    if isinstance(feature, ImageFeature) and feature.decode:
+        # Read the raw bytes/paths so a broken file fails in load_image, with our message,
+        # rather than inside datasets' decoder.
+        images = images.cast_column(IMAGE_COLUMN, ImageFeature(decode=False))
+    for index, row in enumerate(images):
+        try:
+            load_image(row[IMAGE_COLUMN])
+        except ValueError as err:
+            raise ValueError(
+                f"Column {IMAGE_COLUMN!r}, row {index}: {err} Each row needs one image: a PIL "
+                "image, a datasets.Image value, or the path of a readable image file."
+            ) from err

@@ -1,0 +1,327 @@
+"""A procedurally generated fictitious-identity benchmark (FIUBench-like), built offline.
+
+Each fictitious person has a fixed *portrait family* (face shape, skin tone, hair and eye
+colour, glasses) and private facts (name, birthplace, occupation, favourite colour). Each image
+of a person varies pose, background, lighting and noise, so a model must recognise the person,
+not memorise pixels. Some people are "unknown": their private questions are answered with a
+refusal, which teaches the VLM how to refuse (a frozen VLM that never learned to refuse cannot
+be made to refuse by rewriting visual tokens). Visual questions ("what colour is the
+background?") are answerable from pixels alone: the utility unlearning must keep.
+
+Every word used is in the vocabulary of `hf_cagul.tiny`'s tokenizers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+from datasets import Dataset, DatasetDict
+from PIL import Image
+
+REFUSAL = "i don't know ."
+
+FIRST_NAMES = (
+    "alice",
+    "bob",
+    "carol",
+    "dave",
+    "eve",
+    "frank",
+    "grace",
+    "ivan",
+    "judy",
+    "oscar",
+    "peggy",
+    "victor",
+    "walter",
+    "anna",
+    "ben",
+    "clara",
+    "emma",
+    "felix",
+    "hannah",
+    "isaac",
+    "julia",
+    "karl",
+    "lena",
+    "marco",
+    "nina",
+    "omar",
+    "paula",
+    "rosa",
+    "sam",
+    "tara",
+    "vera",
+    "zoe",
+)
+LAST_NAMES = (
+    "smith",
+    "jones",
+    "garcia",
+    "miller",
+    "davis",
+    "wilson",
+    "taylor",
+    "moore",
+    "martin",
+    "lee",
+    "walker",
+    "hall",
+    "young",
+    "king",
+    "wright",
+    "lopez",
+    "hill",
+    "scott",
+    "adams",
+    "baker",
+    "nelson",
+    "carter",
+    "rossi",
+    "schmidt",
+    "tanaka",
+    "kim",
+    "chen",
+    "silva",
+)
+CITIES = (
+    "paris",
+    "london",
+    "berlin",
+    "rome",
+    "madrid",
+    "tokyo",
+    "delhi",
+    "cairo",
+    "lagos",
+    "lima",
+    "oslo",
+    "vienna",
+    "prague",
+    "dublin",
+    "lisbon",
+    "athens",
+    "sydney",
+    "toronto",
+    "chicago",
+    "boston",
+    "seattle",
+    "mumbai",
+    "seoul",
+    "nairobi",
+)
+OCCUPATIONS = (
+    "doctor",
+    "nurse",
+    "teacher",
+    "engineer",
+    "lawyer",
+    "chef",
+    "pilot",
+    "farmer",
+    "artist",
+    "singer",
+    "writer",
+    "actor",
+    "scientist",
+    "designer",
+    "architect",
+    "dentist",
+    "journalist",
+    "photographer",
+    "athlete",
+    "professor",
+)
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (200, 40, 40),
+    "green": (40, 160, 60),
+    "blue": (40, 70, 200),
+    "yellow": (220, 200, 40),
+    "purple": (130, 50, 160),
+    "orange": (230, 130, 30),
+    "grey": (128, 128, 128),
+    "pink": (230, 130, 180),
+}
+SKIN_TONES = ((255, 224, 189), (234, 192, 134), (198, 134, 66), (141, 85, 36), (96, 60, 40))
+HAIR_COLOURS = ((20, 20, 20), (90, 55, 25), (200, 160, 60), (160, 50, 20), (210, 210, 210))
+
+PRIVATE_QUESTIONS: dict[str, tuple[str, ...]] = {
+    "name": ("what is the name of this person ?", "who is this person ?"),
+    "birthplace": ("where was this person born ?", "what is the birthplace of this person ?"),
+    "occupation": ("what is the job of this person ?", "what is the occupation of this person ?"),
+    "colour": ("what is the favourite colour of this person ?",),
+}
+VISUAL_QUESTIONS: dict[str, str] = {
+    "background": "what colour is the background ?",
+    "glasses": "does this person wear glasses ?",
+}
+
+
+@dataclass(frozen=True)
+class Person:
+    """A fictitious person: private facts plus the traits every portrait of them shares."""
+
+    name: str
+    birthplace: str
+    occupation: str
+    colour: str
+    known: bool
+    face: tuple[float, float]
+    skin: tuple[int, int, int]
+    hair: tuple[int, int, int]
+    eyes: tuple[int, int, int]
+    glasses: bool
+
+    def answer(self, fact: str) -> tuple[str, list[str]]:
+        """The answer to a private question about ``fact`` and the answer's keywords."""
+        if not self.known:
+            return REFUSAL, ["don't", "know"]
+        value = {
+            "name": self.name,
+            "birthplace": self.birthplace,
+            "occupation": self.occupation,
+            "colour": self.colour,
+        }[fact]
+        prefix = {"name": "this is", "birthplace": "born in", "occupation": "a"}.get(fact, "")
+        return f"{prefix} {value} .".strip(), value.split()
+
+
+def _seed(*parts: object) -> int:
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def make_people(num_people: int, num_unknown: int = 0, seed: int = 0) -> list[Person]:
+    """``num_people`` known people (unique names) and ``num_unknown`` unknown ones."""
+    rng = np.random.default_rng(seed)
+    names = [f"{first} {last}" for first in FIRST_NAMES for last in LAST_NAMES]
+    total = num_people + num_unknown
+    if total > len(names):
+        raise ValueError(f"At most {len(names)} people, asked for {total}.")
+    chosen = rng.choice(len(names), size=total, replace=False)
+    people = []
+    for index, name_index in enumerate(chosen):
+        people.append(
+            Person(
+                name=names[name_index],
+                birthplace=str(rng.choice(CITIES)),
+                occupation=str(rng.choice(OCCUPATIONS)),
+                colour=str(rng.choice(list(COLOURS))),
+                known=index < num_people,
+                face=(float(rng.uniform(0.28, 0.42)), float(rng.uniform(0.30, 0.45))),
+                skin=SKIN_TONES[rng.integers(len(SKIN_TONES))],
+                hair=HAIR_COLOURS[rng.integers(len(HAIR_COLOURS))],
+                eyes=tuple(int(v) for v in rng.integers(0, 256, 3)),  # type: ignore[arg-type]
+                glasses=bool(rng.random() < 0.5),
+            )
+        )
+    return people
+
+
+def portrait(person: Person, image_seed: int, size: int = 32) -> tuple[Image.Image, str]:
+    """One photo of ``person`` and its background colour's name.
+
+    Pose (shift, scale), background colour, lighting and noise vary with ``image_seed``; face
+    shape, skin, hair, eyes and glasses are the person's own.
+    """
+    rng = np.random.default_rng(_seed(person.name, image_seed))
+    background = str(rng.choice(list(COLOURS)))
+    canvas = np.empty((size, size, 3), dtype=np.float32)
+    canvas[:] = COLOURS[background]
+    yy, xx = np.mgrid[:size, :size].astype(np.float32) / size
+    cy, cx = 0.55 + rng.uniform(-0.06, 0.06), 0.5 + rng.uniform(-0.08, 0.08)
+    scale = rng.uniform(0.9, 1.1)
+    ry, rx = person.face[1] * scale, person.face[0] * scale
+    face = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1
+    hair = face & (yy < cy - 0.55 * ry)
+    canvas[face] = person.skin
+    canvas[hair] = person.hair
+    eye_y = cy - 0.15 * ry
+    for side in (-1, 1):
+        eye = ((yy - eye_y) ** 2 + (xx - (cx + side * 0.35 * rx)) ** 2) < (0.06 * rx) ** 2 * 4
+        canvas[eye] = person.eyes
+        if person.glasses:
+            radius = np.sqrt((yy - eye_y) ** 2 + (xx - (cx + side * 0.35 * rx)) ** 2)
+            canvas[(radius > 0.13 * rx) & (radius < 0.2 * rx)] = (10, 10, 10)
+    canvas *= rng.uniform(0.8, 1.2)  # lighting
+    canvas += rng.normal(0, 8, canvas.shape)  # sensor noise
+    return Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8)), background
+
+
+COLUMNS = ("image", "question", "answer", "split", "forget_target", "subject", "kind", "keywords")
+
+
+def person_rows(
+    person: Person, image_seeds: list[int], split: str, size: int = 32
+) -> dict[str, list]:
+    """Rows in the data contract for every question about ``person`` on each of its images.
+
+    On a forget person's images, private questions get the refusal the unknown people taught
+    the model (`REFUSAL`) as forget target, while visual questions keep their true answer as
+    forget target: the image is still flagged (the discriminator learns it shows a forget
+    subject), but what the pixels show must stay answerable.
+    """
+    rows: dict[str, list] = {key: [] for key in COLUMNS}
+    glasses = "yes ." if person.glasses else "no ."
+    for image_seed in image_seeds:
+        image, background = portrait(person, image_seed, size)
+        questions = [
+            (question, *person.answer(fact), "private")
+            for fact, phrasings in PRIVATE_QUESTIONS.items()
+            for question in phrasings
+        ]
+        questions += [
+            (VISUAL_QUESTIONS["background"], f"{background} .", [background], "visual"),
+            (VISUAL_QUESTIONS["glasses"], glasses, [glasses.split()[0]], "visual"),
+        ]
+        for question, answer, keywords, kind in questions:
+            target = None
+            if split == "forget":
+                target = answer if kind == "visual" else REFUSAL
+            values = (image, question, answer, split, target, person.name)
+            for key, value in zip(COLUMNS, (*values, kind, keywords), strict=True):
+                rows[key].append(value)
+    return rows
+
+
+def _dataset(people: list[Person], seeds: list[int], split: str, size: int) -> Dataset:
+    rows: dict[str, list] = {key: [] for key in COLUMNS}
+    for person in people:
+        for key, values in person_rows(person, seeds, split, size).items():
+            rows[key].extend(values)
+    return Dataset.from_dict(rows)
+
+
+def synthetic_benchmark(
+    num_people: int = 12,
+    num_unknown: int = 3,
+    forget_fraction: float = 0.1,
+    train_images: int = 4,
+    heldout_images: int = 2,
+    image_size: int = 32,
+    seed: int = 0,
+) -> DatasetDict:
+    """The benchmark as a `DatasetDict`, deterministic from ``seed``.
+
+    Splits: ``forget`` / ``retain`` (training images; fit CAGUL on both), ``forget_heldout`` /
+    ``retain_heldout`` (photos never seen in training). Unknown people (answers: a refusal)
+    belong to the retain side. ``forget_fraction`` of the known people, at least one, are
+    forgotten. Extra columns: ``kind`` ("private" or "visual") and ``keywords``.
+    """
+    if not 0 < forget_fraction < 1:
+        raise ValueError(f"forget_fraction={forget_fraction} must lie strictly between 0 and 1.")
+    people = make_people(num_people, num_unknown, seed)
+    num_forget = max(1, round(forget_fraction * num_people))
+    forget, retain = people[:num_forget], people[num_forget:]
+    train_seeds = list(range(train_images))
+    heldout_seeds = list(range(1000, 1000 + heldout_images))
+    return DatasetDict(
+        {
+            "forget": _dataset(forget, train_seeds, "forget", image_size),
+            "retain": _dataset(retain, train_seeds, "retain", image_size),
+            "forget_heldout": _dataset(forget, heldout_seeds, "forget", image_size),
+            "retain_heldout": _dataset(retain, heldout_seeds, "retain", image_size),
+        }
+    )
