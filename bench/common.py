@@ -87,12 +87,19 @@ def seconds(run: Callable[[], object]) -> float:
 def interleaved_ratio(
     name: str, baseline: Callable[[], object], candidate: Callable[[], object], repeats: int
 ) -> float:
-    """Median time of ``candidate`` over median time of ``baseline``, runs interleaved."""
+    """Median time of ``candidate`` over median time of ``baseline``.
+
+    Runs alternate in ABBA order, so slow drifts of the machine hit both sides alike.
+    """
     baseline(), candidate()  # warm-up
     base_times, candidate_times = [], []
-    for _ in range(repeats):
-        base_times.append(seconds(baseline))
-        candidate_times.append(seconds(candidate))
+    for repeat in range(repeats):
+        if repeat % 2:
+            candidate_times.append(seconds(candidate))
+            base_times.append(seconds(baseline))
+        else:
+            base_times.append(seconds(baseline))
+            candidate_times.append(seconds(candidate))
     base, cand = statistics.median(base_times), statistics.median(candidate_times)
     print(f"{name:<32} baseline {base:7.3f}s  candidate {cand:7.3f}s  ratio {cand / base:5.3f}x")
     return cand / base

@@ -11,7 +11,7 @@ each. Prints ratios of CagulModel to the bare VLM:
 
 Timings interleave the bare and adapted runs and report medians, so machine noise hits both.
 
-    python bench/inference_overhead.py [--repeats 7] [--batch 4] [--new-tokens 16]
+    python bench/inference_overhead.py [--repeats 15] [--batch 4] [--new-tokens 16]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from hf_cagul import CagulConfig, get_cagul_model
 def main() -> None:
     """Run the benchmark and print the ratios against their targets."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--new-tokens", type=int, default=16)
     args = parser.parse_args()

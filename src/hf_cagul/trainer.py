@@ -28,7 +28,7 @@ from transformers import Trainer, TrainingArguments
 from hf_cagul import persistence
 from hf_cagul.config import WEIGHTS_NAME
 from hf_cagul.data import DATA_COLUMNS, CagulDataCollator, validate_dataset
-from hf_cagul.model import CagulModel
+from hf_cagul.model import CagulModel, ImageTrace
 
 TRAINING_CONFIG_NAME = "cagul_training_args.json"
 
@@ -87,6 +87,24 @@ def _token_kl(base: torch.Tensor, adapted: torch.Tensor) -> torch.Tensor:
         F.log_softmax(base.float(), dim=-1),
         log_target=True,
         reduction="batchmean",
+    )
+
+
+def _balanced_bce(traces: list[ImageTrace], forget: torch.Tensor) -> torch.Tensor:
+    """Gate BCE with forget and retain images weighted equally, whatever their counts.
+
+    Forget sets are small (5-10% of the people): an unweighted BCE lets the gate learn to
+    say "retain" and miss forget images, which then pass untouched at inference.
+    """
+    logits = torch.stack([trace.logit for trace in traces])
+    labels = forget[[trace.sample for trace in traces]].to(device=logits.device)
+    weights = torch.where(
+        labels, 0.5 / labels.sum().clamp_min(1), 0.5 / (~labels).sum().clamp_min(1)
+    )
+    if bool(labels.all()) or not bool(labels.any()):
+        weights = torch.full_like(logits, 1.0 / len(logits))
+    return F.binary_cross_entropy_with_logits(
+        logits, labels.to(logits.dtype), weight=weights.to(logits.dtype), reduction="sum"
     )
 
 
@@ -196,12 +214,7 @@ class CagulTrainer(Trainer):
         retain_loss = (
             _token_kl(base_logits, logits[retain_rows]) if base_logits is not None else zero
         )
-        if traces:
-            gate_logits = torch.stack([trace.logit for trace in traces])
-            gate_labels = forget[[trace.sample for trace in traces]].to(gate_logits.dtype)
-            gate_loss = F.binary_cross_entropy_with_logits(gate_logits, gate_labels)
-        else:
-            gate_loss = zero
+        gate_loss = _balanced_bce(traces, forget) if traces else zero
         loss = (
             args.forget_weight * forget_loss
             + args.retain_weight * retain_loss

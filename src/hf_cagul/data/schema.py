@@ -29,24 +29,6 @@ from typing import Any
 from datasets import Image as ImageFeature
 from PIL import Image, UnidentifiedImageError
 
-__all__ = [
-    "ANSWER_COLUMN",
-    "DATA_COLUMNS",
-    "DEFAULT_REFUSALS",
-    "FORGET_SPLIT",
-    "FORGET_TARGET_COLUMN",
-    "IMAGE_COLUMN",
-    "OPTIONAL_COLUMNS",
-    "QUESTION_COLUMN",
-    "REQUIRED_COLUMNS",
-    "RETAIN_SPLIT",
-    "SPLITS",
-    "SPLIT_COLUMN",
-    "SUBJECT_COLUMN",
-    "load_image",
-    "validate_dataset",
-]
-
 IMAGE_COLUMN = "image"
 QUESTION_COLUMN = "question"
 ANSWER_COLUMN = "answer"
