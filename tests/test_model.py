@@ -203,3 +203,19 @@ def test_print_trainable_parameters(family, capsys) -> None:
     assert trainable == sum(p.numel() for p in model.active_adapter_module.parameters())
     assert total == trainable + sum(p.numel() for p in vlm.parameters())
     assert f"trainable params: {trainable:,d}" in capsys.readouterr().out
+
+
+def test_half_precision_vlm_with_float32_adapter(family) -> None:
+    vlm, processor = tiny_vlm(family)
+    vlm.to(torch.bfloat16)
+    inputs = standard_batch(processor, family)
+    inputs = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in inputs.items()}
+    bare = logits(vlm, inputs)
+    model = get_cagul_model(vlm, CagulConfig())
+    assert next(model.active_adapter_module.parameters()).dtype == torch.float32
+    randomise_encoder(model)
+    assert torch.equal(logits(model, inputs), bare)
+    with model.force_gate(True):
+        rewritten = logits(model, inputs)
+    assert rewritten.dtype == torch.bfloat16
+    assert not torch.equal(rewritten, bare)
