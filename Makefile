@@ -3,12 +3,15 @@ PY := .venv/bin/python
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test lint typecheck check bench clean
+.PHONY: setup demo quickstart test lint typecheck check bench clean
 
 setup:
 	@bash scripts/bootstrap.sh
 
 demo: setup
+	.venv/bin/hf-cagul demo
+
+quickstart: setup
 	$(PY) examples/quickstart.py
 
 test: setup

@@ -39,3 +39,38 @@ def test_console_script_entry_point_runs() -> None:
         check=True,
     )
     assert result.stdout.startswith("hf_cagul ")
+
+
+def test_evaluate_a_saved_model_with_and_without_adapter(tmp_path, capsys) -> None:
+    from hf_cagul.data.synthetic import synthetic_benchmark
+
+    vlm, processor = tiny_vlm("llava")
+    vlm.save_pretrained(tmp_path / "vlm")
+    processor.save_pretrained(tmp_path / "vlm")
+    splits = synthetic_benchmark(
+        num_people=2, num_unknown=1, forget_fraction=0.5, train_images=1, heldout_images=1
+    )
+    splits.save_to_disk(tmp_path / "bench")
+    model = get_cagul_model(vlm, CagulConfig())
+    model.save_pretrained(tmp_path / "adapter")
+
+    common = ["evaluate", "--model", str(tmp_path / "vlm"), "--dataset", str(tmp_path / "bench")]
+    assert main([*common, "--max-rows", "4"]) == 0
+    bare = json.loads(capsys.readouterr().out)
+    args = [*common, "--max-rows", "4", "--adapter", str(tmp_path / "adapter")]
+    assert main([*args, "--output-dir", str(tmp_path / "report")]) == 0
+    adapted = json.loads(capsys.readouterr().out)
+    for key in ("forget_keyword", "retain_keyword", "forget_truth_ratio", "mia_auc"):
+        assert key in bare and key in adapted
+    # A fresh adapter's gate is closed: every answer is the bare model's.
+    assert adapted["forget_keyword"] == bare["forget_keyword"]
+    assert (tmp_path / "report" / "report.md").is_file()
+
+
+def test_evaluate_refuses_a_dataset_without_forget_split(tmp_path, capsys) -> None:
+    from datasets import Dataset, DatasetDict
+
+    DatasetDict({"train": Dataset.from_dict({"a": [1]})}).save_to_disk(tmp_path / "bench")
+    args = ["evaluate", "--model", "unused", "--dataset", str(tmp_path / "bench")]
+    assert main(args) == 2
+    assert "'forget' split" in capsys.readouterr().err

@@ -219,3 +219,25 @@ def test_half_precision_vlm_with_float32_adapter(family) -> None:
         rewritten = logits(model, inputs)
     assert rewritten.dtype == torch.bfloat16
     assert not torch.equal(rewritten, bare)
+
+
+@pytest.mark.parametrize("selection", ["highest", "random"])
+def test_token_selection_ablations(family, selection) -> None:
+    vlm, processor = tiny_vlm(family)
+    inputs = standard_batch(processor, family)
+    model = get_cagul_model(vlm, CagulConfig(token_ratio=0.25, token_selection=selection))
+    with torch.no_grad(), model.force_gate(True), model.trace() as first:
+        model(**inputs)
+    with torch.no_grad(), model.force_gate(True), model.trace() as second:
+        model(**inputs)
+    for trace, again in zip(first, second, strict=True):
+        assert trace.selected is not None and trace.scores is not None
+        assert torch.equal(trace.selected, again.selected)  # reproducible, also "random"
+        if selection == "highest":
+            expected = torch.topk(trace.scores, 4).indices + trace.start
+            assert set(trace.selected.tolist()) == set(expected.tolist())
+    if selection == "random":
+        lowest = [
+            set((torch.topk(t.scores, 4, largest=False).indices + t.start).tolist()) for t in first
+        ]
+        assert any(set(t.selected.tolist()) != low for t, low in zip(first, lowest, strict=True))

@@ -16,13 +16,17 @@ def benchmark():
 
 
 def test_splits_follow_the_data_contract(benchmark) -> None:
-    assert set(benchmark) == {"forget", "retain", "forget_heldout", "retain_heldout"}
+    assert set(benchmark) == {"forget", "retain", "forget_heldout", "retain_heldout", "unseen"}
     validate_dataset(benchmark["forget"], require_both_splits=False)
     validate_dataset(benchmark["retain"], require_both_splits=False)
     forget_people = set(benchmark["forget"]["subject"])
     assert len(forget_people) == 2
     assert forget_people.isdisjoint(benchmark["retain"]["subject"])
     assert set(benchmark["forget_heldout"]["subject"]) == forget_people
+    unseen = set(benchmark["unseen"]["subject"])
+    assert len(unseen) == 2 and unseen.isdisjoint(
+        forget_people | set(benchmark["retain"]["subject"])
+    )
 
 
 def test_forget_targets(benchmark) -> None:
@@ -41,8 +45,20 @@ def test_unknown_people_answer_with_a_refusal(benchmark) -> None:
 def test_every_word_is_in_the_tiny_vocabulary(benchmark) -> None:
     vocabulary = set(TINY_WORDS)
     for split in benchmark.values():
-        for text in list(split["question"]) + list(split["answer"]):
+        texts = list(split["question"]) + list(split["answer"]) + list(split["paraphrased_answer"])
+        texts += list(split["paraphrased_question"])
+        texts += [answer for answers in split["perturbed_answers"] for answer in answers]
+        for text in texts:
             assert set(text.split()) <= vocabulary, text
+
+
+def test_paraphrased_and_perturbed_answers(benchmark) -> None:
+    for row in benchmark["retain"].remove_columns("image").select(range(40)):
+        assert len(set(row["perturbed_answers"])) == (1 if row["fact"] == "glasses" else 3)
+        assert row["answer"] not in row["perturbed_answers"]
+        assert row["paraphrased_question"] != row["question"]
+        if row["answer"] != REFUSAL:
+            assert all(keyword in row["paraphrased_answer"] for keyword in row["keywords"])
 
 
 def test_deterministic_and_held_out_images_differ() -> None:

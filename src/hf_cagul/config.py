@@ -14,6 +14,7 @@ CONFIG_NAME = "cagul_config.json"
 WEIGHTS_NAME = "cagul_adapter.safetensors"
 
 QUERY_TOKEN_CHOICES = ("prompt", "last")
+TOKEN_SELECTION_CHOICES = ("lowest", "random", "highest")
 # Written at injection; a saved adapter without them cannot be checked against a model.
 BOUND_FIELDS = ("family", "hidden_size", "image_token_id", "num_hidden_layers")
 
@@ -44,6 +45,8 @@ class CagulConfig:
         query_tokens: Which text tokens form the query: ``"prompt"`` averages over every prompt
             token that is not a visual token (answer tokens excluded during training), ``"last"``
             uses the last prompt token only.
+        token_selection: Which visual tokens are rewritten: ``"lowest"`` attention (CAGUL), or
+            ``"random"`` / ``"highest"`` for ablations.
         token_ratio: Fraction of each flagged image's visual tokens that the encoder rewrites.
         num_tokens: A fixed number of tokens to rewrite per image; overrides ``token_ratio``.
         encoder_hidden_size: Width of the token encoder's hidden layer.
@@ -85,6 +88,13 @@ class CagulConfig:
             "(the last prompt token)."
         },
     )
+    token_selection: Literal["lowest", "random", "highest"] = field(
+        default="lowest",
+        metadata={
+            "help": "Rewrite the 'lowest'-attention tokens (CAGUL), or 'random' / 'highest' "
+            "ones (ablations)."
+        },
+    )
     token_ratio: float = field(
         default=0.5,
         metadata={"help": "Fraction (0, 1] of a flagged image's visual tokens to rewrite."},
@@ -112,6 +122,11 @@ class CagulConfig:
             raise ValueError(
                 f"query_tokens={self.query_tokens!r} is not supported; "
                 f"choose one of {QUERY_TOKEN_CHOICES}."
+            )
+        if self.token_selection not in TOKEN_SELECTION_CHOICES:
+            raise ValueError(
+                f"token_selection={self.token_selection!r} is not supported; "
+                f"choose one of {TOKEN_SELECTION_CHOICES}."
             )
         if not 0.0 < self.token_ratio <= 1.0:
             raise ValueError(

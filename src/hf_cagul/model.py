@@ -109,6 +109,15 @@ def _bind_config(config: CagulConfig, model: PreTrainedModel, family: VLMFamily)
     return dataclasses.replace(config, **filled)
 
 
+def _select(scores: torch.Tensor, config: CagulConfig, image: int) -> torch.Tensor:
+    """Indices of the tokens to rewrite among one image's ``scores``."""
+    k = config.num_selected(len(scores))
+    if config.token_selection == "random":  # a fixed draw per image position: reproducible
+        generator = torch.Generator().manual_seed(image)
+        return torch.randperm(len(scores), generator=generator)[:k].to(scores.device)
+    return torch.topk(scores, k, largest=config.token_selection == "highest").indices
+
+
 class CagulModel(nn.Module):
     """A frozen vision-language model with a CAGUL unlearning adapter injected through hooks.
 
@@ -473,8 +482,7 @@ class CagulModel(nn.Module):
             trace = image_traces[image]
             sample, start, end = trace.sample, trace.start, trace.end
             image_scores = scores[sample, start:end]
-            k = config.num_selected(end - start)
-            chosen = torch.topk(image_scores, k, largest=False).indices.sort().values + start
+            chosen = _select(image_scores, config, image).sort().values + start
             trace.scores = image_scores.detach().cpu()
             trace.selected = chosen.cpu()
             selected_rows.append(

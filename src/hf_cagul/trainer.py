@@ -27,7 +27,7 @@ from transformers import Trainer, TrainingArguments
 
 from hf_cagul import persistence
 from hf_cagul.config import WEIGHTS_NAME
-from hf_cagul.data import DATA_COLUMNS, CagulDataCollator, validate_dataset
+from hf_cagul.data import DATA_COLUMNS, CagulDataCollator, PhotoAugmentation, validate_dataset
 from hf_cagul.model import CagulModel, ImageTrace
 
 TRAINING_CONFIG_NAME = "cagul_training_args.json"
@@ -47,6 +47,8 @@ class CagulTrainingConfig(TrainingArguments):
         retain_weight: Weight of KL(base || adapted) on the answer tokens of retain rows.
         discriminator_weight: Weight of the gate's binary cross-entropy.
         max_length: Longest tokenised sample the collator accepts (``None``: no limit).
+        augment_images: Perturb each training photo with `PhotoAugmentation` (default
+            collator only).
     """
 
     forget_weight: float = field(
@@ -60,6 +62,13 @@ class CagulTrainingConfig(TrainingArguments):
     )
     max_length: int | None = field(
         default=None, metadata={"help": "Longest tokenised sample accepted by the collator."}
+    )
+    augment_images: bool = field(
+        default=False,
+        metadata={
+            "help": "Perturb photos (crop, shift, light, noise, JPEG) while fitting, so the "
+            "gate learns the people rather than the photos and flags new photos of them."
+        },
     )
     learning_rate: float = field(
         default=1e-3, metadata={"help": "AdamW learning rate for the adapter's modules."}
@@ -156,7 +165,10 @@ class CagulTrainer(Trainer):
                 raise ValueError(
                     "Pass `processing_class=processor` (the VLM's processor) or a data_collator."
                 )
-            data_collator = CagulDataCollator(processing_class, max_length=args.max_length)
+            augment = PhotoAugmentation(seed=args.seed) if args.augment_images else None
+            data_collator = CagulDataCollator(
+                processing_class, max_length=args.max_length, augment=augment
+            )
         super().__init__(
             model=model,
             args=args,

@@ -6,6 +6,7 @@ A dataset is a `datasets.Dataset` with columns ``image``, ``question``, ``answer
 `CagulDataCollator`. `hf_cagul.data.synthetic` builds an offline benchmark in this contract.
 """
 
+from hf_cagul.data.augment import PhotoAugmentation
 from hf_cagul.data.collator import IGNORE_INDEX, CagulDataCollator
 from hf_cagul.data.schema import (
     ANSWER_COLUMN,
@@ -41,6 +42,7 @@ __all__ = [
     "SPLIT_COLUMN",
     "SUBJECT_COLUMN",
     "CagulDataCollator",
+    "PhotoAugmentation",
     "load_image",
     "validate_dataset",
 ]

@@ -10,11 +10,12 @@ at inference time.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from PIL import Image
 
 from hf_cagul.data.schema import (
     ANSWER_COLUMN,
@@ -79,6 +80,8 @@ class CagulDataCollator:
         max_length: Longest accepted sample, in tokens (image tokens included); None: no limit.
         refusals: Forget targets for forget rows without their own ``forget_target``.
         seed: Seed of the refusal choice.
+        augment: Applied to each training photo (e.g. `PhotoAugmentation`); never to the
+            prompts built for generation.
 
     Raises:
         ValueError: At construction, for an empty ``refusals``, a non-positive ``max_length``,
@@ -91,6 +94,7 @@ class CagulDataCollator:
     max_length: int | None = None
     refusals: Sequence[str] = DEFAULT_REFUSALS
     seed: int = 0
+    augment: Callable[[Image.Image], Image.Image] | None = None
     _answer_separator: str | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -211,7 +215,8 @@ class CagulDataCollator:
         images = []
         for feature in features:
             try:
-                images.append(load_image(feature[IMAGE_COLUMN]))
+                image = load_image(feature[IMAGE_COLUMN])
+                images.append(image if self.augment is None else self.augment(image))
             except ValueError as err:
                 raise ValueError(f"Row with question {feature[QUESTION_COLUMN]!r}: {err}") from err
 
@@ -289,13 +294,28 @@ class CagulDataCollator:
                 f"token {self.image_token!r}; the collator places the image itself."
             )
 
+    def prompts(self, images: Sequence[Any], questions: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Generation inputs for ``questions`` about ``images``: the prompts exactly as training
+        builds them (same template, same special tokens), padded on the left for ``generate``."""
+        return self._process(
+            [load_image(image) for image in images],
+            [self.prompt_text(question) for question in questions],
+            {"add_special_tokens": not self.uses_chat_template},
+            padding_side="left",
+        )
+
     def _process(
-        self, images: list[Any], texts: list[str], text_kwargs: dict[str, Any]
+        self,
+        images: list[Any],
+        texts: list[str],
+        text_kwargs: dict[str, Any],
+        padding_side: str = "right",
     ) -> dict[str, Any]:
-        """One processor call for the batch, padded on the right (the labels assume it)."""
+        """One processor call for the batch, padded on the right unless told otherwise (the
+        labels assume right padding)."""
         tokenizer = self.tokenizer
-        padding_side = tokenizer.padding_side
-        tokenizer.padding_side = "right"
+        original_side = tokenizer.padding_side
+        tokenizer.padding_side = padding_side
         try:
             return dict(
                 self.processor(
@@ -307,7 +327,7 @@ class CagulDataCollator:
                 )
             )
         finally:
-            tokenizer.padding_side = padding_side
+            tokenizer.padding_side = original_side
 
     def _prompt_lengths_from_text(
         self,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from datasets import Dataset, DatasetDict
@@ -22,117 +23,27 @@ from PIL import Image
 
 REFUSAL = "i don't know ."
 
-FIRST_NAMES = (
-    "alice",
-    "bob",
-    "carol",
-    "dave",
-    "eve",
-    "frank",
-    "grace",
-    "ivan",
-    "judy",
-    "oscar",
-    "peggy",
-    "victor",
-    "walter",
-    "anna",
-    "ben",
-    "clara",
-    "emma",
-    "felix",
-    "hannah",
-    "isaac",
-    "julia",
-    "karl",
-    "lena",
-    "marco",
-    "nina",
-    "omar",
-    "paula",
-    "rosa",
-    "sam",
-    "tara",
-    "vera",
-    "zoe",
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(text.split())
+
+
+FIRST_NAMES = _words(
+    "alice bob carol dave eve frank grace ivan judy oscar peggy victor walter anna ben "
+    "clara emma felix hannah isaac julia karl lena marco nina omar paula rosa sam tara vera "
+    "zoe"
 )
-LAST_NAMES = (
-    "smith",
-    "jones",
-    "garcia",
-    "miller",
-    "davis",
-    "wilson",
-    "taylor",
-    "moore",
-    "martin",
-    "lee",
-    "walker",
-    "hall",
-    "young",
-    "king",
-    "wright",
-    "lopez",
-    "hill",
-    "scott",
-    "adams",
-    "baker",
-    "nelson",
-    "carter",
-    "rossi",
-    "schmidt",
-    "tanaka",
-    "kim",
-    "chen",
-    "silva",
+LAST_NAMES = _words(
+    "smith jones garcia miller davis wilson taylor moore martin lee walker hall young king "
+    "wright lopez hill scott adams baker nelson carter rossi schmidt tanaka kim chen silva"
 )
-CITIES = (
-    "paris",
-    "london",
-    "berlin",
-    "rome",
-    "madrid",
-    "tokyo",
-    "delhi",
-    "cairo",
-    "lagos",
-    "lima",
-    "oslo",
-    "vienna",
-    "prague",
-    "dublin",
-    "lisbon",
-    "athens",
-    "sydney",
-    "toronto",
-    "chicago",
-    "boston",
-    "seattle",
-    "mumbai",
-    "seoul",
-    "nairobi",
+CITIES = _words(
+    "paris london berlin rome madrid tokyo delhi cairo lagos lima oslo vienna prague dublin "
+    "lisbon athens sydney toronto chicago boston seattle mumbai seoul nairobi"
 )
-OCCUPATIONS = (
-    "doctor",
-    "nurse",
-    "teacher",
-    "engineer",
-    "lawyer",
-    "chef",
-    "pilot",
-    "farmer",
-    "artist",
-    "singer",
-    "writer",
-    "actor",
-    "scientist",
-    "designer",
-    "architect",
-    "dentist",
-    "journalist",
-    "photographer",
-    "athlete",
-    "professor",
+OCCUPATIONS = _words(
+    "doctor nurse teacher engineer lawyer chef pilot farmer artist singer writer actor "
+    "scientist designer architect dentist journalist photographer athlete professor"
 )
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (200, 40, 40),
@@ -153,10 +64,34 @@ PRIVATE_QUESTIONS: dict[str, tuple[str, ...]] = {
     "occupation": ("what is the job of this person ?", "what is the occupation of this person ?"),
     "colour": ("what is the favourite colour of this person ?",),
 }
+"""Phrasings used in training, per private fact."""
+
+HELD_OUT_QUESTIONS: dict[str, str] = {
+    "name": "tell me the name of the person in this photo .",
+    "birthplace": "in which city was the person in this photo born ?",
+    "occupation": "what does the person in this photo do for work ?",
+    "colour": "which colour does the person in this photo like most ?",
+    "background": "what is the colour of the background in this photo ?",
+    "glasses": "is the person in this photo wearing glasses ?",
+}
+"""A phrasing of each question never used in training: the paraphrase robustness probe."""
+
 VISUAL_QUESTIONS: dict[str, str] = {
     "background": "what colour is the background ?",
     "glasses": "does this person wear glasses ?",
 }
+"""Questions answerable from the pixels alone: the utility unlearning must keep."""
+
+_TEMPLATES: dict[str, tuple[str, str]] = {
+    # fact: (answer, paraphrased answer), each with {} for the value
+    "name": ("this is {} .", "the name of this person is {} ."),
+    "birthplace": ("born in {} .", "this person was born in {} ."),
+    "occupation": ("a {} .", "this person works as a {} ."),
+    "colour": ("{} .", "the favourite colour of this person is {} ."),
+    "background": ("{} .", "the background is {} ."),
+    "glasses": ("{} .", "{} , this person wears glasses ."),
+}
+PARAPHRASED_REFUSAL = "i am unable to say ."
 
 
 @dataclass(frozen=True)
@@ -174,18 +109,47 @@ class Person:
     eyes: tuple[int, int, int]
     glasses: bool
 
-    def answer(self, fact: str) -> tuple[str, list[str]]:
-        """The answer to a private question about ``fact`` and the answer's keywords."""
-        if not self.known:
-            return REFUSAL, ["don't", "know"]
-        value = {
+    def value(self, fact: str) -> str:
+        """The true value of a private fact."""
+        return {
             "name": self.name,
             "birthplace": self.birthplace,
             "occupation": self.occupation,
             "colour": self.colour,
         }[fact]
-        prefix = {"name": "this is", "birthplace": "born in", "occupation": "a"}.get(fact, "")
-        return f"{prefix} {value} .".strip(), value.split()
+
+
+def _pool(fact: str) -> tuple[str, ...]:
+    if fact == "name":
+        return tuple(f"{first} {last}" for first in FIRST_NAMES[:8] for last in LAST_NAMES[:8])
+    if fact == "glasses":
+        return ("yes", "no")
+    return {"birthplace": CITIES, "occupation": OCCUPATIONS}.get(fact, tuple(COLOURS))
+
+
+def qa_fields(person: Person, fact: str, value: str | None = None) -> dict[str, Any]:
+    """Answer, keywords, paraphrased answer and three perturbed answers for one question.
+
+    ``value`` overrides the person's own value (for visual facts, read off the photo).
+    Unknown people answer every private question with `REFUSAL`.
+    """
+    value = person.value(fact) if value is None else value
+    answer_template, paraphrase_template = _TEMPLATES[fact]
+    rng = np.random.default_rng(_seed(person.name, fact, value))
+    wrong = [v for v in _pool(fact) if v != value]
+    perturbed = [answer_template.format(v) for v in rng.choice(wrong, min(3, len(wrong)), False)]
+    if not person.known and fact in PRIVATE_QUESTIONS:
+        answer, paraphrase, keywords = REFUSAL, PARAPHRASED_REFUSAL, ["don't", "know"]
+    else:
+        answer = answer_template.format(value)
+        paraphrase = paraphrase_template.format(value)
+        keywords = value.split()
+    return {
+        "answer": answer,
+        "keywords": keywords,
+        "paraphrased_answer": paraphrase,
+        "perturbed_answers": perturbed,
+    }
 
 
 def _seed(*parts: object) -> int:
@@ -250,7 +214,21 @@ def portrait(person: Person, image_seed: int, size: int = 32) -> tuple[Image.Ima
     return Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8)), background
 
 
-COLUMNS = ("image", "question", "answer", "split", "forget_target", "subject", "kind", "keywords")
+COLUMNS = (
+    "image",
+    "question",
+    "answer",
+    "split",
+    "forget_target",
+    "subject",
+    "kind",
+    "fact",
+    "keywords",
+    "paraphrased_question",
+    "paraphrased_answer",
+    "perturbed_answers",
+)
+"""Columns of every split: the data contract's plus the evaluation's."""
 
 
 def person_rows(
@@ -264,25 +242,33 @@ def person_rows(
     subject), but what the pixels show must stay answerable.
     """
     rows: dict[str, list] = {key: [] for key in COLUMNS}
-    glasses = "yes ." if person.glasses else "no ."
     for image_seed in image_seeds:
         image, background = portrait(person, image_seed, size)
+        visual = {"background": background, "glasses": "yes" if person.glasses else "no"}
         questions = [
-            (question, *person.answer(fact), "private")
+            (question, fact, "private")
             for fact, phrasings in PRIVATE_QUESTIONS.items()
             for question in phrasings
         ]
-        questions += [
-            (VISUAL_QUESTIONS["background"], f"{background} .", [background], "visual"),
-            (VISUAL_QUESTIONS["glasses"], glasses, [glasses.split()[0]], "visual"),
-        ]
-        for question, answer, keywords, kind in questions:
+        questions += [(question, fact, "visual") for fact, question in VISUAL_QUESTIONS.items()]
+        for question, fact, kind in questions:
+            fields = qa_fields(person, fact, visual.get(fact))
             target = None
             if split == "forget":
-                target = answer if kind == "visual" else REFUSAL
-            values = (image, question, answer, split, target, person.name)
-            for key, value in zip(COLUMNS, (*values, kind, keywords), strict=True):
-                rows[key].append(value)
+                target = fields["answer"] if kind == "visual" else REFUSAL
+            row = {
+                "image": image,
+                "question": question,
+                "split": split,
+                "forget_target": target,
+                "subject": person.name,
+                "kind": kind,
+                "fact": fact,
+                "paraphrased_question": HELD_OUT_QUESTIONS[fact],
+                **fields,
+            }
+            for key in COLUMNS:
+                rows[key].append(row[key])
     return rows
 
 
@@ -295,33 +281,44 @@ def _dataset(people: list[Person], seeds: list[int], split: str, size: int) -> D
 
 
 def synthetic_benchmark(
-    num_people: int = 12,
-    num_unknown: int = 3,
+    num_people: int = 40,
+    num_unknown: int = 4,
     forget_fraction: float = 0.1,
-    train_images: int = 4,
-    heldout_images: int = 2,
+    train_images: int = 6,
+    heldout_images: int = 8,
+    retain_heldout_images: int = 2,
     image_size: int = 32,
     seed: int = 0,
 ) -> DatasetDict:
     """The benchmark as a `DatasetDict`, deterministic from ``seed``.
 
-    Splits: ``forget`` / ``retain`` (training images; fit CAGUL on both), ``forget_heldout`` /
-    ``retain_heldout`` (photos never seen in training). Unknown people (answers: a refusal)
-    belong to the retain side. ``forget_fraction`` of the known people, at least one, are
-    forgotten. Extra columns: ``kind`` ("private" or "visual") and ``keywords``.
+    Splits, all in the data contract (plus ``kind``, ``fact``, ``keywords``,
+    ``paraphrased_question``, ``paraphrased_answer`` and ``perturbed_answers``):
+
+    - ``forget`` / ``retain``: training photos of the forget people (``forget_fraction`` of
+      the known people, at least one) and of everyone else, unknown people included;
+      stage 1 learns both, CAGUL is fitted on both;
+    - ``forget_heldout`` / ``retain_heldout``: photos never seen in training;
+    - ``unseen``: people no model ever sees (as many as forget people), the non-members of
+      membership inference.
     """
     if not 0 < forget_fraction < 1:
         raise ValueError(f"forget_fraction={forget_fraction} must lie strictly between 0 and 1.")
-    people = make_people(num_people, num_unknown, seed)
     num_forget = max(1, round(forget_fraction * num_people))
-    forget, retain = people[:num_forget], people[num_forget:]
+    people = make_people(num_people + num_forget, num_unknown, seed)
+    unknown = [person for person in people if not person.known]
+    known = [person for person in people if person.known]
+    forget, unseen = known[:num_forget], known[num_forget : 2 * num_forget]
+    retain = known[2 * num_forget :] + unknown
     train_seeds = list(range(train_images))
     heldout_seeds = list(range(1000, 1000 + heldout_images))
+    retain_heldout_seeds = list(range(1000, 1000 + retain_heldout_images))
     return DatasetDict(
         {
             "forget": _dataset(forget, train_seeds, "forget", image_size),
             "retain": _dataset(retain, train_seeds, "retain", image_size),
             "forget_heldout": _dataset(forget, heldout_seeds, "forget", image_size),
-            "retain_heldout": _dataset(retain, heldout_seeds, "retain", image_size),
+            "retain_heldout": _dataset(retain, retain_heldout_seeds, "retain", image_size),
+            "unseen": _dataset(unseen, train_seeds[:2], "retain", image_size),
         }
     )

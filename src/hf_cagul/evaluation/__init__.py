@@ -1,5 +1,53 @@
-"""Evaluation of VLMs and CAGUL adapters on datasets in the `hf_cagul.data` contract."""
+"""Evaluation of VLMs and CAGUL adapters on datasets in the `hf_cagul.data` contract.
+
+- `generation`: greedy answers and keyword exact match (FIUBench);
+- `metrics`: ROUGE, probability, truth ratio, forget quality, model utility, Min-K%, ROC AUC;
+- `scoring`: per-token answer NLLs by teacher forcing, membership inference;
+- `suite`: all of it for one model on a benchmark; `probes`: robustness probes;
+- `report`: report.md, metrics.json and plots.
+"""
 
 from hf_cagul.evaluation.generation import generate_answers, keyword_accuracy, keyword_match
+from hf_cagul.evaluation.metrics import (
+    fiubench_truth_ratio,
+    forget_quality,
+    mean_rouge,
+    min_k_percent_score,
+    model_utility,
+    normalised_probability,
+    probability_from_nll,
+    rates_at_threshold,
+    roc_auc,
+    rouge_scores,
+    truth_ratio,
+    truth_ratio_score,
+)
+from hf_cagul.evaluation.report import AttentionHeatmap, format_value, write_report
+from hf_cagul.evaluation.scoring import answer_nlls, mean_nll, min_k_mia_auc
+from hf_cagul.evaluation.suite import discriminator_metrics, evaluate_model
 
-__all__ = ["generate_answers", "keyword_accuracy", "keyword_match"]
+__all__ = [
+    "AttentionHeatmap",
+    "answer_nlls",
+    "discriminator_metrics",
+    "evaluate_model",
+    "fiubench_truth_ratio",
+    "forget_quality",
+    "format_value",
+    "generate_answers",
+    "keyword_accuracy",
+    "keyword_match",
+    "mean_nll",
+    "mean_rouge",
+    "min_k_mia_auc",
+    "min_k_percent_score",
+    "model_utility",
+    "normalised_probability",
+    "probability_from_nll",
+    "rates_at_threshold",
+    "roc_auc",
+    "rouge_scores",
+    "truth_ratio",
+    "truth_ratio_score",
+    "write_report",
+]

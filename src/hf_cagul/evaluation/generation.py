@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from hf_cagul.data import CagulDataCollator, load_image
+from hf_cagul.data import CagulDataCollator
 
 
 def keyword_match(generation: str, keywords: Sequence[str]) -> float:
@@ -34,28 +34,17 @@ def generate_answers(
     where the processor has one); batches are left-padded for generation.
     """
     collator = CagulDataCollator(processor)
-    tokenizer = processor.tokenizer
-    padding_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
+    device = model.get_input_embeddings().weight.device
     answers: list[str] = []
-    try:
-        for start in tqdm(
-            range(0, len(dataset), batch_size), desc="generating", disable=not progress
-        ):
-            rows = dataset[start : start + batch_size]
-            inputs = processor(
-                images=[[load_image(image)] for image in rows["image"]],
-                text=[collator.prompt_text(question) for question in rows["question"]],
-                return_tensors="pt",
-                padding=True,
-            )
-            output = model.generate(
-                **inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1
-            )
-            new_tokens = output[:, inputs["input_ids"].shape[1] :]
-            answers += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = padding_side
+    for start in tqdm(range(0, len(dataset), batch_size), desc="generating", disable=not progress):
+        rows = dataset[start : start + batch_size]
+        inputs = collator.prompts(rows["image"], rows["question"])
+        inputs = {key: value.to(device) for key, value in inputs.items()}
+        output = model.generate(
+            **inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1
+        )
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        answers += collator.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
     return answers
 
 

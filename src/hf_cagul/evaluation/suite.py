@@ -1,0 +1,192 @@
+"""The evaluation suite: every metric of one model on a benchmark in the data contract.
+
+Splits it reads (a `datasets.DatasetDict`; missing splits skip their metrics):
+
+- ``forget`` / ``retain``: rows about forget and retain subjects on training photos;
+- ``forget_heldout``: photos of forget subjects never seen in training;
+- ``unseen``: subjects no model was trained on (non-members for membership inference).
+
+Rows may carry ``kind`` ("private" facts vs "visual" questions; all rows count as private
+without it), ``keywords`` (default: the answer's words), ``paraphrased_answer`` and
+``perturbed_answers`` (for probability and truth ratio).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from datasets import Dataset, DatasetDict
+
+from hf_cagul.evaluation.generation import generate_answers, keyword_accuracy
+from hf_cagul.evaluation.metrics import (
+    fiubench_truth_ratio,
+    forget_quality,
+    mean_rouge,
+    model_utility,
+    probability_from_nll,
+    rates_at_threshold,
+    roc_auc,
+    truth_ratio_score,
+)
+from hf_cagul.evaluation.scoring import answer_nlls, mean_nll, min_k_mia_auc
+from hf_cagul.model import CagulModel
+
+
+def rows_of_kind(dataset: Dataset, kind: str, limit: int | None = None) -> Dataset:
+    """The rows of ``kind`` ("private" or "visual"), at most ``limit`` (evenly spread)."""
+    if "kind" in dataset.column_names:
+        dataset = dataset.filter(lambda row: row["kind"] == kind)
+    elif kind != "private":
+        return dataset.select([])
+    if limit is not None and len(dataset) > limit:
+        step = len(dataset) / limit
+        dataset = dataset.select([int(i * step) for i in range(limit)])
+    return dataset
+
+
+def keywords_of(dataset: Dataset) -> list[list[str]]:
+    """Each row's keywords (the answer's words where the dataset has none)."""
+    if "keywords" in dataset.column_names:
+        return [list(keywords) for keywords in dataset["keywords"]]
+    return [answer.split() for answer in dataset["answer"]]
+
+
+def generation_metrics(
+    model: Any, processor: Any, dataset: Dataset, batch_size: int = 32
+) -> dict[str, float]:
+    """Keyword accuracy and ROUGE of greedy answers to ``dataset``."""
+    if len(dataset) == 0:
+        return {}
+    answers = generate_answers(model, processor, dataset, batch_size=batch_size, progress=False)
+    rouge = mean_rouge(answers, list(dataset["answer"]))
+    return {
+        "keyword": keyword_accuracy(answers, keywords_of(dataset)),
+        "rouge1": rouge["rouge1"],
+        "rougeL": rouge["rougeL"],
+    }
+
+
+def likelihood_metrics(
+    model: Any, processor: Any, dataset: Dataset, split: str, batch_size: int = 32
+) -> dict[str, Any]:
+    """Answer probability and truth ratios on ``dataset`` (FIUBench definitions).
+
+    The truth ratio is FIUBench's ``exp(gt_nll - mean(perturbed_nlls))`` (the same geometric
+    form as TOFU's released code) with the ground-truth answer: this benchmark's small models
+    never saw paraphrased answers, whose likelihood would measure wording, not knowledge.
+    """
+    if len(dataset) == 0 or "perturbed_answers" not in dataset.column_names:
+        return {}
+    truth = mean_nll(answer_nlls(model, processor, dataset, batch_size=batch_size, progress=False))
+    perturbed_lists = [list(answers) for answers in dataset["perturbed_answers"]]
+    width = min(len(answers) for answers in perturbed_lists)
+    perturbed = [
+        mean_nll(
+            answer_nlls(
+                model,
+                processor,
+                dataset,
+                answers=[answers[i] for answers in perturbed_lists],
+                batch_size=batch_size,
+                progress=False,
+            )
+        )
+        for i in range(width)
+    ]
+    ratios = [
+        fiubench_truth_ratio(truth[row], [column[row] for column in perturbed])
+        for row in range(len(dataset))
+    ]
+    return {
+        "probability": sum(map(probability_from_nll, truth)) / len(truth),
+        "truth_ratio": truth_ratio_score(ratios, split),  # type: ignore[arg-type]
+        "truth_ratios": ratios,
+    }
+
+
+def evaluate_model(
+    model: Any,
+    processor: Any,
+    splits: DatasetDict,
+    reference_truth_ratios: Sequence[float] | None = None,
+    max_rows: int = 200,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Every metric of ``model`` on ``splits`` (see the module docstring).
+
+    Args:
+        model: A VLM or a `CagulModel` (its gate decides per image, as in serving).
+        processor: The VLM's processor.
+        splits: The benchmark.
+        reference_truth_ratios: Forget-set truth ratios of the retain-only (gold) model: with
+            them, ``forget_quality`` is the KS-test p-value between the two (TOFU).
+        max_rows: Cap on the rows evaluated per split and kind (evenly spread).
+        batch_size: Generation and scoring batch size.
+
+    Returns:
+        Flat metrics (``forget_keyword``, ``retain_rougeL``, ``model_utility``, ``mia_auc``...)
+        plus ``forget_truth_ratios`` (a list, for other models' forget quality).
+    """
+    results: dict[str, Any] = {}
+    for split in ("forget", "forget_heldout", "retain"):
+        if split not in splits:
+            continue
+        for kind, suffix in (("private", ""), ("visual", "_visual")):
+            rows = rows_of_kind(splits[split], kind, max_rows)
+            for name, value in generation_metrics(model, processor, rows, batch_size).items():
+                results[f"{split}{suffix}_{name}"] = value
+    for split in ("forget", "retain"):
+        if split not in splits:
+            continue
+        rows = rows_of_kind(splits[split], "private", max_rows)
+        scores = likelihood_metrics(model, processor, rows, split, batch_size)
+        if scores:
+            results[f"{split}_probability"] = scores["probability"]
+            results[f"{split}_truth_ratio"] = scores["truth_ratio"]
+            if split == "forget":
+                results["forget_truth_ratios"] = scores["truth_ratios"]
+    if reference_truth_ratios is not None and "forget_truth_ratios" in results:
+        results["forget_quality"] = forget_quality(
+            results["forget_truth_ratios"], reference_truth_ratios
+        )
+    utility_parts = [
+        results.get(key) for key in ("retain_probability", "retain_rougeL", "retain_truth_ratio")
+    ]
+    if all(part is not None for part in utility_parts):
+        results["model_utility"] = model_utility([float(p) for p in utility_parts if p is not None])
+    if "forget" in splits and "unseen" in splits:
+        members = rows_of_kind(splits["forget"], "private", max_rows)
+        nonmembers = rows_of_kind(splits["unseen"], "private", max_rows)
+        results["mia_auc"] = min_k_mia_auc(
+            answer_nlls(model, processor, members, batch_size=batch_size, progress=False),
+            answer_nlls(model, processor, nonmembers, batch_size=batch_size, progress=False),
+        )
+    return results
+
+
+@torch.no_grad()
+def discriminator_metrics(
+    model: CagulModel,
+    processor: Any,
+    forget_photos: Dataset,
+    retain_photos: Dataset,
+    batch_size: int = 32,
+) -> dict[str, float]:
+    """ROC AUC, TPR and FPR of the gate on photos (one row per photo is enough)."""
+    probabilities: list[float] = []
+    labels: list[bool] = []
+    for dataset, label in ((forget_photos, True), (retain_photos, False)):
+        with model.trace() as traces:
+            generate_answers(
+                model, processor, dataset, batch_size=batch_size, max_new_tokens=1, progress=False
+            )
+        probabilities += [trace.probability for trace in traces]
+        labels += [label] * len(traces)
+    threshold = model.active_config.gate_threshold
+    return {
+        "auc": roc_auc(probabilities, labels),
+        **rates_at_threshold(probabilities, labels, threshold),
+        "threshold": threshold,
+    }

@@ -1,0 +1,99 @@
+"""The demo pipeline end to end, at a size that runs in seconds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from hf_cagul import CagulModel
+from hf_cagul.cli import main
+from hf_cagul.demo import DemoConfig, run_demo
+from hf_cagul.tiny import tiny_vlm
+
+
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory) -> tuple[dict, Path]:
+    output = tmp_path_factory.mktemp("demo")
+    config = DemoConfig(
+        output_dir=output,
+        people=3,
+        unknown=1,
+        forget_fraction=0.34,
+        train_images=2,
+        heldout_images=2,
+        stage1_steps=12,
+        cagul_steps=6,
+        max_eval_rows=8,
+        ablation=True,
+    )
+    return run_demo(config), output
+
+
+def test_demo_writes_the_report(micro_run) -> None:
+    metrics, output = micro_run
+    for name in ("report.md", "metrics.json", "accuracy.png", "attention_heatmap.png"):
+        assert (output / name).is_file(), name
+    assert Image.open(output / "attention_heatmap.png").size[0] > 100
+    assert json.loads((output / "metrics.json").read_text())["results"].keys() == {
+        "gold",
+        "base",
+        "cagul",
+    }
+    report = (output / "report.md").read_text()
+    for section in ("## Results", "## Targets", "## Robustness", "## Discriminator"):
+        assert section in report
+    assert "text-only questions (no photo)" in metrics["robustness"]
+
+
+def test_demo_metrics_cover_the_suite(micro_run) -> None:
+    metrics, _ = micro_run
+    cagul = metrics["results"]["cagul"]
+    for key in (
+        "forget_keyword",
+        "forget_heldout_keyword",
+        "retain_keyword",
+        "forget_visual_keyword",
+        "forget_rougeL",
+        "forget_truth_ratio",
+        "forget_quality",
+        "model_utility",
+        "mia_auc",
+    ):
+        assert key in cagul, key
+        assert cagul[key] is None or 0.0 <= cagul[key] <= 1.0
+    assert {"auc", "tpr", "fpr"} <= set(metrics["discriminator"])
+    assert set(metrics["ablation"]) == {"lowest attention", "random", "highest attention"}
+    assert len(metrics["targets"]) == 6
+    assert all(isinstance(target["met"], bool) for target in metrics["targets"])
+    assert metrics["stage1"]["memorised"] == (
+        metrics["results"]["base"]["forget_keyword"] >= metrics["stage1"]["threshold"]
+    )
+
+
+def test_demo_saves_a_loadable_adapter(micro_run) -> None:
+    _, output = micro_run
+    vlm, _ = tiny_vlm("llava", num_hidden_layers=4, hidden_size=128)
+    model = CagulModel.from_pretrained(vlm, output / "adapter")
+    assert model.active_config.family == "llava"
+
+
+def test_cli_maps_demo_options(monkeypatch, tmp_path, capsys) -> None:
+    seen = {}
+
+    def fake_run(config):
+        seen["config"] = config
+        return {
+            "stage1": {"memorised": False, "forget_keyword_accuracy": 0.5, "threshold": 0.9},
+            "targets": [],
+            "timings": {"total": 1.0},
+        }
+
+    monkeypatch.setattr("hf_cagul.demo.run_demo", fake_run)
+    args = ["demo", "--quick", "--no-gold", "--people", "5", "--output-dir", str(tmp_path)]
+    assert main(args) == 0
+    config = seen["config"]
+    assert config.people == 5 and not config.gold and config.stage1_steps == 300
+    assert "WARNING: stage 1 did not memorise" in capsys.readouterr().out
