@@ -47,3 +47,20 @@ def test_discriminator_scores_images_independently() -> None:
     together = discriminator(torch.cat([a, b]), torch.tensor([0] * 3 + [1] * 5), 2)
     alone = discriminator(b, torch.zeros(5, dtype=torch.long), 1)
     assert torch.allclose(together[1], alone[0], atol=1e-6)
+
+
+def test_discriminator_pools_mean_and_max_per_image() -> None:
+    torch.manual_seed(0)
+    discriminator = ForgetDiscriminator(hidden_size=4, inner_size=3)
+    torch.nn.init.normal_(discriminator.head.weight)
+    tokens = torch.randn(3, 4)
+    features = discriminator.token_mlp(discriminator.norm(tokens))
+    pooled = torch.stack(
+        [
+            torch.cat([features[:2].mean(0), features[:2].amax(0)]),
+            torch.cat([features[2], features[2]]),
+        ]
+    )
+    expected = discriminator.head(pooled).squeeze(-1)
+    actual = discriminator(tokens, torch.tensor([0, 0, 1]), 2)
+    assert torch.allclose(actual, expected, atol=1e-6)

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import torch
 from datasets import Dataset, concatenate_datasets
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
 from hf_cagul.config import CagulConfig
@@ -49,13 +50,14 @@ class DemoConfig:
     forget_fraction: float = 0.1
     train_images: int = 6
     heldout_images: int = 8
-    stage1_steps: int = 1500
-    cagul_steps: int = 600
+    stage1_steps: int = 2800
+    stage1_learning_rate: float = 1e-3
+    cagul_steps: int = 1000
     cagul_learning_rate: float = 3e-3
     token_ratio: float = 0.5
     gold: bool = True
     ablation: bool = False
-    max_eval_rows: int = 200
+    max_eval_rows: int = 160
     seed: int = 0
 
     @classmethod
@@ -106,7 +108,7 @@ def teach(config: DemoConfig, dataset: Dataset, description: str) -> tuple[PreTr
                 output_dir=output_dir,
                 max_steps=config.stage1_steps,
                 per_device_train_batch_size=32,
-                learning_rate=1e-3,
+                learning_rate=config.stage1_learning_rate,
                 warmup_steps=min(50, config.stage1_steps // 10),
                 lr_scheduler_type="cosine",
                 remove_unused_columns=False,
@@ -257,21 +259,28 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     clock = time.perf_counter()
     evaluated: dict[str, dict[str, Any]] = {}
     reference = None
-    if gold is not None:
-        evaluated["gold"] = evaluate_model(gold, processor, splits, max_rows=config.max_eval_rows)
-        reference = evaluated["gold"].get("forget_truth_ratios")
-    with model.disable_adapter():
-        evaluated["base"] = evaluate_model(
+    with tqdm(total=4 if gold is not None else 3, desc="evaluating") as bar:
+        if gold is not None:
+            evaluated["gold"] = evaluate_model(
+                gold, processor, splits, max_rows=config.max_eval_rows
+            )
+            reference = evaluated["gold"].get("forget_truth_ratios")
+            bar.update()
+        with model.disable_adapter():
+            evaluated["base"] = evaluate_model(
+                model, processor, splits, reference, max_rows=config.max_eval_rows
+            )
+        bar.update()
+        evaluated["cagul"] = evaluate_model(
             model, processor, splits, reference, max_rows=config.max_eval_rows
         )
-    evaluated["cagul"] = evaluate_model(
-        model, processor, splits, reference, max_rows=config.max_eval_rows
-    )
-    forget_private = rows_of_kind(splits["forget"], "private", config.max_eval_rows)
-    with model.disable_adapter():
-        base_probes = run_probes({"base": model}, processor, forget_private)
-    cagul_probes = run_probes({"cagul": model}, processor, forget_private)
-    probes = {name: {**base_probes[name], **cagul_probes[name]} for name in cagul_probes}
+        bar.update()
+        forget_private = rows_of_kind(splits["forget"], "private", config.max_eval_rows)
+        with model.disable_adapter():
+            base_probes = run_probes({"base": model}, processor, forget_private, progress=False)
+        cagul_probes = run_probes({"cagul": model}, processor, forget_private, progress=False)
+        probes = {name: {**base_probes[name], **cagul_probes[name]} for name in cagul_probes}
+        bar.update()
     gate = discriminator_metrics(
         model,
         processor,

@@ -408,8 +408,9 @@ class CagulModel(nn.Module):
             raise ValueError(
                 f"The batch carries {num_images} image(s) but its text holds {len(runs)} "
                 f"image placeholder(s) (runs of token id {config.image_token_id}). Every image "
-                "needs exactly one placeholder in its sample's text; build the inputs with the "
-                "model's processor, which expands each placeholder to the image's tokens."
+                "needs exactly one placeholder in its sample's text (two placeholders written "
+                "back to back merge into one run: put text between them); build the inputs "
+                "with the model's processor, which expands each placeholder to the image's tokens."
             )
         self._call.set(_CallState(input_ids, runs, self._query_tokens(bound, input_ids)))
 

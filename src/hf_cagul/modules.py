@@ -22,7 +22,8 @@ def _segment_mean(values: torch.Tensor, segment: torch.Tensor, num_segments: int
 class ForgetDiscriminator(nn.Module):
     """Scores each image: does it show a subject of the forget set?
 
-    A token-wise MLP over the layer-normalised visual tokens, mean-pooled per image, then a
+    A token-wise MLP over the layer-normalised visual tokens, pooled per image by mean and by
+    max (a face covers a few tokens: the mean alone dilutes it among background tokens), then a
     linear head. Returns one logit per image; ``sigmoid(logit) > gate_threshold`` flags it.
     """
 
@@ -30,7 +31,7 @@ class ForgetDiscriminator(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(hidden_size)
         self.token_mlp = nn.Sequential(nn.Linear(hidden_size, inner_size), nn.GELU())
-        self.head = nn.Linear(inner_size, 1)
+        self.head = nn.Linear(2 * inner_size, 1)
         # Start undecided but closed: a fresh adapter leaves every image alone at threshold 0.5.
         nn.init.zeros_(self.head.weight)
         nn.init.constant_(self.head.bias, -4.0)
@@ -40,7 +41,11 @@ class ForgetDiscriminator(nn.Module):
     ) -> torch.Tensor:
         """Logits of shape ``(num_images,)`` from ``tokens`` ``(T, hidden)`` of all images."""
         features = self.token_mlp(self.norm(tokens))
-        return self.head(_segment_mean(features, image_index, num_images)).squeeze(-1)
+        index = image_index.unsqueeze(-1).expand_as(features)
+        peak = features.new_full((num_images, features.shape[-1]), float("-inf"))
+        peak = peak.scatter_reduce(0, index, features, reduce="amax")
+        pooled = torch.cat([_segment_mean(features, image_index, num_images), peak], dim=-1)
+        return self.head(pooled).squeeze(-1)
 
 
 class TokenEncoder(nn.Module):

@@ -47,6 +47,8 @@ class CagulTrainingConfig(TrainingArguments):
         retain_weight: Weight of KL(base || adapted) on the answer tokens of retain rows.
         discriminator_weight: Weight of the gate's binary cross-entropy.
         max_length: Longest tokenised sample the collator accepts (``None``: no limit).
+        balance_splits: Sample forget and retain rows equally often (a weighted sampler with
+            replacement over a `datasets.Dataset`); each then weighs half of the training.
         augment_images: Perturb each training photo with `PhotoAugmentation` (default
             collator only).
     """
@@ -62,6 +64,13 @@ class CagulTrainingConfig(TrainingArguments):
     )
     max_length: int | None = field(
         default=None, metadata={"help": "Longest tokenised sample accepted by the collator."}
+    )
+    balance_splits: bool = field(
+        default=True,
+        metadata={
+            "help": "Draw forget and retain rows equally often (with replacement): forget sets "
+            "are small, and the gate needs to see forget photos in most batches."
+        },
     )
     augment_images: bool = field(
         default=False,
@@ -100,18 +109,16 @@ def _token_kl(base: torch.Tensor, adapted: torch.Tensor) -> torch.Tensor:
 
 
 def _balanced_bce(traces: list[ImageTrace], forget: torch.Tensor) -> torch.Tensor:
-    """Gate BCE with forget and retain images weighted equally, whatever their counts.
+    """Gate BCE where each class present in the batch weighs one half, whatever its count.
 
     Forget sets are small (5-10% of the people): an unweighted BCE lets the gate learn to
-    say "retain" and miss forget images, which then pass untouched at inference.
+    say "retain" and miss forget images, which then pass untouched at inference. A batch with
+    one class only weighs half, as that class does in a mixed batch.
     """
     logits = torch.stack([trace.logit for trace in traces])
     labels = forget[[trace.sample for trace in traces]].to(device=logits.device)
-    weights = torch.where(
-        labels, 0.5 / labels.sum().clamp_min(1), 0.5 / (~labels).sum().clamp_min(1)
-    )
-    if bool(labels.all()) or not bool(labels.any()):
-        weights = torch.full_like(logits, 1.0 / len(logits))
+    positives, negatives = labels.sum().clamp_min(1), (~labels).sum().clamp_min(1)
+    weights = torch.where(labels, 0.5 / positives, 0.5 / negatives)
     return F.binary_cross_entropy_with_logits(
         logits, labels.to(logits.dtype), weight=weights.to(logits.dtype), reduction="sum"
     )
@@ -182,6 +189,20 @@ class CagulTrainer(Trainer):
             "train": defaultdict(list),
             "eval": defaultdict(list),
         }
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        """Balanced forget/retain sampling when asked (see ``balance_splits``)."""
+        dataset: Any = train_dataset if train_dataset is not None else self.train_dataset
+        args = self.args
+        assert isinstance(args, CagulTrainingConfig)
+        if not args.balance_splits or not hasattr(dataset, "column_names"):
+            return super()._get_train_sampler(train_dataset)
+        forget = torch.tensor([split == "forget" for split in dataset["split"]])
+        weights = torch.where(forget, 0.5 / forget.sum(), 0.5 / (~forget).sum())
+        generator = torch.Generator().manual_seed(args.data_seed or args.seed)
+        return torch.utils.data.WeightedRandomSampler(
+            weights.tolist(), num_samples=len(dataset), replacement=True, generator=generator
+        )
 
     def _set_signature_columns_if_needed(self) -> None:
         # Even with remove_unused_columns=True, the collator's raw columns must survive.
