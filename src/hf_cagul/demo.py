@@ -97,6 +97,18 @@ def _supervised_collator(processor: Any, seed: int) -> Any:
     return collate
 
 
+def _run_arguments(config: DemoConfig, output_dir: str) -> dict[str, Any]:
+    """`TrainingArguments` both stages share: CPU, seeded, no checkpoints, no logging."""
+    return {
+        "output_dir": output_dir,
+        "save_strategy": "no",
+        "logging_strategy": "no",
+        "report_to": [],
+        "use_cpu": True,
+        "seed": config.seed,
+    }
+
+
 def teach(config: DemoConfig, dataset: Dataset, description: str) -> tuple[PreTrainedModel, Any]:
     """Stage 1: a fresh tiny LLaVA fine-tuned on ``dataset`` (full weights)."""
     vlm, processor = tiny_vlm("llava", seed=config.seed, num_hidden_layers=4, hidden_size=128)
@@ -105,20 +117,14 @@ def teach(config: DemoConfig, dataset: Dataset, description: str) -> tuple[PreTr
         Trainer(
             model=vlm,
             args=TrainingArguments(
-                output_dir=output_dir,
                 max_steps=config.stage1_steps,
                 per_device_train_batch_size=32,
                 learning_rate=config.stage1_learning_rate,
                 warmup_steps=min(50, config.stage1_steps // 10),
                 lr_scheduler_type="cosine",
                 remove_unused_columns=False,
-                save_strategy="no",
-                logging_strategy="no",
-                report_to=[],
-                use_cpu=True,
-                seed=config.seed,
-                disable_tqdm=False,
                 run_name=description,
+                **_run_arguments(config, output_dir),
             ),
             train_dataset=dataset,
             data_collator=_supervised_collator(processor, config.seed),
@@ -143,16 +149,11 @@ def fit_cagul(
         CagulTrainer(
             model=model,
             args=CagulTrainingConfig(
-                output_dir=output_dir,
                 max_steps=config.cagul_steps,
                 per_device_train_batch_size=16,
                 learning_rate=config.cagul_learning_rate,
                 augment_images=True,
-                save_strategy="no",
-                logging_strategy="no",
-                report_to=[],
-                use_cpu=True,
-                seed=config.seed,
+                **_run_arguments(config, output_dir),
             ),
             train_dataset=dataset,
             processing_class=processor,
