@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hf_cagul.data import CagulDataCollator
+from hf_cagul.evaluation.scoring import input_device
 
 
 def keyword_match(generation: str, keywords: Sequence[str]) -> float:
@@ -34,7 +35,7 @@ def generate_answers(
     where the processor has one); batches are left-padded for generation.
     """
     collator = CagulDataCollator(processor)
-    device = model.get_input_embeddings().weight.device
+    device = input_device(model)
     answers: list[str] = []
     for start in tqdm(range(0, len(dataset), batch_size), desc="generating", disable=not progress):
         rows = dataset[start : start + batch_size]

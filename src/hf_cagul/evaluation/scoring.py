@@ -74,7 +74,7 @@ def answer_nlls(
         raise ValueError(f"{len(answers)} answers for {total} rows; pass one answer per row.")
     collator = CagulDataCollator(processor)
     base = model.base_model if isinstance(model, CagulModel) else model
-    device = _input_device(model)
+    device = input_device(model)
     keep_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
@@ -151,7 +151,7 @@ def _row_batches(data: Any, batch_size: int) -> Iterator[tuple[int, list[dict[st
         yield start, rows
 
 
-def _input_device(model: Any) -> torch.device:
+def input_device(model: Any) -> torch.device:
     """Where the model's input embeddings live (where the inputs must go)."""
     get_embeddings = getattr(model, "get_input_embeddings", None)
     embeddings = get_embeddings() if callable(get_embeddings) else None
