@@ -71,7 +71,8 @@ def generation_metrics(
 def likelihood_metrics(
     model: Any, processor: Any, dataset: Dataset, split: str, batch_size: int = 32
 ) -> dict[str, Any]:
-    """Answer probability and truth ratios on ``dataset`` (FIUBench definitions).
+    """Answer probability and truth ratios on ``dataset`` (FIUBench definitions), plus the
+    ground-truth answers' per-token NLLs (``token_nlls``, for membership inference).
 
     The truth ratio is FIUBench's ``exp(gt_nll - mean(perturbed_nlls))`` (the same geometric
     form as TOFU's released code) with the ground-truth answer: this benchmark's small models
@@ -79,7 +80,8 @@ def likelihood_metrics(
     """
     if len(dataset) == 0 or "perturbed_answers" not in dataset.column_names:
         return {}
-    truth = mean_nll(answer_nlls(model, processor, dataset, batch_size=batch_size, progress=False))
+    truth_tokens = answer_nlls(model, processor, dataset, batch_size=batch_size, progress=False)
+    truth = mean_nll(truth_tokens)
     perturbed_lists = [list(answers) for answers in dataset["perturbed_answers"]]
     width = min(len(answers) for answers in perturbed_lists)
     perturbed = [
@@ -103,6 +105,7 @@ def likelihood_metrics(
         "probability": sum(map(probability_from_nll, truth)) / len(truth),
         "truth_ratio": truth_ratio_score(ratios, split),  # type: ignore[arg-type]
         "truth_ratios": ratios,
+        "token_nlls": truth_tokens,
     }
 
 
@@ -130,23 +133,29 @@ def evaluate_model(
         plus ``forget_truth_ratios`` (a list, for other models' forget quality).
     """
     results: dict[str, Any] = {}
+    private = {
+        split: rows_of_kind(splits[split], "private", max_rows)
+        for split in ("forget", "forget_heldout", "retain", "unseen")
+        if split in splits
+    }
     for split in ("forget", "forget_heldout", "retain"):
         if split not in splits:
             continue
-        for kind, suffix in (("private", ""), ("visual", "_visual")):
-            rows = rows_of_kind(splits[split], kind, max_rows)
+        visual = rows_of_kind(splits[split], "visual", max_rows)
+        for suffix, rows in (("", private[split]), ("_visual", visual)):
             for name, value in generation_metrics(model, processor, rows, batch_size).items():
                 results[f"{split}{suffix}_{name}"] = value
+    member_nlls = None
     for split in ("forget", "retain"):
         if split not in splits:
             continue
-        rows = rows_of_kind(splits[split], "private", max_rows)
-        scores = likelihood_metrics(model, processor, rows, split, batch_size)
+        scores = likelihood_metrics(model, processor, private[split], split, batch_size)
         if scores:
             results[f"{split}_probability"] = scores["probability"]
             results[f"{split}_truth_ratio"] = scores["truth_ratio"]
             if split == "forget":
                 results["forget_truth_ratios"] = scores["truth_ratios"]
+                member_nlls = scores["token_nlls"]
     if reference_truth_ratios is not None and "forget_truth_ratios" in results:
         results["forget_quality"] = forget_quality(
             results["forget_truth_ratios"], reference_truth_ratios
@@ -156,12 +165,14 @@ def evaluate_model(
     ]
     if all(part is not None for part in utility_parts):
         results["model_utility"] = model_utility([float(p) for p in utility_parts if p is not None])
-    if "forget" in splits and "unseen" in splits:
-        members = rows_of_kind(splits["forget"], "private", max_rows)
-        nonmembers = rows_of_kind(splits["unseen"], "private", max_rows)
+    if "forget" in private and "unseen" in private:
+        if member_nlls is None:
+            member_nlls = answer_nlls(
+                model, processor, private["forget"], batch_size=batch_size, progress=False
+            )
         results["mia_auc"] = min_k_mia_auc(
-            answer_nlls(model, processor, members, batch_size=batch_size, progress=False),
-            answer_nlls(model, processor, nonmembers, batch_size=batch_size, progress=False),
+            member_nlls,
+            answer_nlls(model, processor, private["unseen"], batch_size=batch_size, progress=False),
         )
     return results
 
