@@ -27,7 +27,15 @@ from transformers import Trainer, TrainingArguments
 
 from hf_cagul import persistence
 from hf_cagul.config import WEIGHTS_NAME
-from hf_cagul.data import DATA_COLUMNS, CagulDataCollator, PhotoAugmentation, validate_dataset
+from hf_cagul.data import (
+    DATA_COLUMNS,
+    FORGET_SPLIT,
+    IGNORE_INDEX,
+    SPLIT_COLUMN,
+    CagulDataCollator,
+    PhotoAugmentation,
+    validate_dataset,
+)
 from hf_cagul.model import CagulModel, ImageTrace
 
 TRAINING_CONFIG_NAME = "cagul_training_args.json"
@@ -117,11 +125,18 @@ def _balanced_bce(traces: list[ImageTrace], forget: torch.Tensor) -> torch.Tenso
     """
     logits = torch.stack([trace.logit for trace in traces])
     labels = forget[[trace.sample for trace in traces]].to(device=logits.device)
-    positives, negatives = labels.sum().clamp_min(1), (~labels).sum().clamp_min(1)
-    weights = torch.where(labels, 0.5 / positives, 0.5 / negatives)
     return F.binary_cross_entropy_with_logits(
-        logits, labels.to(logits.dtype), weight=weights.to(logits.dtype), reduction="sum"
+        logits,
+        labels.to(logits.dtype),
+        weight=_half_per_class(labels).to(logits.dtype),
+        reduction="sum",
     )
+
+
+def _half_per_class(flags: torch.Tensor) -> torch.Tensor:
+    """Weights giving the True and the False elements of ``flags`` one half each in total."""
+    positives, negatives = flags.sum().clamp_min(1), (~flags).sum().clamp_min(1)
+    return torch.where(flags, 0.5 / positives, 0.5 / negatives)
 
 
 class CagulTrainer(Trainer):
@@ -197,8 +212,8 @@ class CagulTrainer(Trainer):
         assert isinstance(args, CagulTrainingConfig)
         if not args.balance_splits or not hasattr(dataset, "column_names"):
             return super()._get_train_sampler(train_dataset)
-        forget = torch.tensor([split == "forget" for split in dataset["split"]])
-        weights = torch.where(forget, 0.5 / forget.sum(), 0.5 / (~forget).sum())
+        forget = torch.tensor([split == FORGET_SPLIT for split in dataset[SPLIT_COLUMN]])
+        weights = _half_per_class(forget)
         generator = torch.Generator().manual_seed(args.data_seed or args.seed)
         return torch.utils.data.WeightedRandomSampler(
             weights.tolist(), num_samples=len(dataset), replacement=True, generator=generator
@@ -225,7 +240,7 @@ class CagulTrainer(Trainer):
         forget = inputs.pop("cagul_forget").bool()
         query_mask = inputs.pop("query_mask", None)
         labels = inputs.pop("labels")
-        answer = labels[:, 1:] != -100  # positions whose next token is an answer token
+        answer = labels[:, 1:] != IGNORE_INDEX  # positions whose next token is an answer token
         retain_rows = answer & ~forget.unsqueeze(1)
         forget_rows = answer & forget.unsqueeze(1)
 
