@@ -38,7 +38,11 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     """Run the embedded benchmark end to end and write the report."""
+    from transformers.utils import logging as transformers_logging
+
     from hf_cagul.demo import DemoConfig, print_summary, run_demo
+
+    transformers_logging.set_verbosity_error()  # the demo's own progress bars say enough
 
     overrides = {
         key: value

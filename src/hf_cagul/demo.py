@@ -14,7 +14,6 @@ The recipe real benchmarks (FIUBench, MLLMU-Bench, CLEAR) follow, run offline on
 from __future__ import annotations
 
 import dataclasses
-import logging
 import tempfile
 import time
 from dataclasses import dataclass
@@ -62,7 +61,7 @@ class DemoConfig:
 
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
-        """A smoke-test preset: fewer people, images and steps (about 2 minutes)."""
+        """A smoke-test preset: fewer people, images and steps (about 80 s on 2 cores)."""
         values: dict[str, Any] = {
             "people": 8,
             "unknown": 2,
@@ -75,10 +74,6 @@ class DemoConfig:
         }
         values.update(overrides)
         return cls(**values)
-
-
-def _quiet_transformers() -> None:
-    logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
 def _supervised_collator(processor: Any, seed: int) -> Any:
@@ -231,7 +226,6 @@ def _strip_lists(results: dict[str, Any]) -> dict[str, Any]:
 
 def run_demo(config: DemoConfig) -> dict[str, Any]:
     """Run the whole demo; returns the metrics it wrote to ``config.output_dir``."""
-    _quiet_transformers()
     timings: dict[str, float] = {}
     started = time.perf_counter()
     splits = synthetic_benchmark(

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from hf_cagul.data import load_image
 from hf_cagul.evaluation.generation import keyword_accuracy
+from hf_cagul.evaluation.scoring import input_device
 from hf_cagul.evaluation.suite import generation_metrics
 
 
@@ -75,6 +76,7 @@ def text_only_answers(
 ) -> list[str]:
     """Greedy answers to questions asked without any image."""
     tokenizer = processor.tokenizer
+    device = input_device(model)
     padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     answers: list[str] = []
     try:
@@ -90,6 +92,7 @@ def text_only_answers(
                 for question in questions[start : start + 32]
             ]
             inputs = processor(text=prompts, return_tensors="pt", padding=True)
+            inputs = {key: value.to(device) for key, value in inputs.items()}
             output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
             answers += tokenizer.batch_decode(
                 output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
