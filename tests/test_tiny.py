@@ -118,6 +118,7 @@ def test_batch_forward_and_generate(family: str, padding_side: str) -> None:
         "llava": set(),
         "qwen2_vl": {"image_grid_thw", "mm_token_type_ids"},
         "idefics3": {"pixel_attention_mask"},
+        "qwen3_vl": {"image_grid_thw", "mm_token_type_ids"},
     }[family]
     assert expected_keys <= set(inputs)
     input_ids, mask = inputs["input_ids"], inputs["attention_mask"]

@@ -12,6 +12,7 @@ from vlm_inputs import assert_identical, image, snapshot
 
 from hf_cagul import CagulConfig, CagulModel, CagulTrainer, CagulTrainingConfig, get_cagul_model
 from hf_cagul.config import CONFIG_NAME, WEIGHTS_NAME
+from hf_cagul.families import get_family
 from hf_cagul.tiny import tiny_vlm
 
 TRAINER_STATE_FILES = {
@@ -70,7 +71,7 @@ def make_trainer(tmp_path, family="llava", **overrides) -> tuple[CagulTrainer, C
     return trainer, model
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics3"])
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics3", "qwen3_vl"])
 def test_training_fits_the_adapter_and_leaves_the_vlm_untouched(tmp_path, family) -> None:
     trainer, model = make_trainer(tmp_path, family)
     vlm_before = snapshot(model.base_model)
@@ -90,8 +91,12 @@ def test_training_fits_the_adapter_and_leaves_the_vlm_untouched(tmp_path, family
     for entry in logged:
         assert {"loss", "forget_loss", "retain_kl", "discriminator_loss"} <= set(entry)
     # The encoder starts as the identity, so the adapted and base logits agree at step one:
-    # proof that the retain term compares against the same, unmodified model.
-    assert logged[0]["retain_kl"] < 1e-6
+    # proof that the retain term compares against the same, unmodified model. Not where a
+    # rewrite also drops visual inputs the encoder does not give back (Qwen3-VL's deepstack).
+    if get_family(family).identity_when_fresh:
+        assert logged[0]["retain_kl"] < 1e-6
+    else:
+        assert 0 < logged[0]["retain_kl"] < logged[-1]["forget_loss"]
     after_gate, after_forget = whole_dataset_losses(trainer, model)
     assert after_gate < before_gate
     assert after_forget < before_forget

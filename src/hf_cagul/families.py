@@ -24,11 +24,15 @@ class VLMFamily:
         name: The family key saved in `CagulConfig.family`.
         model_types: ``config.model_type`` values of the models in this family.
         image_input: Name of the forward argument that carries the images.
+        identity_when_fresh: Whether a fresh adapter (whose encoder returns its input) leaves
+            the outputs unchanged even with its gate forced open. False where a rewrite also
+            removes visual input that the encoder does not give back (Qwen3-VL's deepstack).
     """
 
     name: str
     model_types: tuple[str, ...]
     image_input: str = "pixel_values"
+    identity_when_fresh: bool = True
 
     def text_config(self, config: PretrainedConfig) -> PretrainedConfig:
         """The language model's config."""
@@ -79,6 +83,18 @@ class VLMFamily:
         ends = (edges == -1).nonzero()
         return torch.cat([starts, ends[:, 1:]], dim=1)
 
+    def rewrite_extra_visual_inputs(
+        self, decoder_kwargs: dict[str, Any], samples: torch.Tensor, positions: torch.Tensor
+    ) -> dict[str, Any]:
+        """The decoder kwargs once the tokens at ``(samples, positions)`` are rewritten.
+
+        ``decoder_kwargs`` already hold the rewritten ``inputs_embeds``. A family whose visual
+        tokens also reach the language model through another argument removes, here, what of the
+        original tokens that argument carries at the rewritten positions, so that nothing of them
+        reaches the model there. In most families ``inputs_embeds`` is the only way in.
+        """
+        return decoder_kwargs
+
 
 @dataclass(frozen=True)
 class Qwen2VLFamily(VLMFamily):
@@ -90,6 +106,48 @@ class Qwen2VLFamily(VLMFamily):
         if inputs.get(self.image_input) is None or grid is None:
             return 0
         return int(grid.shape[0])
+
+
+# --- Qwen3-VL (deepstack) -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Qwen3VLFamily(Qwen2VLFamily):
+    """Qwen3-VL: visual tokens also enter early decoder layers through *deepstack*.
+
+    Besides the tokens scattered into ``inputs_embeds``, the language model receives
+    ``deepstack_visual_embeds`` (one ``(num_visual_positions, hidden)`` tensor per deepstack
+    layer, features of intermediate vision-encoder layers) that decoder layer ``i`` adds to its
+    output at the positions of ``visual_pos_masks``. At a rewritten position the deepstack rows
+    are zeroed: the rewritten token is then the only visual content of that position, and
+    nothing of the original image reaches the model there. The price: even a fresh adapter
+    changes a flagged image's outputs (``identity_when_fresh`` is False), so the retain loss
+    starts above zero and the encoder learns to make up for the dropped features.
+    """
+
+    identity_when_fresh: bool = False
+
+    def rewrite_extra_visual_inputs(
+        self, decoder_kwargs: dict[str, Any], samples: torch.Tensor, positions: torch.Tensor
+    ) -> dict[str, Any]:
+        """Zero the deepstack rows of the rewritten positions (see the class docstring)."""
+        masks = decoder_kwargs.get("visual_pos_masks")
+        deepstack = decoder_kwargs.get("deepstack_visual_embeds")
+        if masks is None or deepstack is None:
+            return decoder_kwargs
+        # Deepstack rows follow the True entries of visual_pos_masks in row-major order (image
+        # and video positions alike), so a position's row is the running count of True before it.
+        row_of_position = masks.reshape(-1).long().cumsum(0).reshape(masks.shape) - 1
+        rows = row_of_position[samples.to(masks.device), positions.to(masks.device)]
+        rewritten = []
+        for features in deepstack:
+            features = features.clone()
+            features[rows.to(features.device)] = 0
+            rewritten.append(features)
+        return {**decoder_kwargs, "deepstack_visual_embeds": rewritten}
+
+
+# --- end Qwen3-VL ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -115,6 +173,7 @@ FAMILIES: dict[str, VLMFamily] = {
         VLMFamily("llava", ("llava",)),
         Qwen2VLFamily("qwen2_vl", ("qwen2_vl",)),
         Idefics3Family("idefics3", ("idefics3",)),
+        Qwen3VLFamily("qwen3_vl", ("qwen3_vl",)),
     )
 }
 

@@ -430,7 +430,7 @@ class CagulModel(nn.Module):
         rewritten = self._rewrite(embeds, state, args, kwargs)
         if rewritten is None:
             return None
-        return args, {**kwargs, "inputs_embeds": rewritten}
+        return args, rewritten
 
     # ------------------------------------------------------------------ the method
 
@@ -440,7 +440,8 @@ class CagulModel(nn.Module):
         state: _CallState,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-    ) -> torch.Tensor | None:
+    ) -> dict[str, Any] | None:
+        """The decoder's kwargs with the flagged images' selected tokens rewritten, or None."""
         config = self.active_config
         adapter = self.active_adapter_module
         adapter_param = next(adapter.parameters())
@@ -503,7 +504,9 @@ class CagulModel(nn.Module):
         rewritten[sample_sel, position_sel] = new_tokens.to(
             device=embeds.device, dtype=embeds.dtype
         )
-        return rewritten
+        return self.family.rewrite_extra_visual_inputs(
+            {**kwargs, "inputs_embeds": rewritten}, sample_sel, position_sel
+        )
 
     def _attention_scores(
         self,

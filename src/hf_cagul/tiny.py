@@ -1,7 +1,7 @@
 """Tiny, randomly initialised vision-language models for tests, examples and benchmarks.
 
-`tiny_vlm` builds a real `transformers` VLM (LLaVA 1.5, Qwen2-VL or Idefics3) from a tiny config,
-fully offline and in-process, together with a matching processor: a real `transformers`
+`tiny_vlm` builds a real `transformers` VLM (LLaVA 1.5, Qwen2-VL, Idefics3, Qwen3-VL) from a
+tiny config, fully offline and in-process, together with a matching processor: a real `transformers`
 processor class around a word-level tokenizer built in memory and the family's PIL image
 processor (torchvision is not needed).
 
@@ -16,6 +16,8 @@ processor expands each placeholder to the image's visual tokens:
 - ``llava``: ``<image>`` becomes 16 ``<image>`` tokens.
 - ``qwen2_vl``: ``<|vision_start|><|image_pad|><|vision_end|>``; the ``<|image_pad|>`` becomes
   16 ``<|image_pad|>`` tokens (for a square image; Qwen2-VL keeps the aspect ratio).
+- ``qwen3_vl``: as ``qwen2_vl``; the first two vision layers also feed decoder layers 0 and 1
+  (deepstack).
 - ``idefics3``: ``<image>`` becomes ``<fake_token_around_image><global-img>``, 16 ``<image>``
   tokens, ``<fake_token_around_image>`` (image splitting is off).
 
@@ -29,7 +31,7 @@ placeholder.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -51,6 +53,9 @@ from transformers import (
     Qwen2VLConfig,
     Qwen2VLImageProcessorPil,
     Qwen2VLProcessor,
+    Qwen3VLConfig,
+    Qwen3VLProcessor,
+    Qwen3VLVisionConfig,
 )
 from transformers.processing_utils import ProcessorMixin
 
@@ -62,11 +67,12 @@ __all__ = [
     "TinyIdefics3Processor",
     "TinyLlavaProcessor",
     "TinyQwen2VLProcessor",
+    "TinyQwen3VLProcessor",
     "tiny_tokenizer",
     "tiny_vlm",
 ]
 
-TINY_FAMILIES: tuple[str, ...] = ("llava", "qwen2_vl", "idefics3")
+TINY_FAMILIES: tuple[str, ...] = ("llava", "qwen2_vl", "idefics3", "qwen3_vl")
 """Families `tiny_vlm` can build."""
 
 TINY_IMAGE_SIZE = 32
@@ -76,6 +82,7 @@ TINY_IMAGE_PLACEHOLDER: dict[str, str] = {
     "llava": "<image>",
     "qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>",
     "idefics3": "<image>",
+    "qwen3_vl": "<|vision_start|><|image_pad|><|vision_end|>",
 }
 """What to write in a prompt, per family, where one image goes."""
 
@@ -213,6 +220,11 @@ _CHAT_TEMPLATES: dict[str, str] = {
         ]
     ),
 }
+
+# --- Qwen3-VL: Qwen2-VL's tokens and chat template ---------------------------------------------
+_FAMILY_SPECIAL_TOKENS["qwen3_vl"] = _FAMILY_SPECIAL_TOKENS["qwen2_vl"]
+_CHAT_TEMPLATES["qwen3_vl"] = _CHAT_TEMPLATES["qwen2_vl"]
+# --- end Qwen3-VL ----------------------------------------------------------------------------
 
 # Words: runs of letters/digits/underscores with inner apostrophes ("don't"), or one other
 # non-space character. Digits are then split one by one, so every number is covered.
@@ -358,6 +370,72 @@ class TinyQwen2VLProcessor(_PerSampleImagesMixin, Qwen2VLProcessor):
         ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
 
 
+# --- Qwen3-VL ---------------------------------------------------------------------------------
+
+
+class TinyQwen3VLProcessor(_PerSampleImagesMixin, Qwen3VLProcessor):
+    """`Qwen3VLProcessor` for images only (no torchvision), as `TinyQwen2VLProcessor`."""
+
+    def __init__(
+        self,
+        image_processor: Any = None,
+        tokenizer: Any = None,
+        chat_template: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        TinyQwen2VLProcessor.__init__(self, image_processor, tokenizer, chat_template)  # type: ignore[arg-type]
+        self.vision_start_token = "<|vision_start|>"
+        self.vision_end_token = "<|vision_end|>"
+        self.vision_start_token_id = tokenizer.convert_tokens_to_ids(self.vision_start_token)
+        self.vision_end_token_id = tokenizer.convert_tokens_to_ids(self.vision_end_token)
+
+
+def _qwen3_vl_config(
+    text: dict[str, Any], vision_overrides: dict[str, Any], token_id: Callable[[str], int]
+) -> Qwen3VLConfig:
+    """Qwen3-VL: Qwen2-VL's tiny geometry, interleaved M-RoPE and deepstack into layers 0, 1."""
+    head_dim = text.setdefault("head_dim", text["hidden_size"] // text["num_attention_heads"])
+    text.setdefault(
+        "rope_parameters",
+        {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": _mrope_section(head_dim),
+            "mrope_interleaved": True,
+        },
+    )
+    vision: dict[str, Any] = {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "out_hidden_size": text["hidden_size"],  # the mergers' output: the text width
+        "patch_size": 4,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "num_position_embeddings": 64,  # an 8 x 8 patch grid, interpolated for other sizes
+    }
+    vision.update(vision_overrides)
+    for alias, key in Qwen3VLVisionConfig.attribute_map.items():  # num_hidden_layers -> depth...
+        if alias in vision:
+            vision[key] = vision.pop(alias)
+    depth = vision["depth"]
+    # Features of the first vision layers enter the first decoder layers (real models: 3 of each).
+    vision.setdefault("deepstack_visual_indexes", [index for index in (0, 1) if index < depth])
+    return Qwen3VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=token_id("<|image_pad|>"),
+        video_token_id=token_id("<|video_pad|>"),
+        vision_start_token_id=token_id("<|vision_start|>"),
+        vision_end_token_id=token_id("<|vision_end|>"),
+        tie_word_embeddings=text["tie_word_embeddings"],
+    )
+
+
+# --- end Qwen3-VL ----------------------------------------------------------------------------
+
+
 def _mrope_section(head_dim: int) -> list[int]:
     """Qwen2-VL's (temporal, height, width) split of the rotary half-dimension."""
     half = head_dim // 2
@@ -405,6 +483,8 @@ def _build_config(
         "num_attention_heads": 2,
     }
     image_token_id = token_id(spec["image"])
+    if family == "qwen3_vl":
+        return _qwen3_vl_config(text, vision_overrides, token_id)
 
     if family == "llava":
         vision.update(image_size=image_size, patch_size=8, projection_dim=32)
@@ -486,7 +566,7 @@ def _build_processor(
             num_additional_image_tokens=1,  # CLIP's class token, dropped by the "default" strategy
             chat_template=template,
         )
-    if family == "qwen2_vl":
+    if family in ("qwen2_vl", "qwen3_vl"):
         factor = vision.patch_size * vision.spatial_merge_size
         if image_size % factor:
             raise ValueError(f"image_size {image_size} is not a multiple of {factor}.")
@@ -497,7 +577,8 @@ def _build_processor(
             min_pixels=image_size * image_size,
             max_pixels=image_size * image_size,
         )
-        return TinyQwen2VLProcessor(
+        qwen_class = TinyQwen2VLProcessor if family == "qwen2_vl" else TinyQwen3VLProcessor
+        return qwen_class(
             image_processor=qwen_processor, tokenizer=tokenizer, chat_template=template
         )
     patches = vision.image_size // vision.patch_size
@@ -536,7 +617,8 @@ def tiny_vlm(
     caller's RNG state is left as it was).
 
     Sizes by default: 32 px images and 16 visual tokens per image; vision encoder with 2 layers,
-    width 32; text decoder (Llama for LLaVA and Idefics3, Qwen2 for Qwen2-VL) with 2 layers,
+    width 32; text decoder (Llama for LLaVA and Idefics3, Qwen2 for Qwen2-VL, Qwen3 for Qwen3-VL,
+    whose vision layers 0 and 1 also feed decoder layers 0 and 1: deepstack) with 2 layers,
     hidden size 64, 4 attention heads, 2 key/value heads, float32.
 
     The processor is the family's transformers processor (`LlavaProcessor`,
@@ -555,11 +637,13 @@ def tiny_vlm(
     the right; set ``processor.tokenizer.padding_side = "left"`` for batched generation.
 
     Args:
-        family: One of `TINY_FAMILIES`: ``"llava"``, ``"qwen2_vl"`` or ``"idefics3"``.
+        family: One of `TINY_FAMILIES`: ``"llava"``, ``"qwen2_vl"``, ``"idefics3"``,
+            ``"qwen3_vl"``.
         seed: Seed for the random weights.
         vision_config: Updates to the vision config, in the family's vision-config keys
             (CLIP for LLaVA, ``Qwen2VLVisionConfig`` for Qwen2-VL: ``depth``, ``embed_dim``,
-            ``num_heads``...; ``Idefics3VisionConfig``), e.g. ``{"num_hidden_layers": 1}``. An
+            ``num_heads``...; ``Idefics3VisionConfig``; ``Qwen3VLVisionConfig``: ``depth``,
+            ``hidden_size``, ``deepstack_visual_indexes``...), e.g. ``{"num_hidden_layers": 1}``. An
             ``image_size`` key here counts as the ``image_size`` argument.
         image_size: Side of the square images the vision encoder sees. Visual tokens per image
             are ``(image_size / 8) ** 2`` by default in every family (LLaVA: patch 8; Qwen2-VL:
