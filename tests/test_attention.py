@@ -20,10 +20,12 @@ def test_sdpa_scores_equal_eager_attention_weights(family, padding_side, query_t
     eager, _ = tiny_vlm(family, num_hidden_layers=4, attn_implementation="eager")
     assert vlm.config.get_text_config(decoder=True)._attn_implementation == "sdpa"
     inputs = standard_batch(processor, family, padding_side)
-    with torch.no_grad():
-        weights = eager(**inputs, output_attentions=True).attentions[layer]  # (b, h, q, k)
-
     model = get_cagul_model(vlm, CagulConfig(attention_layer=layer, query_tokens=query_tokens))
+    # The layer that ranks the tokens: `layer` itself, or Mllama's next cross-attention layer.
+    scored = model.family.scoring_layer(vlm.config.get_text_config(decoder=True), layer)
+    with torch.no_grad():
+        weights = eager(**inputs, output_attentions=True).attentions[scored]  # (b, h, q, k)
+
     with torch.no_grad(), model.force_gate(True), model.trace() as traces:
         model(**inputs)
 

@@ -16,6 +16,27 @@ import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
 
+@dataclass
+class VisualStates:
+    """Where one language-model call receives the visual tokens that CAGUL gates and rewrites.
+
+    Attributes:
+        argument: The decoder keyword argument that holds them (``inputs_embeds`` in most
+            families).
+        states: The tokens as a ``(batch, n, hidden)`` tensor (a view of the argument).
+        spans: ``(num_images, 3)`` long tensor of ``(sample, start, end)`` rows, images in batch
+            order: each image's tokens are ``states[sample, start:end]``. The scored attention
+            layer's keys run along the same ``n`` axis.
+        query_rows: ``(batch, seq)`` bool mask of the text positions whose attention may rank
+            the tokens, on top of the prompt mask; None when every position may.
+    """
+
+    argument: str
+    states: torch.Tensor
+    spans: torch.Tensor
+    query_rows: torch.Tensor | None = None
+
+
 @dataclass(frozen=True)
 class VLMFamily:
     """How CAGUL finds visual tokens in one family of VLMs.
@@ -27,12 +48,15 @@ class VLMFamily:
         identity_when_fresh: Whether a fresh adapter (whose encoder returns its input) leaves
             the outputs unchanged even with its gate forced open. False where a rewrite also
             removes visual input that the encoder does not give back (Qwen3-VL's deepstack).
+        expands_image_tokens: Whether the processor writes one image token per visual token in
+            ``input_ids`` (False: one placeholder per image, as in Mllama).
     """
 
     name: str
     model_types: tuple[str, ...]
     image_input: str = "pixel_values"
     identity_when_fresh: bool = True
+    expands_image_tokens: bool = True
 
     def text_config(self, config: PretrainedConfig) -> PretrainedConfig:
         """The language model's config."""
@@ -82,6 +106,34 @@ class VLMFamily:
         starts = (edges == 1).nonzero()
         ends = (edges == -1).nonzero()
         return torch.cat([starts, ends[:, 1:]], dim=1)
+
+    def visual_states(
+        self,
+        config: PretrainedConfig,
+        decoder_kwargs: Mapping[str, Any],
+        input_ids: torch.Tensor,
+        runs: torch.Tensor,
+    ) -> VisualStates | None:
+        """The visual tokens of this language-model call, or None when it carries none.
+
+        By default they are the image-token positions (``runs``, see `image_runs`) of the
+        ``inputs_embeds`` the VLM scattered them into.
+        """
+        embeds = decoder_kwargs.get("inputs_embeds")
+        if embeds is None or embeds.shape[:2] != input_ids.shape:
+            return None
+        return VisualStates("inputs_embeds", embeds, runs)
+
+    def with_visual_states(
+        self, decoder_kwargs: dict[str, Any], visual: VisualStates, states: torch.Tensor
+    ) -> dict[str, Any]:
+        """The decoder kwargs with ``states`` (shaped as ``visual.states``) in their place."""
+        original = decoder_kwargs[visual.argument]
+        return {**decoder_kwargs, visual.argument: states.reshape(original.shape)}
+
+    def scoring_layer(self, text_config: PretrainedConfig, layer: int) -> int:
+        """The decoder layer whose attention ranks the visual tokens, for the configured one."""
+        return layer
 
     def rewrite_extra_visual_inputs(
         self, decoder_kwargs: dict[str, Any], samples: torch.Tensor, positions: torch.Tensor
@@ -167,6 +219,89 @@ class Idefics3Family(VLMFamily):
         return int(flat.flatten(1).ne(0).any(dim=1).sum())
 
 
+# --- Mllama (Llama 3.2 Vision): cross-attention ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MllamaFamily(VLMFamily):
+    """Mllama (Llama 3.2 Vision): images reach the language model through cross-attention.
+
+    ``input_ids`` hold one ``<|image|>`` token per image, and ``inputs_embeds`` no visual token:
+    the projected vision states go to the language model as ``cross_attention_states``, of
+    shape ``(batch * max_images * max_tiles, patches, hidden)``, which the cross-attention
+    layers (``text_config.cross_attention_layers``) read as ``(batch, max_images * max_tiles *
+    patches, hidden)`` keys and values. Here:
+
+    - an image's *visual tokens* are its rows of that tensor: ``patches`` rows per tile, over
+      the tiles the cross-attention mask lets some text token see (padding tiles left out);
+    - *cross-modal attention* is the first cross-attention layer at or after the configured
+      attention layer, from the query tokens whose cross-attention row is active (text from
+      the image's ``<|image|>`` token on) to those rows;
+    - the selected rows are rewritten in ``cross_attention_states`` before any layer reads
+      them (and, under ``generate``, before the cross-attention cache stores them).
+    """
+
+    expands_image_tokens: bool = False
+
+    def count_raw_images(self, inputs: Mapping[str, Any]) -> int:
+        """Images that are not padding: ``aspect_ratio_ids`` is 0 for a padding image."""
+        aspect_ratio_ids = inputs.get("aspect_ratio_ids")
+        if inputs.get(self.image_input) is None or aspect_ratio_ids is None:
+            return 0
+        return int((aspect_ratio_ids > 0).sum())
+
+    def visual_states(
+        self,
+        config: PretrainedConfig,
+        decoder_kwargs: Mapping[str, Any],
+        input_ids: torch.Tensor,
+        runs: torch.Tensor,
+    ) -> VisualStates | None:
+        """The ``cross_attention_states`` rows of each image (see the class docstring)."""
+        states = decoder_kwargs.get("cross_attention_states")
+        if states is None:
+            return None
+        batch = input_ids.shape[0]
+        flat = states.reshape(batch, -1, states.shape[-1])
+        vision = config.vision_config
+        rows_per_image = vision.max_num_tiles * ((vision.image_size // vision.patch_size) ** 2 + 1)
+        # The j-th image of a sample is the j-th block of its rows.
+        same_sample = runs[:, 0:1] == runs[:, 0].unsqueeze(0)
+        index_in_sample = (same_sample.tril(-1)).sum(dim=1)
+        starts = index_in_sample * rows_per_image
+        ends = starts + rows_per_image
+        query_rows = None
+        mask = decoder_kwargs.get("cross_attention_mask")
+        row_active = decoder_kwargs.get("full_text_row_masked_out_mask")
+        if mask is not None and row_active is not None:
+            query_rows = row_active[:, 0, :, 0].bool()
+            # A key some active text row may attend to (padding tiles are masked for every row).
+            visible = ((mask[:, 0] == 0) & query_rows.unsqueeze(-1)).any(dim=1)
+            block = torch.arange(rows_per_image, device=visible.device)
+            rows = (starts.to(visible.device).unsqueeze(1) + block).clamp_max(flat.shape[1] - 1)
+            counts = visible[runs[:, 0].to(visible.device).unsqueeze(1), rows].sum(dim=1)
+            # Visible tiles are a prefix of the image's block; an image no row sees keeps all.
+            ends = torch.where(counts > 0, starts + counts.to(starts.device), ends)
+        spans = torch.stack([runs[:, 0], starts, ends], dim=1)
+        return VisualStates("cross_attention_states", flat, spans, query_rows)
+
+    def scoring_layer(self, text_config: PretrainedConfig, layer: int) -> int:
+        """The first cross-attention layer at or after ``layer``."""
+        cross_layers = sorted(int(index) for index in text_config.cross_attention_layers)
+        later = [index for index in cross_layers if index >= layer]
+        if not later:
+            raise ValueError(
+                f"Mllama ranks visual tokens by cross-attention, but no cross-attention layer "
+                f"comes at or after attention_layer={layer} (cross-attention layers: "
+                f"{cross_layers}). Set CagulConfig(attention_layer=...) to at most "
+                f"{cross_layers[-1]}."
+            )
+        return later[0]
+
+
+# --- end Mllama ------------------------------------------------------------------------------
+
+
 FAMILIES: dict[str, VLMFamily] = {
     family.name: family
     for family in (
@@ -174,6 +309,7 @@ FAMILIES: dict[str, VLMFamily] = {
         Qwen2VLFamily("qwen2_vl", ("qwen2_vl",)),
         Idefics3Family("idefics3", ("idefics3",)),
         Qwen3VLFamily("qwen3_vl", ("qwen3_vl",)),
+        MllamaFamily("mllama", ("mllama",)),
     )
 }
 

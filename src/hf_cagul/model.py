@@ -42,7 +42,7 @@ from hf_cagul.attention import (
     scoring_implementation,
 )
 from hf_cagul.config import CagulConfig
-from hf_cagul.families import VLMFamily, detect_family
+from hf_cagul.families import VisualStates, VLMFamily, detect_family
 from hf_cagul.modules import CagulAdapter
 
 _CACHE_ARGUMENTS = ("cache", "past_key_values")
@@ -163,6 +163,7 @@ class CagulModel(nn.Module):
         self._traces: ContextVar[list[ImageTrace] | None] = ContextVar("cagul_trace", default=None)
 
         text_config = family.text_config(model.config)
+        self._scoring_layer()  # a family may refuse the configured layer: say so now
         self._original_attention = text_config._attn_implementation
         model.set_attn_implementation(
             {"text_config": scoring_implementation(self._original_attention)}
@@ -355,6 +356,11 @@ class CagulModel(nn.Module):
                 "This CagulModel was unloaded; use the VLM `unload()` returned, or wrap it again."
             )
 
+    def _scoring_layer(self) -> int:
+        """The decoder layer whose attention ranks the visual tokens (see `VLMFamily`)."""
+        text_config = self.family.text_config(self.base_model.config)
+        return self.family.scoring_layer(text_config, self.active_config.resolved_attention_layer)
+
     def _query_tokens(self, bound: Mapping[str, Any], input_ids: torch.Tensor) -> torch.Tensor:
         mask = self._query_mask.get()
         if mask is None:
@@ -423,11 +429,13 @@ class CagulModel(nn.Module):
         state = self._call.get()
         if state is None or self._in_truncated_pass.get() or self._disabled.get():
             return None
-        embeds = kwargs.get("inputs_embeds")
-        if embeds is None or embeds.shape[:2] != state.input_ids.shape:
+        visual = self.family.visual_states(
+            self.base_model.config, kwargs, state.input_ids, state.runs
+        )
+        if visual is None:
             return None
         self._call.set(None)  # one rewrite per call, even if the decoder runs again
-        rewritten = self._rewrite(embeds, state, args, kwargs)
+        rewritten = self._rewrite(visual, state, args, kwargs)
         if rewritten is None:
             return None
         return args, rewritten
@@ -436,7 +444,7 @@ class CagulModel(nn.Module):
 
     def _rewrite(
         self,
-        embeds: torch.Tensor,
+        visual: VisualStates,
         state: _CallState,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -445,7 +453,8 @@ class CagulModel(nn.Module):
         config = self.active_config
         adapter = self.active_adapter_module
         adapter_param = next(adapter.parameters())
-        runs = state.runs.to(embeds.device)
+        embeds = visual.states  # (batch, n, hidden); in most families inputs_embeds itself
+        runs = visual.spans.to(embeds.device)
         lengths = runs[:, 2] - runs[:, 1]
         num_images = len(runs)
         image_index = torch.repeat_interleave(
@@ -478,7 +487,7 @@ class CagulModel(nn.Module):
         if not bool(flagged.any()):
             return None
 
-        scores = self._attention_scores(embeds, state, args, kwargs)
+        scores = self._attention_scores(visual, state, args, kwargs)
         selected_rows = []
         for image in torch.nonzero(flagged).squeeze(-1).tolist():
             trace = image_traces[image]
@@ -505,21 +514,28 @@ class CagulModel(nn.Module):
             device=embeds.device, dtype=embeds.dtype
         )
         return self.family.rewrite_extra_visual_inputs(
-            {**kwargs, "inputs_embeds": rewritten}, sample_sel, position_sel
+            self.family.with_visual_states(kwargs, visual, rewritten), sample_sel, position_sel
         )
 
     def _attention_scores(
         self,
-        embeds: torch.Tensor,
+        visual: VisualStates,
         state: _CallState,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> torch.Tensor:
-        """Attention ``(batch, seq)`` that each position receives from the query tokens."""
-        query = state.query_mask.to(device=embeds.device, dtype=torch.float32)
+        """Attention ``(batch, n)`` that each visual state receives from the query tokens."""
+        embeds = visual.states
+        query = state.query_mask.to(embeds.device)
+        if visual.query_rows is not None:
+            query = query & visual.query_rows.to(embeds.device)
+        query = query.float()
         weights = query / query.sum(dim=1, keepdim=True).clamp_min(1.0)
-        request = ScoreRequest(self.active_config.resolved_attention_layer, weights)
-        truncated = {**kwargs, "inputs_embeds": embeds.detach(), "use_cache": False}
+        request = ScoreRequest(self._scoring_layer(), weights)
+        truncated = {
+            **self.family.with_visual_states(kwargs, visual, embeds.detach()),
+            "use_cache": False,
+        }
         for name in _CACHE_ARGUMENTS:
             cache = truncated.get(name)
             if cache is not None:

@@ -47,6 +47,9 @@ from transformers import (
     LlamaConfig,
     LlavaConfig,
     LlavaProcessor,
+    MllamaConfig,
+    MllamaImageProcessorPil,
+    MllamaProcessor,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerFast,
@@ -66,13 +69,14 @@ __all__ = [
     "TINY_WORDS",
     "TinyIdefics3Processor",
     "TinyLlavaProcessor",
+    "TinyMllamaProcessor",
     "TinyQwen2VLProcessor",
     "TinyQwen3VLProcessor",
     "tiny_tokenizer",
     "tiny_vlm",
 ]
 
-TINY_FAMILIES: tuple[str, ...] = ("llava", "qwen2_vl", "idefics3", "qwen3_vl")
+TINY_FAMILIES: tuple[str, ...] = ("llava", "qwen2_vl", "idefics3", "qwen3_vl", "mllama")
 """Families `tiny_vlm` can build."""
 
 TINY_IMAGE_SIZE = 32
@@ -83,6 +87,7 @@ TINY_IMAGE_PLACEHOLDER: dict[str, str] = {
     "qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>",
     "idefics3": "<image>",
     "qwen3_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+    "mllama": "<|image|>",
 }
 """What to write in a prompt, per family, where one image goes."""
 
@@ -225,6 +230,28 @@ _CHAT_TEMPLATES: dict[str, str] = {
 _FAMILY_SPECIAL_TOKENS["qwen3_vl"] = _FAMILY_SPECIAL_TOKENS["qwen2_vl"]
 _CHAT_TEMPLATES["qwen3_vl"] = _CHAT_TEMPLATES["qwen2_vl"]
 # --- end Qwen3-VL ----------------------------------------------------------------------------
+
+# --- Mllama: Llama 3 tokens and chat template ----------------------------------------------------
+_FAMILY_SPECIAL_TOKENS["mllama"] = {
+    "pad": "<|finetune_right_pad_id|>",
+    "bos": "<|begin_of_text|>",
+    "eos": "<|eot_id|>",
+    "unk": "<unk>",
+    "image": "<|image|>",
+    "extra": ("<|start_header_id|>", "<|end_header_id|>", "<|python_tag|>"),
+}
+_CHAT_TEMPLATES["mllama"] = "".join(
+    [
+        "{{ bos_token }}{% set image = '<|image|>' %}",
+        "{% for message in messages %}",
+        "<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n",
+        _CONTENT,
+        "<|eot_id|>{% endfor %}",
+        "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n",
+        "{% endif %}",
+    ]
+)
+# --- end Mllama --------------------------------------------------------------------------------
 
 # Words: runs of letters/digits/underscores with inner apostrophes ("don't"), or one other
 # non-space character. Digits are then split one by one, so every number is covered.
@@ -436,6 +463,75 @@ def _qwen3_vl_config(
 # --- end Qwen3-VL ----------------------------------------------------------------------------
 
 
+# --- Mllama -----------------------------------------------------------------------------------
+
+
+class TinyMllamaProcessor(MllamaProcessor):
+    """`MllamaProcessor` that also takes a flat image list, and writes the bos token once.
+
+    Mllama wants images nested per sample; this one also takes transformers' flat list (images
+    in placeholder order) and per-sample entries with ``None`` for text-only samples. Mllama's
+    processor writes ``<|begin_of_text|>`` into the text itself, so the tokenizer adds no second
+    one (``add_special_tokens`` defaults to False).
+    """
+
+    def __call__(self, images: Any = None, text: Any = None, **kwargs: Any) -> Any:
+        kwargs.setdefault("add_special_tokens", False)
+        flat = _flatten_images(images, text, self.image_token)
+        if flat is not None and text is not None:
+            if not isinstance(flat, (list, tuple)):
+                flat = [flat]
+            remaining = iter(flat)
+            prompts = [text] if isinstance(text, str) else text
+            flat = [[next(remaining) for _ in range(p.count(self.image_token))] for p in prompts]
+        return super().__call__(images=flat, text=text, **kwargs)
+
+
+def _mllama_config(
+    text: dict[str, Any],
+    vision: dict[str, Any],
+    vision_overrides: dict[str, Any],
+    image_size: int,
+    image_token_id: int,
+) -> MllamaConfig:
+    """Mllama: a cross-attention layer every other decoder layer from layer 1; one tile per image.
+
+    Each image is one 32 px tile of 16 patches plus the class token: 17 visual states. Layer 0
+    must self-attend: transformers reads the text length off the cache of layer 0.
+    """
+    text.setdefault("cross_attention_layers", list(range(1, text["num_hidden_layers"], 2)))
+    vision = {
+        "hidden_size": vision["hidden_size"],
+        "intermediate_size": vision["intermediate_size"],
+        "num_hidden_layers": vision["num_hidden_layers"],
+        "attention_heads": vision["num_attention_heads"],
+        "num_global_layers": 1,
+        "image_size": image_size,
+        "patch_size": 8,
+        "max_num_tiles": 1,
+        "supported_aspect_ratios": [[1, 1]],
+        "intermediate_layers_indices": [0],
+    }
+    vision.update(vision_overrides)
+    # The projector reads the last layer concatenated with the intermediate ones.
+    vision.setdefault(
+        "vision_output_dim",
+        vision["hidden_size"] * (1 + len(vision["intermediate_layers_indices"])),
+    )
+    return MllamaConfig(text_config=text, vision_config=vision, image_token_index=image_token_id)
+
+
+def _open_cross_attention_gates(model: PreTrainedModel) -> None:
+    """Give Mllama's tanh gates a value: they start at 0, where the image has no effect at all."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(("cross_attn_attn_gate", "cross_attn_mlp_gate")):
+                parameter.fill_(1.0)
+
+
+# --- end Mllama --------------------------------------------------------------------------------
+
+
 def _mrope_section(head_dim: int) -> list[int]:
     """Qwen2-VL's (temporal, height, width) split of the rotary half-dimension."""
     half = head_dim // 2
@@ -485,6 +581,8 @@ def _build_config(
     image_token_id = token_id(spec["image"])
     if family == "qwen3_vl":
         return _qwen3_vl_config(text, vision_overrides, token_id)
+    if family == "mllama":
+        return _mllama_config(text, vision, vision_overrides, image_size, image_token_id)
 
     if family == "llava":
         vision.update(image_size=image_size, patch_size=8, projection_dim=32)
@@ -551,6 +649,16 @@ def _build_processor(
 ) -> ProcessorMixin:
     vision = config.vision_config
     template = _CHAT_TEMPLATES[family]
+    if family == "mllama":
+        if vision.image_size % vision.patch_size:
+            raise ValueError(f"image_size {image_size} is not a multiple of {vision.patch_size}.")
+        mllama_processor = MllamaImageProcessorPil(
+            size={"height": vision.image_size, "width": vision.image_size},
+            max_image_tiles=vision.max_num_tiles,
+        )
+        return TinyMllamaProcessor(
+            image_processor=mllama_processor, tokenizer=tokenizer, chat_template=template
+        )
     if family == "llava":
         if image_size % vision.patch_size:
             raise ValueError(f"image_size {image_size} is not a multiple of {vision.patch_size}.")
@@ -677,6 +785,8 @@ def tiny_vlm(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForImageTextToText.from_config(config, **kwargs)
+    if family == "mllama":
+        _open_cross_attention_gates(model)
     model.eval()
 
     generation_config = model.generation_config
