@@ -26,6 +26,7 @@ from hf_cagul.data import (
     load_image,
     validate_dataset,
 )
+from hf_cagul.families import get_family
 from hf_cagul.tiny import TINY_FAMILIES, TINY_IMAGE_PLACEHOLDER, TINY_WORDS, tiny_vlm
 
 FORGET_TARGET = "i don't know ."
@@ -238,7 +239,10 @@ def _check_batch(
         )["input_ids"][0]
         assert start == len(alone)
         assert torch.equal(input_ids[index, :start], alone)
-        assert int((alone == image_token_id).sum()) == 16
+        # One image token per visual token, or one placeholder per image (Mllama).
+        assert int((alone == image_token_id).sum()) == (
+            16 if get_family(family).expands_image_tokens else 1
+        )
         if tokenizer.bos_token_id is not None:  # the template's bos only, never a second one
             assert int((input_ids[index] == tokenizer.bos_token_id).sum()) == 1
 
@@ -271,6 +275,8 @@ def test_collator_batch(family: str) -> None:
         "llava": set(),
         "qwen2_vl": {"image_grid_thw", "mm_token_type_ids"},
         "idefics3": {"pixel_attention_mask"},
+        "qwen3_vl": {"image_grid_thw", "mm_token_type_ids"},
+        "mllama": {"aspect_ratio_ids", "aspect_ratio_mask", "cross_attention_mask"},
     }[family]
     assert set(batch) == expected_keys
 

@@ -22,7 +22,7 @@ def test_keyword_match_is_the_fraction_of_keywords_found() -> None:
         keyword_accuracy(["a", "b"], [["a"]])
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics3"])
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics3", "qwen3_vl", "mllama"])
 def test_generate_answers_matches_single_generation(family) -> None:
     vlm, processor = tiny_vlm(family)
     rows = Dataset.from_dict(

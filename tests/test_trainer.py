@@ -71,7 +71,7 @@ def make_trainer(tmp_path, family="llava", **overrides) -> tuple[CagulTrainer, C
     return trainer, model
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics3", "qwen3_vl"])
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics3", "qwen3_vl", "mllama"])
 def test_training_fits_the_adapter_and_leaves_the_vlm_untouched(tmp_path, family) -> None:
     trainer, model = make_trainer(tmp_path, family)
     vlm_before = snapshot(model.base_model)

@@ -4,7 +4,8 @@ One forward call goes like this (``docs/concepts.md`` has the picture):
 
 1. a pre-hook on the VLM notes the call's ``input_ids`` and how many images it carries;
 2. a pre-hook on the language model sees ``inputs_embeds`` with the visual tokens already in
-   place and takes each image's tokens *by position*;
+   place and takes each image's tokens *by position* (or wherever the family says they are:
+   `hf_cagul.families.VisualStates`);
 3. the discriminator scores each image; an image below the gate threshold passes untouched;
 4. for flagged images a truncated pass of the language model up to the attention layer gives
    text-to-visual attention, and the least-attended tokens are selected;
