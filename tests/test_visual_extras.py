@@ -138,3 +138,5 @@ def test_mllama_scores_at_the_next_cross_attention_layer() -> None:
     shallow, _ = tiny_vlm("mllama", num_hidden_layers=3)  # one cross-attention layer: 1
     with pytest.raises(ValueError, match=r"no cross-attention layer.*attention_layer=2.*at most 1"):
         get_cagul_model(shallow, CagulConfig(attention_layer=2))
+    assert all(p.requires_grad for p in shallow.parameters())  # refused before any change
+    assert not shallow._forward_pre_hooks

@@ -1,9 +1,11 @@
 """Everything that differs between VLM families, and nothing else.
 
-`hf_cagul.model` asks a `VLMFamily` four questions: where is the language model, what does its
-config say (hidden size, depth, image token), how many images does a batch carry, and which
-token positions belong to which image. Adding a family means adding one `VLMFamily` here
-(see ``docs/families.md``).
+`hf_cagul.model` asks a `VLMFamily` where the language model is, what its config says
+(hidden size, depth, image token), how many images a batch carries, which token positions
+belong to which image, and where the language model receives the visual tokens (`VisualStates`:
+``inputs_embeds`` in most families, Mllama's ``cross_attention_states``), which attention layer
+ranks them, and what else to rewrite with them (Qwen3-VL's deepstack features). Adding a family
+means adding one `VLMFamily` here (see ``docs/families.md``).
 """
 
 from __future__ import annotations

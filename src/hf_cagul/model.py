@@ -145,6 +145,7 @@ class CagulModel(nn.Module):
         self.base_model = model
         self.cagul_config: dict[str, CagulConfig] = {adapter_name: config}
         self.active_adapter = adapter_name
+        self._scoring_layer()  # a family may refuse the configured layer: say so before any change
         for parameter in model.parameters():
             parameter.requires_grad_(False)
         decoder = family.decoder(model)
@@ -164,7 +165,6 @@ class CagulModel(nn.Module):
         self._traces: ContextVar[list[ImageTrace] | None] = ContextVar("cagul_trace", default=None)
 
         text_config = family.text_config(model.config)
-        self._scoring_layer()  # a family may refuse the configured layer: say so now
         self._original_attention = text_config._attn_implementation
         model.set_attn_implementation(
             {"text_config": scoring_implementation(self._original_attention)}
