@@ -115,6 +115,15 @@ FAMILIES: dict[str, VLMFamily] = {
         VLMFamily("llava", ("llava",)),
         Qwen2VLFamily("qwen2_vl", ("qwen2_vl",)),
         Idefics3Family("idefics3", ("idefics3",)),
+        # issue 6, part 1. LLaVA-NeXT: anyres crops, unpadding and row-newline features all
+        # land inside one run of image tokens per image. PaliGemma, Gemma3: one row of
+        # pixel_values per image (Gemma3: per pan-and-scan crop, each with its own
+        # begin/end-of-image tokens, so its own run).
+        VLMFamily("llava_next", ("llava_next",)),
+        Qwen2VLFamily("qwen2_5_vl", ("qwen2_5_vl",)),
+        Idefics3Family("smolvlm", ("smolvlm",)),
+        VLMFamily("paligemma", ("paligemma",)),
+        VLMFamily("gemma3", ("gemma3",)),
     )
 }
 
