@@ -274,6 +274,7 @@ _FAMILY_SPECIAL_TOKENS["gemma3"] = {
     "unk": "<unk>",
     "image": "<image_soft_token>",
     "extra": ("<start_of_turn>", "<start_of_image>", "<end_of_image>"),
+    "words": ("model",),  # the assistant's role name in Gemma's chat format
     # Gemma3Processor reads these tokenizer attributes.
     "named": {
         "boi_token": "<start_of_image>",
@@ -335,7 +336,7 @@ def tiny_tokenizer(family: str, extra_words: Iterable[str] = ()) -> PreTrainedTo
     if spec["bos"] is not None:
         specials.insert(1, spec["bos"])
     vocab: dict[str, int] = {token: index for index, token in enumerate(specials)}
-    for word in (*TINY_WORDS, *extra_words):
+    for word in (*TINY_WORDS, *spec.get("words", ()), *extra_words):
         word = word.lower()
         if not re.fullmatch(_WORD_PATTERN, word) or (word.isdigit() and len(word) > 1):
             raise ValueError(
@@ -461,8 +462,11 @@ class _ImagesOnlyQwenMixin(_PerSampleImagesMixin):
         self.video_token = "<|video_pad|>"
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
         self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
-        ProcessorMixin.__init__(  # type: ignore[arg-type]
-            self, image_processor, tokenizer, chat_template=chat_template
+        ProcessorMixin.__init__(
+            self,  # type: ignore[arg-type]
+            image_processor,
+            tokenizer,
+            chat_template=chat_template,
         )
 
 
@@ -678,7 +682,7 @@ def _gemma_family_config(
             for index in range(text["num_hidden_layers"])
         ],
     )
-    tokens_per_side = vision_config.image_size // 8
+    tokens_per_side = int(vision["image_size"]) // 8
     return Gemma3Config(
         vision_config=vision_config,
         text_config=Gemma3TextConfig(**text),
@@ -816,10 +820,11 @@ class TinySmolVLMProcessor(_PerSampleImagesMixin, SmolVLMProcessor):
 class TinyPaliGemmaProcessor(_PerSampleImagesMixin, PaliGemmaProcessor):
     """`PaliGemmaProcessor` for the tiny vocabulary.
 
-    Three differences from transformers' class, none of which changes what the model sees for
+    Four differences from transformers' class, none of which changes what the model sees for
     an image-first prompt: the 1,152 location and segmentation tokens (``<loc0000>``...) are not
     added to the tiny vocabulary; a sample without ``<image>`` gets its bos at the start (the
-    original inserts it after the 6th character); and the backward-compatible ``labels`` (all
+    original inserts it after the 6th character) and a text-only batch is accepted (the
+    original refuses it, though the model takes it); and the backward-compatible ``labels`` (all
     -100 without a ``suffix``) are returned only when a ``suffix`` is given, so the outputs can
     go to ``generate`` as they are. Also takes per-sample image lists.
     """
@@ -836,14 +841,24 @@ class TinyPaliGemmaProcessor(_PerSampleImagesMixin, PaliGemmaProcessor):
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
         ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
 
-    def __call__(self, images: Any = None, text: Any = None, **kwargs: Any) -> Any:
+    def __call__(
+        self, images: Any = None, text: Any = None, suffix: Any = None, **kwargs: Any
+    ) -> Any:
         """`PaliGemmaProcessor.__call__` (see the class docstring for the differences)."""
-        outputs = super().__call__(images=images, text=text, **kwargs)
-        if kwargs.get("suffix") is None:
+        outputs = super().__call__(images=images, text=text, suffix=suffix, **kwargs)
+        if suffix is None:
             outputs.pop("labels", None)
         return outputs
 
-    def prepare_inputs_layout(self, images: Any = None, text: Any = None, **kwargs: Any) -> Any:
+    def validate_inputs(  # type: ignore[override]
+        self, images: Any = None, text: Any = None, **kwargs: Any
+    ) -> None:
+        """As the original, but text-only batches are allowed (the model takes them)."""
+        ProcessorMixin.validate_inputs(self, images=images, text=text, **kwargs)
+
+    def prepare_inputs_layout(  # type: ignore[override]
+        self, images: Any = None, text: Any = None, **kwargs: Any
+    ) -> Any:
         """Place bos after the last image, or at the start of a sample without one."""
         images, laid_out, *rest = super().prepare_inputs_layout(images=images, text=text, **kwargs)
         if laid_out is not None and text is not None:
@@ -870,7 +885,8 @@ def _gemma_family_processor(
     size = {"height": side, "width": side}
     if family == "paligemma":
         image_processor = SiglipImageProcessorPil(size=size)
-        image_processor.image_seq_length = config.text_config.num_image_tokens
+        # PaliGemmaProcessor reads the number of image tokens from its image processor.
+        image_processor.image_seq_length = config.text_config.num_image_tokens  # type: ignore[attr-defined]
         return TinyPaliGemmaProcessor(
             image_processor=image_processor, tokenizer=tokenizer, chat_template=template
         )
