@@ -1,11 +1,13 @@
 """Tiny, randomly initialised vision-language models for tests, examples and benchmarks.
 
-`tiny_vlm` builds a real `transformers` VLM (LLaVA 1.5, Qwen2-VL or Idefics3) from a tiny config,
-fully offline and in-process, together with a matching processor: a real `transformers`
+`tiny_vlm` builds a real `transformers` VLM (LLaVA 1.5, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL,
+Idefics3, SmolVLM, PaliGemma or Gemma3; see `TINY_FAMILIES`) from a tiny config, fully offline
+and in-process, together with a matching processor: a real `transformers`
 processor class around a word-level tokenizer built in memory and the family's PIL image
 processor (torchvision is not needed).
 
-Defaults (every family): 32 x 32 px images, 16 visual tokens per image, a 2-layer vision
+Defaults (every family): 32 x 32 px images, 16 visual tokens per image (LLaVA-NeXT: 36, see
+below), a 2-layer vision
 encoder, a 2-layer text decoder with hidden size 64 (4 query heads, 2 key/value heads) and a
 vocabulary of a few hundred lower-cased words (`TINY_WORDS`).
 
@@ -18,6 +20,15 @@ processor expands each placeholder to the image's visual tokens:
   16 ``<|image_pad|>`` tokens (for a square image; Qwen2-VL keeps the aspect ratio).
 - ``idefics3``: ``<image>`` becomes ``<fake_token_around_image><global-img>``, 16 ``<image>``
   tokens, ``<fake_token_around_image>`` (image splitting is off).
+- ``llava_next``: ``<image>`` becomes one run of ``<image>`` tokens: 16 for the downscaled base
+  image plus the anyres tiles (``image_size`` square; two side by side or stacked for a wide or
+  tall image), unpadded, with one newline token per tile row: 36 for a square image.
+- ``qwen2_5_vl``: as ``qwen2_vl``; its vision merger works in 2 x 2 windows.
+- ``smolvlm``: as ``idefics3``.
+- ``paligemma``: ``<image>`` (first in the text) becomes 16 ``<image>`` tokens followed by bos;
+  the prompt is a bidirectional prefix (``token_type_ids`` 0).
+- ``gemma3``: ``<start_of_image>`` becomes ``<start_of_image>``, 16 ``<image_soft_token>``
+  tokens, ``<end_of_image>`` (pan-and-scan is off; ``token_type_ids`` mark the image tokens).
 
 Keep two images of one prompt apart (some text between them) so each image is one run of
 image tokens.
@@ -320,8 +331,9 @@ def tiny_tokenizer(family: str, extra_words: Iterable[str] = ()) -> PreTrainedTo
     The vocabulary is the family's special tokens (ids 0, 1, ...), then `TINY_WORDS`, then
     ``extra_words`` (lower-cased, duplicates dropped). Text is lower-cased and split into words
     (inner apostrophes kept, as in ``don't``), single punctuation characters and single digits;
-    anything else becomes the unknown token. LLaVA and Idefics3 prepend the bos token ``<s>``;
-    Qwen2-VL adds none. Decoding joins tokens with spaces.
+    anything else becomes the unknown token. LLaVA(-NeXT), Idefics3, SmolVLM and Gemma3 prepend
+    their bos token; Qwen*-VL add none; PaliGemma's processor writes bos itself, after the image.
+    Decoding joins tokens with spaces.
 
     Args:
         family: One of `TINY_FAMILIES`.
@@ -927,13 +939,17 @@ def tiny_vlm(
     arguments give identical weights (the global torch RNG is seeded inside a fork, so the
     caller's RNG state is left as it was).
 
-    Sizes by default: 32 px images and 16 visual tokens per image; vision encoder with 2 layers,
-    width 32; text decoder (Llama for LLaVA and Idefics3, Qwen2 for Qwen2-VL) with 2 layers,
-    hidden size 64, 4 attention heads, 2 key/value heads, float32.
+    Sizes by default: 32 px images and 16 visual tokens per image (LLaVA-NeXT: 36); vision
+    encoder with 2 layers, width 32; text decoder (Llama for LLaVA(-NeXT), Idefics3 and SmolVLM,
+    Qwen2 for Qwen*-VL, Gemma for PaliGemma, Gemma3 for Gemma3, alternating sliding-window (24
+    tokens) and full layers) with 2 layers, hidden size 64, 4 attention heads, 2 key/value heads,
+    float32. Gemma3's image projection, zero in a fresh model, is drawn at random so the image
+    reaches the language model.
 
-    The processor is the family's transformers processor (`LlavaProcessor`,
-    `Idefics3Processor`, or `Qwen2VLProcessor` without its torchvision-only video part) with
-    the family's PIL image processor, so it is called like any HF processor::
+    The processor is the family's transformers processor class (a ``Tiny*Processor`` subclass:
+    Qwen*-VL and SmolVLM without their torchvision-only video part, PaliGemma without its
+    location tokens; see each class) with the family's PIL image processor, so it is called
+    like any HF processor::
 
         inputs = processor(images=[img, None], text=[f"{TINY_IMAGE_PLACEHOLDER[family]} what "
                            "is this?", "who is he?"], return_tensors="pt", padding=True)
@@ -941,21 +957,27 @@ def tiny_vlm(
     ``images`` is either transformers' flat list (images in the order of the placeholders in
     the batch) or one entry per sample: an image, a list of images, or ``None`` for a text-only
     sample. Each placeholder (`TINY_IMAGE_PLACEHOLDER`) becomes the image's visual tokens.
-    Idefics3 has image splitting off: each image is resized to ``image_size`` square and gives
-    one run of tokens. Qwen2-VL keeps the aspect ratio, so only square images give exactly 16
-    tokens, and its outputs hold ``image_grid_thw`` and ``mm_token_type_ids``. Padding is on
-    the right; set ``processor.tokenizer.padding_side = "left"`` for batched generation.
+    Idefics3 and SmolVLM have image splitting off and Gemma3 pan-and-scan: each image is resized
+    to ``image_size`` square and gives one run of tokens. Qwen*-VL keep the aspect ratio, so
+    only square images give exactly 16 tokens, and their outputs hold ``image_grid_thw`` and
+    ``mm_token_type_ids``. LLaVA-NeXT's token count depends on the aspect ratio (see the module
+    docstring). Padding is on the right; set ``processor.tokenizer.padding_side = "left"`` for
+    batched generation.
 
     Args:
-        family: One of `TINY_FAMILIES`: ``"llava"``, ``"qwen2_vl"`` or ``"idefics3"``.
+        family: One of `TINY_FAMILIES`: ``"llava"``, ``"llava_next"``, ``"qwen2_vl"``,
+            ``"qwen2_5_vl"``, ``"idefics3"``, ``"smolvlm"``, ``"paligemma"`` or ``"gemma3"``.
         seed: Seed for the random weights.
         vision_config: Updates to the vision config, in the family's vision-config keys
-            (CLIP for LLaVA, ``Qwen2VLVisionConfig`` for Qwen2-VL: ``depth``, ``embed_dim``,
-            ``num_heads``...; ``Idefics3VisionConfig``), e.g. ``{"num_hidden_layers": 1}``. An
+            (CLIP for LLaVA(-NeXT), ``Qwen2VLVisionConfig`` for Qwen2-VL: ``depth``,
+            ``embed_dim``, ``num_heads``...; ``Qwen2_5_VLVisionConfig``: ``depth``,
+            ``hidden_size``, ``window_size``...; ``Idefics3VisionConfig``, SmolVLM's, SigLIP for
+            PaliGemma and Gemma3), e.g. ``{"num_hidden_layers": 1}``. An
             ``image_size`` key here counts as the ``image_size`` argument.
         image_size: Side of the square images the vision encoder sees. Visual tokens per image
-            are ``(image_size / 8) ** 2`` by default in every family (LLaVA: patch 8; Qwen2-VL:
-            patch 4, 2 x 2 merge; Idefics3: patch 4, scale factor 2).
+            are ``(image_size / 8) ** 2`` by default in every family (LLaVA, PaliGemma: patch 8;
+            Qwen*-VL: patch 4, 2 x 2 merge; Idefics3, SmolVLM: patch 4, scale factor 2; Gemma3:
+            patch 4, 2 x 2 pooling), LLaVA-NeXT adding its anyres tiles.
         extra_words: More words for the tokenizer's vocabulary (see `tiny_tokenizer`).
         attn_implementation: ``"eager"``, ``"sdpa"``...; transformers' default (sdpa) if None.
             The weights do not depend on it, so an eager twin built with the same seed is
