@@ -639,20 +639,17 @@ def _qwen2_5_vision(
     merger output come out in window order, not in row-major token order, already at 32 px: the
     case CAGUL's by-position indexing exists for. The last block attends fully.
     """
-    depth = vision["num_hidden_layers"]
     settings: dict[str, Any] = {
-        "depth": depth,
+        "depth": vision["num_hidden_layers"],
         "hidden_size": vision["hidden_size"],
         "intermediate_size": vision["intermediate_size"],
         "num_heads": vision["num_attention_heads"],
         "out_hidden_size": text["hidden_size"],  # the merger's output: the text width
-        "window_size": 4 * patches["patch_size"] * patches["spatial_merge_size"] // 2,
-        "fullatt_block_indexes": [depth - 1],
+        "window_size": 2 * patches["patch_size"] * patches["spatial_merge_size"],
         **patches,
     }
     settings.update(vision_overrides)
-    if "fullatt_block_indexes" not in vision_overrides:
-        settings["fullatt_block_indexes"] = [settings["depth"] - 1]
+    settings.setdefault("fullatt_block_indexes", [settings["depth"] - 1])
     return settings
 
 
@@ -805,6 +802,8 @@ class TinySmolVLMProcessor(_PerSampleImagesMixin, SmolVLMProcessor):
     ``num2words`` (which only its video prompts need) is required. Also takes per-sample image
     lists."""
 
+    nested_images = True
+
     def __init__(
         self,
         image_processor: Any = None,
@@ -825,8 +824,6 @@ class TinySmolVLMProcessor(_PerSampleImagesMixin, SmolVLMProcessor):
     def apply_chat_template(self, conversation: Any, *args: Any, **kwargs: Any) -> Any:
         """`ProcessorMixin.apply_chat_template` (SmolVLM's own reads video settings)."""
         return ProcessorMixin.apply_chat_template(self, conversation, *args, **kwargs)
-
-    nested_images = True
 
 
 class TinyPaliGemmaProcessor(_PerSampleImagesMixin, PaliGemmaProcessor):
@@ -913,7 +910,7 @@ def _gemma_family_processor(
 def _make_image_visible(model: PreTrainedModel) -> None:
     """Give Gemma3's zero-initialised image projection random weights (else every visual token
     is 0 and the image cannot change the output)."""
-    projector = getattr(model.model, "multi_modal_projector", None)
+    projector = getattr(getattr(model, "model", None), "multi_modal_projector", None)
     weight = getattr(projector, "mm_input_projection_weight", None)
     if weight is not None:
         with torch.no_grad():
