@@ -2,14 +2,13 @@
 
 `tiny_vlm` builds a real `transformers` VLM (LLaVA 1.5, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL,
 Idefics3, SmolVLM, PaliGemma or Gemma3; see `TINY_FAMILIES`) from a tiny config, fully offline
-and in-process, together with a matching processor: a real `transformers`
-processor class around a word-level tokenizer built in memory and the family's PIL image
-processor (torchvision is not needed).
+and in-process, together with a matching processor: a real `transformers` processor class
+around a word-level tokenizer built in memory and the family's PIL image processor
+(torchvision is not needed).
 
 Defaults (every family): 32 x 32 px images, 16 visual tokens per image (LLaVA-NeXT: 36, see
-below), a 2-layer vision
-encoder, a 2-layer text decoder with hidden size 64 (4 query heads, 2 key/value heads) and a
-vocabulary of a few hundred lower-cased words (`TINY_WORDS`).
+below), a 2-layer vision encoder, a 2-layer text decoder with hidden size 64 (4 query heads,
+2 key/value heads) and a vocabulary of a few hundred lower-cased words (`TINY_WORDS`).
 
 Prompt convention: write the family's image placeholder (`TINY_IMAGE_PLACEHOLDER`) in the
 text once per image, where the image goes, and pass the images in the same order. The
@@ -103,7 +102,7 @@ TINY_FAMILIES: tuple[str, ...] = (
     "llava",
     "qwen2_vl",
     "idefics3",
-    # issue 6, part 1: the families built in the "LLaVA-NeXT ... Gemma3" blocks below
+    # built in the "LLaVA-NeXT ... Gemma3" blocks below
     "llava_next",
     "qwen2_5_vl",
     "smolvlm",
