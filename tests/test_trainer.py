@@ -12,7 +12,7 @@ from vlm_inputs import assert_identical, image, snapshot, tiny_dataset
 
 from hf_cagul import CagulConfig, CagulModel, CagulTrainer, CagulTrainingConfig, get_cagul_model
 from hf_cagul.config import CONFIG_NAME, WEIGHTS_NAME
-from hf_cagul.tiny import tiny_vlm
+from hf_cagul.tiny import TINY_FAMILIES, tiny_vlm
 
 TRAINER_STATE_FILES = {
     "optimizer.pt",
@@ -54,7 +54,7 @@ def make_trainer(tmp_path, family="llava", **overrides) -> tuple[CagulTrainer, C
     return trainer, model
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics3"])
+@pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_training_fits_the_adapter_and_leaves_the_vlm_untouched(tmp_path, family) -> None:
     trainer, model = make_trainer(tmp_path, family)
     vlm_before = snapshot(model.base_model)

@@ -19,6 +19,13 @@ def image(seed: int, size: int = TINY_IMAGE_SIZE) -> Image.Image:
     return Image.fromarray(pixels)
 
 
+def tokens_per_image(family: str, side: int = TINY_IMAGE_SIZE) -> int:
+    """Image tokens of one square image in a tiny VLM: ``(side / 8) ** 2`` in every family but
+    LLaVA-NeXT, whose anyres adds one tile of the same size and a newline token per tile row."""
+    grid = side // 8
+    return 2 * grid * grid + grid if family == "llava_next" else grid * grid
+
+
 def batch(
     processor: Any,
     family: str,

@@ -10,6 +10,7 @@ at inference time.
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,8 +71,14 @@ class CagulDataCollator:
 
     * ``labels`` ``(batch, seq)``: the target and eos token ids, ``-100`` elsewhere;
     * ``query_mask`` ``(batch, seq)`` bool: prompt tokens that are neither image tokens nor
-      padding (the tokens whose attention ranks the visual tokens);
+      padding (the tokens whose attention ranks the visual tokens). Image tokens are the
+      processor's ``image_token`` and, where the processor expands that placeholder into
+      another token (Gemma3), the tokenizer's ``image_token``;
     * ``cagul_forget`` ``(batch,)`` bool: True for forget rows.
+
+    For a prefix LM, whose processor takes a ``suffix`` (PaliGemma), ``token_type_ids`` marks the
+    target as the causal suffix (1) and the prompt as the bidirectional prefix (0), as the
+    processor's own ``suffix`` argument would.
 
     Nothing is ever truncated: with ``max_length`` set, a longer sample raises (cutting would
     drop image tokens, which breaks the model, or the target, which leaves nothing to learn).
@@ -131,8 +138,22 @@ class CagulDataCollator:
             )
         self.image_token: str = image_token
         self.image_token_id: int = image_token_id
+        # Some processors (Gemma3) name a placeholder (begin-of-image) as their image token and
+        # expand it into the tokenizer's own image token: neither is a text token.
+        expanded = getattr(tokenizer, "image_token_id", None)
+        self.visual_token_ids: tuple[int, ...] = (image_token_id,) + (
+            (expanded,) if isinstance(expanded, int) and expanded != image_token_id else ()
+        )
 
     # ------------------------------------------------------------------ texts
+
+    @property
+    def _prefix_lm(self) -> bool:
+        """Whether the processor splits prefix and ``suffix`` (a prefix LM such as PaliGemma)."""
+        try:
+            return "suffix" in inspect.signature(self.processor.__call__).parameters
+        except (TypeError, ValueError):
+            return False
 
     @property
     def tokenizer(self) -> Any:
@@ -259,11 +280,19 @@ class CagulDataCollator:
         is_target = (positions >= starts) & (positions < ends)
         labels = torch.where(is_target, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
         query_mask = (
-            (positions < starts) & attention_mask.bool() & (input_ids != self.image_token_id)
+            (positions < starts)
+            & attention_mask.bool()
+            & ~torch.isin(input_ids, torch.tensor(self.visual_token_ids))
         )
         forget = torch.tensor([feature[SPLIT_COLUMN] == FORGET_SPLIT for feature in features])
 
         output: dict[str, torch.Tensor] = dict(batch)
+        if "token_type_ids" in output and self._prefix_lm:
+            # A prefix LM (PaliGemma) attends bidirectionally within the prefix (type 0) and
+            # causally in the suffix (type 1). The processor marks all of our text as prefix,
+            # which would let the prompt see the answer: mark the target as the suffix, exactly
+            # as the processor's own ``suffix`` argument does.
+            output["token_type_ids"] = is_target.to(output["token_type_ids"].dtype)
         output["labels"] = labels
         output["query_mask"] = query_mask
         output["cagul_forget"] = forget
