@@ -179,6 +179,28 @@ def test_generate_with_beam_search_and_sampling(family, decoding) -> None:
         assert torch.allclose(trace.scores, original.scores, atol=1e-6)
 
 
+@families
+def test_random_selection_is_one_draw_per_image_of_a_sample(family) -> None:
+    """The "random" ablation picks the same tokens for an image alone, in a batch, in beams."""
+    model, processor = wrapped(family, token_selection="random", token_ratio=0.25)
+    alone = batch(processor, family, [("{image} who is this ?", [image(1)])])
+    among = batch(
+        processor,
+        family,
+        [("{image} and {image} who ?", [image(2), image(3)]), ("{image} who is this ?", [image(1)])],
+        padding_side="left",
+    )
+    with model.force_gate(True), model.trace() as traces:
+        logits(model, alone)
+        logits(model, among)
+        model.generate(**alone, num_beams=2, max_new_tokens=1, do_sample=False)
+    offsets = [(t.selected - t.start).tolist() for t in traces if t.selected is not None]
+    assert len(offsets) == 6
+    first_image = offsets[0]
+    assert offsets[1] == offsets[3] == offsets[4] == offsets[5] == first_image
+    assert offsets[2] != first_image  # a sample's second image gets a draw of its own
+
+
 def continuation(
     full: dict[str, Any], cut: int, images: dict[str, Any] | None = None, **extra: Any
 ) -> dict[str, Any]:
