@@ -184,12 +184,11 @@ def test_random_selection_is_one_draw_per_image_of_a_sample(family) -> None:
     """The "random" ablation picks the same tokens for an image alone, in a batch, in beams."""
     model, processor = wrapped(family, token_selection="random", token_ratio=0.25)
     alone = batch(processor, family, [("{image} who is this ?", [image(1)])])
-    among = batch(
-        processor,
-        family,
-        [("{image} and {image} who ?", [image(2), image(3)]), ("{image} who is this ?", [image(1)])],
-        padding_side="left",
-    )
+    samples = [
+        ("{image} and {image} who ?", [image(2), image(3)]),
+        ("{image} who is this ?", [image(1)]),
+    ]
+    among = batch(processor, family, samples, padding_side="left")
     with model.force_gate(True), model.trace() as traces:
         logits(model, alone)
         logits(model, among)
