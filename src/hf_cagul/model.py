@@ -505,12 +505,12 @@ class CagulModel(nn.Module):
 
         scores = self._attention_scores(embeds, state, args, kwargs)
         selected_rows = []
-        samples_seen = [trace.sample for trace in image_traces]
+        image_samples = [trace.sample for trace in image_traces]
         for image in torch.nonzero(flagged).squeeze(-1).tolist():
             trace = image_traces[image]
             sample, start, end = trace.sample, trace.start, trace.end
             image_scores = scores[sample, start:end]
-            ordinal = samples_seen[:image].count(sample)
+            ordinal = image_samples[:image].count(sample)
             chosen = _select(image_scores, config, ordinal).sort().values + start
             trace.scores = image_scores.detach().cpu()
             trace.selected = chosen.cpu()
