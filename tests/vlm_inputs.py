@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from datasets import Dataset
 from PIL import Image
 
 from hf_cagul import CagulModel
@@ -134,3 +135,19 @@ def rewritten_positions(model: CagulModel, inputs: dict[str, Any]) -> set[tuple[
         seen.append(records[-1]["inputs_embeds"])
     changed = (seen[0] != seen[1]).any(dim=-1).nonzero().tolist()
     return {(sample, position) for sample, position in changed}
+
+
+def tiny_dataset(rows_per_split: int = 4) -> Dataset:
+    """Rows in the data contract: forget rows about one person, retain rows about another."""
+    records = []
+    for index in range(rows_per_split):
+        records.append(("forget", "anna smith", 10 + index % 2))
+        records.append(("retain", "ben jones", 20 + index % 2))
+    return Dataset.from_dict(
+        {
+            "image": [image(seed) for _, _, seed in records],
+            "question": ["what is the name of this person ?"] * len(records),
+            "answer": [f"this is {name} ." for _, name, _ in records],
+            "split": [split for split, _, _ in records],
+        }
+    )

@@ -26,7 +26,12 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
 from hf_cagul.config import CagulConfig
-from hf_cagul.data import CagulDataCollator, PhotoAugmentation, load_image
+from hf_cagul.data import (
+    CagulDataCollator,
+    PhotoAugmentation,
+    UnlearningDataCollator,
+    load_image,
+)
 from hf_cagul.data.synthetic import synthetic_benchmark
 from hf_cagul.evaluation.probes import run_probes
 from hf_cagul.evaluation.report import AttentionHeatmap, write_report
@@ -77,16 +82,16 @@ class DemoConfig:
 
 
 def _supervised_collator(processor: Any, seed: int) -> Any:
-    """The CAGUL collator as a plain supervised one: every row's target is its answer.
+    """Every row's target is its answer, whatever its split: plain supervised fine-tuning.
 
     Photos are augmented: without it a tiny VLM memorises the training photos and does not
     recognise the same people on new ones (DESIGN.md: held-out accuracy 0.45 -> 0.90).
     """
-    collator = CagulDataCollator(processor, augment=PhotoAugmentation(seed=seed))
+    collator = UnlearningDataCollator(processor, augment=PhotoAugmentation(seed=seed))
 
     def collate(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = collator([{**feature, "split": "retain"} for feature in features])
-        del batch["query_mask"], batch["cagul_forget"]
+        batch = collator(features)
+        del batch["forget"]
         return batch
 
     return collate

@@ -25,12 +25,13 @@ from hf_cagul.data.schema import (
     IMAGE_COLUMN,
     QUESTION_COLUMN,
     REQUIRED_COLUMNS,
+    RETAIN_SPLIT,
     SPLIT_COLUMN,
     SPLITS,
     load_image,
 )
 
-__all__ = ["IGNORE_INDEX", "CagulDataCollator"]
+__all__ = ["IGNORE_INDEX", "CagulDataCollator", "UnlearningDataCollator"]
 
 IGNORE_INDEX = -100
 """Label of positions that carry no loss (prompt, image and padding tokens)."""
@@ -419,6 +420,67 @@ class CagulDataCollator:
                 f"max_length={self.max_length}; truncating it {cut}, so the collator never "
                 "truncates. Raise max_length, or shorten the question and answer."
             )
+
+
+@dataclass
+class UnlearningDataCollator:
+    """Batches for fine-tuning: every row's target is its true answer, forget rows flagged.
+
+    What supervised fine-tuning and the fine-tuning unlearning baselines (`hf_cagul.baselines`)
+    need from the data contract: the prompt and target of `CagulDataCollator`, but the target
+    is always the row's ``answer`` (gradient ascent and NPO push it down on forget rows).
+
+    **Output**: the processor's tensors and ``labels`` as in `CagulDataCollator`, plus
+    ``forget`` ``(batch,)`` bool; with ``with_refusals``, also ``refusal``: the forget rows
+    alone, same photos, with a refusal (or their ``forget_target``) as the target, as a nested
+    batch with its own ``labels`` (the preferred answers of IdkPO).
+
+    Args:
+        processor: The VLM's processor.
+        max_length: Longest accepted sample, in tokens; None: no limit.
+        refusals: Refusals for the ``refusal`` batch (rows without a ``forget_target``).
+        seed: Seed of the refusal choice.
+        augment: Applied to each photo once per batch (both encodings of a row share it).
+        with_refusals: Add the ``refusal`` batch of the forget rows.
+    """
+
+    processor: Any
+    max_length: int | None = None
+    refusals: Sequence[str] = DEFAULT_REFUSALS
+    seed: int = 0
+    augment: Callable[[Image.Image], Image.Image] | None = None
+    with_refusals: bool = False
+    _collate: CagulDataCollator = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._collate = CagulDataCollator(
+            self.processor, max_length=self.max_length, refusals=self.refusals, seed=self.seed
+        )
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        """Collate raw rows into model inputs plus ``labels``, ``forget`` (and ``refusal``)."""
+        if self.augment is not None:
+            features = [
+                {**feature, IMAGE_COLUMN: self.augment(load_image(feature[IMAGE_COLUMN]))}
+                if IMAGE_COLUMN in feature
+                else feature
+                for feature in features
+            ]
+        batch = self._strip(
+            self._collate([{**row, SPLIT_COLUMN: RETAIN_SPLIT} for row in features])
+        )
+        forget_rows = [row for row in features if row.get(SPLIT_COLUMN) == FORGET_SPLIT]
+        batch["forget"] = torch.tensor([row.get(SPLIT_COLUMN) == FORGET_SPLIT for row in features])
+        if self.with_refusals and forget_rows:
+            batch["refusal"] = self._strip(self._collate(forget_rows))
+        return batch
+
+    @staticmethod
+    def _strip(batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Drop what only CAGUL uses (the query mask, its forget flags)."""
+        return {
+            key: value for key, value in batch.items() if key not in ("query_mask", "cagul_forget")
+        }
 
 
 def _common_prefix(first: Sequence[int], second: Sequence[int]) -> int:
