@@ -29,6 +29,7 @@ check: lint typecheck
 bench: setup
 	$(PY) bench/inference_overhead.py
 	$(PY) bench/fit_cost.py
+	$(PY) bench/scale.py
 
 clean:
 	rm -rf .venv .pytest_cache .ruff_cache .mypy_cache

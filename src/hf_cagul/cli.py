@@ -37,9 +37,10 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Run the embedded benchmark end to end and write the report."""
+    """Run the embedded benchmark end to end and write the report (``compare``: with baselines)."""
     from transformers.utils import logging as transformers_logging
 
+    from hf_cagul.compare import BaselineSettings
     from hf_cagul.demo import DemoConfig, print_summary, run_demo
 
     transformers_logging.set_verbosity_error()  # the demo's own progress bars say enough
@@ -47,7 +48,7 @@ def _demo(args: argparse.Namespace) -> int:
     overrides = {
         key: value
         for key, value in {
-            "output_dir": args.output_dir,
+            "output_dir": args.output_dir or args.default_dir,
             "people": args.people,
             "forget_fraction": args.forget_fraction,
             "stage1_steps": args.stage1_steps,
@@ -58,7 +59,18 @@ def _demo(args: argparse.Namespace) -> int:
     }
     overrides["gold"] = not args.no_gold
     overrides["ablation"] = args.ablation
+    overrides["compare"] = args.compare
     config = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
+    if args.compare:
+        config.baselines = BaselineSettings(
+            methods=tuple(args.methods),
+            steps=args.baseline_steps or config.cagul_steps,
+            learning_rate=args.baseline_learning_rate,
+            lora_r=args.lora_r,
+            full=args.full,
+            seed=config.seed,
+            use_cpu=True,  # as the demo's own fits: one device for every fit time
+        )
     metrics = run_demo(config)
     print_summary(metrics, Path(config.output_dir))
     return 0
@@ -113,6 +125,40 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_demo_arguments(parser: argparse.ArgumentParser, default_dir: str) -> None:
+    """Options of ``demo`` and ``compare``: the benchmark, the fits, and the baselines."""
+    from hf_cagul.baselines import BASELINES
+
+    parser.add_argument("--output-dir", type=Path, default=None, help=f"default: {default_dir}")
+    parser.add_argument("--quick", action="store_true", help="fewer people and steps (~2 min)")
+    parser.add_argument("--people", type=int, default=None, help="fictitious people taught")
+    parser.add_argument("--forget-fraction", type=float, default=None)
+    parser.add_argument("--stage1-steps", type=int, default=None)
+    parser.add_argument("--cagul-steps", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--no-gold", action="store_true", help="skip the retain-only model")
+    parser.add_argument(
+        "--ablation", action="store_true", help="also fit random / highest-attention selection"
+    )
+    baselines = parser.add_argument_group("fine-tuning baselines (with --compare)")
+    baselines.add_argument(
+        "--methods",
+        nargs="+",
+        choices=sorted(BASELINES),
+        default=list(BASELINES),
+        help="baselines to fit (default: all)",
+    )
+    baselines.add_argument(
+        "--baseline-steps", type=int, default=None, help="default: the CAGUL fit's steps"
+    )
+    baselines.add_argument("--baseline-learning-rate", type=float, default=1e-3)
+    baselines.add_argument("--lora-r", type=int, default=16, help="LoRA rank")
+    baselines.add_argument(
+        "--full", action="store_true", help="fine-tune the language model's full weights"
+    )
+    parser.set_defaults(default_dir=Path(default_dir))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``hf-cagul``."""
     parser = argparse.ArgumentParser(
@@ -134,18 +180,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="teach a tiny VLM fictitious people, fit CAGUL, evaluate, write a report"
     )
-    demo.add_argument("--output-dir", type=Path, default=None, help="default: cagul-demo")
-    demo.add_argument("--quick", action="store_true", help="fewer people and steps (~2 min)")
-    demo.add_argument("--people", type=int, default=None, help="fictitious people taught")
-    demo.add_argument("--forget-fraction", type=float, default=None)
-    demo.add_argument("--stage1-steps", type=int, default=None)
-    demo.add_argument("--cagul-steps", type=int, default=None)
-    demo.add_argument("--seed", type=int, default=None)
-    demo.add_argument("--no-gold", action="store_true", help="skip the retain-only model")
+    _add_demo_arguments(demo, default_dir="cagul-demo")
     demo.add_argument(
-        "--ablation", action="store_true", help="also fit random / highest-attention selection"
+        "--compare", action="store_true", help="also fit and evaluate the fine-tuning baselines"
     )
     demo.set_defaults(handler=_demo)
+
+    compare = commands.add_parser(
+        "compare",
+        help="the demo's stage 1 once, then CAGUL and every fine-tuning baseline on the same "
+        "splits, seed and evaluation: one table (markdown, CSV) and a leakage-vs-utility plot",
+    )
+    _add_demo_arguments(compare, default_dir="cagul-compare")
+    compare.set_defaults(handler=_demo, compare=True)
 
     evaluate = commands.add_parser(
         "evaluate", help="evaluate a VLM (and an adapter) on a benchmark in the data contract"

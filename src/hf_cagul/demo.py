@@ -25,13 +25,26 @@ from datasets import Dataset, concatenate_datasets
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
+from hf_cagul.compare import (
+    BaselineSettings,
+    FitRecord,
+    compare_baselines,
+    comparison_table,
+    write_comparison,
+)
 from hf_cagul.config import CagulConfig
-from hf_cagul.data import CagulDataCollator, PhotoAugmentation, load_image
+from hf_cagul.data import (
+    CagulDataCollator,
+    PhotoAugmentation,
+    UnlearningDataCollator,
+    load_image,
+)
 from hf_cagul.data.synthetic import synthetic_benchmark
 from hf_cagul.evaluation.probes import run_probes
 from hf_cagul.evaluation.report import AttentionHeatmap, write_report
 from hf_cagul.evaluation.suite import discriminator_metrics, evaluate_model, rows_of_kind
 from hf_cagul.model import CagulModel, get_cagul_model
+from hf_cagul.profiling import measure, weights_digest
 from hf_cagul.tiny import tiny_vlm
 from hf_cagul.trainer import CagulTrainer, CagulTrainingConfig
 
@@ -58,6 +71,8 @@ class DemoConfig:
     ablation: bool = False
     max_eval_rows: int = 160
     seed: int = 0
+    compare: bool = False
+    baselines: BaselineSettings | None = None
 
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
@@ -75,25 +90,32 @@ class DemoConfig:
         values.update(overrides)
         return cls(**values)
 
+    def baseline_settings(self) -> BaselineSettings:
+        """The baselines' settings: ``baselines``, or CAGUL's budget (steps, batch, seed)."""
+        if self.baselines is not None:
+            return self.baselines
+        return BaselineSettings(steps=self.cagul_steps, batch_size=16, seed=self.seed, use_cpu=True)
+
 
 def _supervised_collator(processor: Any, seed: int) -> Any:
-    """The CAGUL collator as a plain supervised one: every row's target is its answer.
+    """Every row's target is its answer, whatever its split: plain supervised fine-tuning.
 
     Photos are augmented: without it a tiny VLM memorises the training photos and does not
     recognise the same people on new ones (DESIGN.md: held-out accuracy 0.45 -> 0.90).
     """
-    collator = CagulDataCollator(processor, augment=PhotoAugmentation(seed=seed))
+    collator = UnlearningDataCollator(processor, augment=PhotoAugmentation(seed=seed))
 
     def collate(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = collator([{**feature, "split": "retain"} for feature in features])
-        del batch["query_mask"], batch["cagul_forget"]
+        batch = collator(features)
+        del batch["forget"]
         return batch
 
     return collate
 
 
 def _run_arguments(config: DemoConfig, output_dir: str) -> dict[str, Any]:
-    """`TrainingArguments` both stages share: CPU, seeded, no checkpoints, no logging."""
+    """`TrainingArguments` both stages share: CPU, seeded, no checkpoints, no logging, and a
+    progress bar (transformers hides it when its logging is quieter than warnings)."""
     return {
         "output_dir": output_dir,
         "save_strategy": "no",
@@ -101,6 +123,7 @@ def _run_arguments(config: DemoConfig, output_dir: str) -> dict[str, Any]:
         "report_to": [],
         "use_cpu": True,
         "seed": config.seed,
+        "disable_tqdm": False,
     }
 
 
@@ -247,9 +270,13 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         gold, _ = teach(config, splits["retain"], "gold (retain only)")
         timings["gold model (retain only)"] = time.perf_counter() - clock
 
-    clock = time.perf_counter()
-    model = fit_cagul(config, vlm, processor, train, "lowest")
-    timings["CAGUL fit"] = time.perf_counter() - clock
+    digest = weights_digest(vlm)
+    with measure() as measurement:
+        model = fit_cagul(config, vlm, processor, train, "lowest")
+    timings["CAGUL fit"] = measurement.seconds
+    cagul_fit = FitRecord(
+        measurement, model.get_nb_trainable_parameters()[0], weights_digest(vlm) != digest
+    )
 
     clock = time.perf_counter()
     evaluated: dict[str, dict[str, Any]] = {}
@@ -289,6 +316,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         "settings": {
             key: str(value) if isinstance(value, Path) else value
             for key, value in dataclasses.asdict(config).items()
+            if key != "baselines"
         },
         "stage1": {
             "forget_keyword_accuracy": evaluated["base"].get("forget_keyword"),
@@ -301,10 +329,10 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     }
     heatmap = attention_heatmap(model, processor, rows_of_kind(splits["forget"], "private", 1))
     model.save_pretrained(Path(config.output_dir) / "adapter")
+    bare = model.unload()
     if config.ablation:
         clock = time.perf_counter()
         ablation = {"lowest attention": metrics["results"]["cagul"]}
-        bare = model.unload()
         variants: tuple[tuple[Literal["random", "highest"], str], ...] = (
             ("random", "random"),
             ("highest", "highest attention"),
@@ -320,6 +348,26 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             for label, values in ablation.items()
         }
         timings["ablation"] = time.perf_counter() - clock
+    if config.compare:
+        clock = time.perf_counter()
+        metrics["settings"]["baselines"] = dataclasses.asdict(config.baseline_settings())
+        baselines, records = compare_baselines(
+            bare,
+            processor,
+            train,
+            splits,
+            config.baseline_settings(),
+            reference,
+            config.max_eval_rows,
+        )
+        metrics["results"].update(
+            {name: _strip_lists(values) for name, values in baselines.items()}
+        )
+        metrics["comparison"] = comparison_table(
+            metrics["results"], {"cagul": cagul_fit, **records}
+        )
+        write_comparison(metrics["comparison"], config.output_dir)
+        timings["baselines (fit + evaluation)"] = time.perf_counter() - clock
     metrics["targets"] = _targets(metrics)
     timings["total"] = time.perf_counter() - started
     metrics["timings"] = timings

@@ -47,6 +47,26 @@ from hf_cagul.families import VisualStates, VLMFamily, detect_family
 from hf_cagul.modules import CagulAdapter
 
 _CACHE_ARGUMENTS = ("cache", "past_key_values")
+# transformers' own check that input_ids hold as many image tokens as the vision tower gave
+# visual tokens; the VLM raises it before CAGUL's language-model hook runs.
+_VLM_MISMATCH = "image features and image tokens do not match"
+
+
+@contextmanager
+def _explain_placeholder_mismatch() -> Iterator[None]:
+    """Turn transformers' terse placeholder/feature mismatch into an error that names the fix."""
+    try:
+        yield
+    except ValueError as err:
+        if _VLM_MISMATCH not in str(err).lower():
+            raise
+        raise ValueError(
+            f"{err} (transformers). The image tokens in input_ids do not match what the vision "
+            "tower produced for these images: the prompt was expanded by another processor or "
+            "for another image size, or its image tokens were edited or truncated. Build "
+            "input_ids and images in one call of this model's own processor. The adapter is "
+            "unaffected: the next call works."
+        ) from err
 
 
 @dataclass
@@ -110,11 +130,13 @@ def _bind_config(config: CagulConfig, model: PreTrainedModel, family: VLMFamily)
     return dataclasses.replace(config, **filled)
 
 
-def _select(scores: torch.Tensor, config: CagulConfig, image: int) -> torch.Tensor:
-    """Indices of the tokens to rewrite among one image's ``scores``."""
+def _select(scores: torch.Tensor, config: CagulConfig, ordinal: int) -> torch.Tensor:
+    """Indices of the tokens to rewrite among the ``scores`` of its sample's image ``ordinal``."""
     k = config.num_selected(len(scores))
-    if config.token_selection == "random":  # a fixed draw per image position: reproducible
-        generator = torch.Generator().manual_seed(image)
+    if config.token_selection == "random":
+        # A fixed draw per image of a sample: the same whatever the batch around it, its
+        # padding, or how many beams generate copies it into.
+        generator = torch.Generator().manual_seed(ordinal)
         return torch.randperm(len(scores), generator=generator)[:k].to(scores.device)
     return torch.topk(scores, k, largest=config.token_selection == "highest").indices
 
@@ -206,14 +228,16 @@ class CagulModel(nn.Module):
         self._check_loaded()
         token = self._query_mask.set(query_mask)
         try:
-            return self.base_model(*args, **kwargs)
+            with _explain_placeholder_mismatch():
+                return self.base_model(*args, **kwargs)
         finally:
             self._query_mask.reset(token)
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         """``generate`` of the wrapped VLM; the adapter acts on the prefill step only."""
         self._check_loaded()
-        return cast(Any, self.base_model).generate(*args, **kwargs)
+        with _explain_placeholder_mismatch():
+            return cast(Any, self.base_model).generate(*args, **kwargs)
 
     @contextmanager
     def disable_adapter(self) -> Iterator[None]:
@@ -368,7 +392,9 @@ class CagulModel(nn.Module):
             attention_mask = bound.get("attention_mask")
             mask = torch.ones_like(input_ids, dtype=torch.bool)
             if attention_mask is not None and attention_mask.dim() == 2:
-                mask &= attention_mask.bool()
+                # Continuing from a cache, the mask also covers the cached tokens: keep the
+                # columns of this call's tokens.
+                mask &= attention_mask[:, -input_ids.shape[1] :].bool().to(mask.device)
             labels = bound.get("labels")
             if labels is not None and labels.shape == input_ids.shape:
                 mask &= labels == -100
@@ -490,11 +516,13 @@ class CagulModel(nn.Module):
 
         scores = self._attention_scores(visual, state, args, kwargs)
         selected_rows = []
+        image_samples = [trace.sample for trace in image_traces]
         for image in torch.nonzero(flagged).squeeze(-1).tolist():
             trace = image_traces[image]
             sample, start, end = trace.sample, trace.start, trace.end
             image_scores = scores[sample, start:end]
-            chosen = _select(image_scores, config, image).sort().values + start
+            ordinal = image_samples[:image].count(sample)
+            chosen = _select(image_scores, config, ordinal).sort().values + start
             trace.scores = image_scores.detach().cpu()
             trace.selected = chosen.cpu()
             selected_rows.append(

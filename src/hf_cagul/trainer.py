@@ -15,7 +15,6 @@ project's documented choices, see ``docs/training.md``):
 from __future__ import annotations
 
 import os
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,42 +22,31 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import Trainer, TrainingArguments
 
 from hf_cagul import persistence
 from hf_cagul.config import WEIGHTS_NAME
-from hf_cagul.data import (
-    DATA_COLUMNS,
-    FORGET_SPLIT,
-    IGNORE_INDEX,
-    SPLIT_COLUMN,
-    CagulDataCollator,
-    PhotoAugmentation,
-    validate_dataset,
-)
+from hf_cagul.data import IGNORE_INDEX, CagulDataCollator
+from hf_cagul.losses import half_per_class, token_kl
 from hf_cagul.model import CagulModel, ImageTrace
+from hf_cagul.training import ForgetRetainArguments, ForgetRetainTrainer
 
 TRAINING_CONFIG_NAME = "cagul_training_args.json"
 
 
 @dataclass
-class CagulTrainingConfig(TrainingArguments):
+class CagulTrainingConfig(ForgetRetainArguments):
     """`TrainingArguments` for `CagulTrainer`, with the weights of the three loss terms.
 
     Defaults differ from `TrainingArguments` where adapters need it: a learning rate suited to
     small freshly initialised modules, ``remove_unused_columns=False`` (the collator needs the
     raw image and text columns) and non-reentrant gradient checkpointing (the frozen VLM's
-    inputs carry no gradient of their own).
+    inputs carry no gradient of their own). The data options (``max_length``,
+    ``balance_splits``, ``augment_images``) come from `ForgetRetainArguments`.
 
     Args:
         forget_weight: Weight of the cross-entropy toward the forget target on forget rows.
         retain_weight: Weight of KL(base || adapted) on the answer tokens of retain rows.
         discriminator_weight: Weight of the gate's binary cross-entropy.
-        max_length: Longest tokenised sample the collator accepts (``None``: no limit).
-        balance_splits: Sample forget and retain rows equally often (a weighted sampler with
-            replacement over a `datasets.Dataset`); each then weighs half of the training.
-        augment_images: Perturb each training photo with `PhotoAugmentation` (default
-            collator only).
     """
 
     forget_weight: float = field(
@@ -70,29 +58,8 @@ class CagulTrainingConfig(TrainingArguments):
     discriminator_weight: float = field(
         default=1.0, metadata={"help": "Weight of the discriminator's binary cross-entropy."}
     )
-    max_length: int | None = field(
-        default=None, metadata={"help": "Longest tokenised sample accepted by the collator."}
-    )
-    balance_splits: bool = field(
-        default=True,
-        metadata={
-            "help": "Draw forget and retain rows equally often (with replacement): forget sets "
-            "are small, and the gate needs to see forget photos in most batches."
-        },
-    )
-    augment_images: bool = field(
-        default=False,
-        metadata={
-            "help": "Perturb photos (crop, shift, light, noise, JPEG) while fitting, so the "
-            "gate learns the people rather than the photos and flags new photos of them."
-        },
-    )
     learning_rate: float = field(
         default=1e-3, metadata={"help": "AdamW learning rate for the adapter's modules."}
-    )
-    remove_unused_columns: bool = field(
-        default=False,
-        metadata={"help": "Keep False: the collator builds model inputs from the raw columns."},
     )
 
     def __post_init__(self) -> None:
@@ -101,19 +68,7 @@ class CagulTrainingConfig(TrainingArguments):
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0.")
         if self.forget_weight == self.retain_weight == self.discriminator_weight == 0:
             raise ValueError("All three loss weights are 0: nothing would be trained.")
-        if self.gradient_checkpointing and self.gradient_checkpointing_kwargs is None:
-            self.gradient_checkpointing_kwargs = {"use_reentrant": False}
         super().__post_init__()
-
-
-def _token_kl(base: torch.Tensor, adapted: torch.Tensor) -> torch.Tensor:
-    """Mean over rows of KL(base || adapted) between two ``(rows, vocab)`` logit tensors."""
-    return F.kl_div(
-        F.log_softmax(adapted.float(), dim=-1),
-        F.log_softmax(base.float(), dim=-1),
-        log_target=True,
-        reduction="batchmean",
-    )
 
 
 def _balanced_bce(traces: list[ImageTrace], forget: torch.Tensor) -> torch.Tensor:
@@ -128,18 +83,12 @@ def _balanced_bce(traces: list[ImageTrace], forget: torch.Tensor) -> torch.Tenso
     return F.binary_cross_entropy_with_logits(
         logits,
         labels.to(logits.dtype),
-        weight=_half_per_class(labels).to(logits.dtype),
+        weight=half_per_class(labels).to(logits.dtype),
         reduction="sum",
     )
 
 
-def _half_per_class(flags: torch.Tensor) -> torch.Tensor:
-    """Weights giving the True and the False elements of ``flags`` one half each in total."""
-    positives, negatives = flags.sum().clamp_min(1), (~flags).sum().clamp_min(1)
-    return torch.where(flags, 0.5 / positives, 0.5 / negatives)
-
-
-class CagulTrainer(Trainer):
+class CagulTrainer(ForgetRetainTrainer):
     """A `Trainer` that fits the CAGUL adapter of a `CagulModel` and nothing else.
 
     Args:
@@ -177,19 +126,13 @@ class CagulTrainer(Trainer):
                 "The adapter is frozen: load it with `CagulModel.from_pretrained(..., "
                 "is_trainable=True)` to continue fitting it."
             )
-        if train_dataset is not None and hasattr(train_dataset, "column_names"):
-            validate_dataset(train_dataset)
-        eval_dataset = kwargs.get("eval_dataset")
-        if eval_dataset is not None and hasattr(eval_dataset, "column_names"):
-            validate_dataset(eval_dataset, require_both_splits=False)
         if data_collator is None:
             if processing_class is None:
                 raise ValueError(
                     "Pass `processing_class=processor` (the VLM's processor) or a data_collator."
                 )
-            augment = PhotoAugmentation(seed=args.seed) if args.augment_images else None
             data_collator = CagulDataCollator(
-                processing_class, max_length=args.max_length, augment=augment
+                processing_class, max_length=args.max_length, augment=args.photo_augmentation()
             )
         super().__init__(
             model=model,
@@ -199,30 +142,6 @@ class CagulTrainer(Trainer):
             data_collator=data_collator,
             **kwargs,
         )
-        self.model_accepts_loss_kwargs = False
-        self._cagul_metrics: dict[str, dict[str, list[float]]] = {
-            "train": defaultdict(list),
-            "eval": defaultdict(list),
-        }
-
-    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-        """Balanced forget/retain sampling when asked (see ``balance_splits``)."""
-        dataset: Any = train_dataset if train_dataset is not None else self.train_dataset
-        args = self.args
-        assert isinstance(args, CagulTrainingConfig)
-        if not args.balance_splits or not hasattr(dataset, "column_names"):
-            return super()._get_train_sampler(train_dataset)
-        forget = torch.tensor([split == FORGET_SPLIT for split in dataset[SPLIT_COLUMN]])
-        weights = _half_per_class(forget)
-        generator = torch.Generator().manual_seed(args.data_seed or args.seed)
-        return torch.utils.data.WeightedRandomSampler(
-            weights.tolist(), num_samples=len(dataset), replacement=True, generator=generator
-        )
-
-    def _set_signature_columns_if_needed(self) -> None:
-        # Even with remove_unused_columns=True, the collator's raw columns must survive.
-        if self._signature_columns is None:
-            self._signature_columns = list(DATA_COLUMNS)  # type: ignore[assignment]
 
     def compute_loss(
         self,
@@ -260,7 +179,7 @@ class CagulTrainer(Trainer):
             else zero
         )
         retain_loss = (
-            _token_kl(base_logits, logits[retain_rows]) if base_logits is not None else zero
+            token_kl(base_logits, logits[retain_rows]) if base_logits is not None else zero
         )
         gate_loss = _balanced_bce(traces, forget) if traces else zero
         loss = (
@@ -268,24 +187,10 @@ class CagulTrainer(Trainer):
             + args.retain_weight * retain_loss
             + args.discriminator_weight * gate_loss.to(zero.dtype)
         )
-        split = "train" if model.training else "eval"
-        for name, value in (
-            ("forget_loss", forget_loss),
-            ("retain_kl", retain_loss),
-            ("discriminator_loss", gate_loss),
-        ):
-            self._cagul_metrics[split][name].append(float(value.detach()))
+        self.record_terms(
+            model, forget_loss=forget_loss, retain_kl=retain_loss, discriminator_loss=gate_loss
+        )
         return (loss, outputs) if return_outputs else loss
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add the mean of each loss term since the last log to ``logs``."""
-        split = "eval" if any(key.startswith("eval_") for key in logs) else "train"
-        prefix = "eval_" if split == "eval" else ""
-        for name, values in self._cagul_metrics[split].items():
-            if values:
-                logs[f"{prefix}{name}"] = sum(values) / len(values)
-        self._cagul_metrics[split].clear()
-        super().log(logs, start_time)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Save the adapter only (config + safetensors + card), never the VLM."""

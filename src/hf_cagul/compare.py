@@ -1,0 +1,210 @@
+"""CAGUL against fine-tuning unlearning, on the same model, splits, seed and evaluation.
+
+`compare_baselines` fits every baseline of `hf_cagul.baselines` on the frozen stage-1 model
+(LoRA adapters, removed again afterwards, or a fully fine-tuned copy), evaluates each with the
+suite CAGUL is evaluated with, and measures the fit: wall time, peak memory, trainable
+parameters, and whether the served model's base weights changed. `comparison_table` turns the
+results into one row per method; `write_comparison` writes it as markdown and CSV.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset, DatasetDict
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+
+from hf_cagul.baselines import BASELINES, UnlearningConfig, get_baseline_trainer, prepare_model
+from hf_cagul.evaluation.report import COMPARISON_COLUMNS, comparison_markdown
+from hf_cagul.evaluation.suite import evaluate_model
+from hf_cagul.profiling import FitMeasurement, measure, trainable_parameters, weights_digest
+
+__all__ = [
+    "BaselineSettings",
+    "FitRecord",
+    "compare_baselines",
+    "comparison_table",
+    "write_comparison",
+]
+
+
+@dataclass
+class BaselineSettings:
+    """How the baselines are fitted (the same budget for every method).
+
+    Args:
+        methods: Baselines to fit, from `hf_cagul.baselines.BASELINES`.
+        steps: Optimizer steps of each fit.
+        batch_size: Rows per step.
+        learning_rate: AdamW learning rate.
+        lora_r: LoRA rank (ignored with ``full``).
+        full: Fine-tune every weight of the language model instead of LoRA adapters.
+        beta: NPO's and IdkPO's inverse temperature.
+        augment_images: Perturb photos while fitting, as CAGUL's fit does in the demo.
+        seed: Seed of every fit.
+        use_cpu: Fit on the CPU even where an accelerator is available (as the demo does, so
+            that every method's fit time is measured on the same device).
+    """
+
+    methods: Sequence[str] = tuple(BASELINES)
+    steps: int = 300
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    lora_r: int = 16
+    full: bool = False
+    beta: float = 0.1
+    augment_images: bool = True
+    seed: int = 0
+    use_cpu: bool = False
+
+    def __post_init__(self) -> None:
+        for method in self.methods:
+            get_baseline_trainer(method)  # an unknown name fails here, before any fit
+        if self.steps <= 0 or self.batch_size <= 0:
+            raise ValueError(
+                f"steps and batch_size must be positive, got {self.steps}, {self.batch_size}."
+            )
+
+
+@dataclass
+class FitRecord:
+    """How one method's fit went: its measurement, trainable parameters, weights modified."""
+
+    measurement: FitMeasurement = field(default_factory=FitMeasurement)
+    trainable_parameters: int = 0
+    base_weights_modified: bool = False
+
+    def as_metrics(self) -> dict[str, Any]:
+        """The record as comparison columns."""
+        return {
+            "fit_seconds": self.measurement.seconds,
+            "peak_memory_mb": self.measurement.peak_megabytes,
+            "trainable_parameters": self.trainable_parameters,
+            "base_weights_modified": self.base_weights_modified,
+        }
+
+
+def _fit_baseline(
+    method: str,
+    vlm: PreTrainedModel,
+    processor: Any,
+    train: Dataset,
+    splits: DatasetDict,
+    settings: BaselineSettings,
+    reference_truth_ratios: Sequence[float] | None,
+    max_rows: int,
+) -> tuple[dict[str, Any], FitRecord]:
+    """Fit ``method`` on ``vlm``, evaluate it, and leave ``vlm`` as it was."""
+    digest = weights_digest(vlm)
+    trainable: Any = copy.deepcopy(vlm) if settings.full else vlm
+    trainable = prepare_model(trainable, full=settings.full, lora_r=settings.lora_r)
+    record = FitRecord(trainable_parameters=trainable_parameters(trainable))
+    torch.manual_seed(settings.seed)
+    with tempfile.TemporaryDirectory() as output_dir:
+        trainer = get_baseline_trainer(method)(
+            trainable,
+            UnlearningConfig(
+                output_dir=output_dir,
+                max_steps=settings.steps,
+                per_device_train_batch_size=settings.batch_size,
+                learning_rate=settings.learning_rate,
+                beta=settings.beta,
+                augment_images=settings.augment_images,
+                seed=settings.seed,
+                use_cpu=settings.use_cpu,
+                save_strategy="no",
+                logging_strategy="no",
+                report_to=[],
+                disable_tqdm=False,
+            ),
+            train_dataset=train,
+            processing_class=processor,
+            ref_model=vlm if settings.full else None,
+        )
+        with measure() as record.measurement:
+            trainer.train()
+    trainable.eval()
+    results = evaluate_model(trainable, processor, splits, reference_truth_ratios, max_rows)
+    if settings.full:
+        record.base_weights_modified = weights_digest(trainable) != digest
+    else:
+        trainable.unload()  # removes the LoRA layers, leaving the base model
+        record.base_weights_modified = weights_digest(vlm) != digest
+    vlm.requires_grad_(False)
+    if weights_digest(vlm) != digest:
+        raise RuntimeError(f"Fitting {method} modified the stage-1 model's weights: a bug.")
+    return results, record
+
+
+def compare_baselines(
+    vlm: PreTrainedModel,
+    processor: Any,
+    train: Dataset,
+    splits: DatasetDict,
+    settings: BaselineSettings,
+    reference_truth_ratios: Sequence[float] | None = None,
+    max_rows: int = 200,
+) -> tuple[dict[str, dict[str, Any]], dict[str, FitRecord]]:
+    """Fit and evaluate every baseline of ``settings`` on the (bare, unwrapped) ``vlm``.
+
+    Each baseline starts from ``vlm`` as it is: LoRA adapters are removed after each fit, and
+    full fine-tuning works on a copy. ``vlm`` is checked bit-identical after every fit.
+
+    Args:
+        vlm: The stage-1 model (no CAGUL hooks: pass ``CagulModel.unload()``'s result).
+        processor: Its processor.
+        train: Forget and retain rows in the data contract.
+        splits: The benchmark the suite evaluates on.
+        settings: The budget and options shared by every baseline.
+        reference_truth_ratios: The gold model's forget truth ratios (for forget quality).
+        max_rows: Rows per split and kind for the evaluation.
+
+    Returns:
+        ``(results, records)``: per method, the evaluation suite's metrics and its `FitRecord`.
+    """
+    results: dict[str, dict[str, Any]] = {}
+    records: dict[str, FitRecord] = {}
+    for method in tqdm(settings.methods, desc="baselines"):
+        results[method], records[method] = _fit_baseline(
+            method, vlm, processor, train, splits, settings, reference_truth_ratios, max_rows
+        )
+    return results, records
+
+
+def comparison_table(
+    results: Mapping[str, Mapping[str, Any]], records: Mapping[str, FitRecord]
+) -> list[dict[str, Any]]:
+    """One row per method that has a `FitRecord`: ``method`` and the `COMPARISON_COLUMNS`."""
+    return [
+        {
+            "method": method,
+            **{
+                key: {**results[method], **record.as_metrics()}.get(key)
+                for key in COMPARISON_COLUMNS
+            },
+        }
+        for method, record in records.items()
+    ]
+
+
+def write_comparison(rows: Sequence[Mapping[str, Any]], output_dir: str | Path) -> list[Path]:
+    """Write ``rows`` as ``comparison.md`` (a markdown table) and ``comparison.csv``."""
+    directory = Path(output_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    columns = ["method", *COMPARISON_COLUMNS]
+    csv_path = directory / "comparison.csv"
+    with csv_path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({column: row.get(column) for column in columns} for row in rows)
+    markdown_path = directory / "comparison.md"
+    markdown_path.write_text("\n".join(comparison_markdown(rows)) + "\n", encoding="utf-8")
+    return [markdown_path, csv_path]
