@@ -22,15 +22,20 @@ from vlm_inputs import (
     randomise_encoder,
     rewritten_positions,
     standard_batch,
+    visual_runs,
 )
 
 from hf_cagul import CagulConfig, CagulModel, ImageTrace, get_cagul_model
+from hf_cagul.families import get_family
 from hf_cagul.tiny import TINY_FAMILIES, tiny_vlm
 
 families = pytest.mark.parametrize("family", TINY_FAMILIES)
 
 # Inputs with one entry per token: sliced with the text, unlike the images' inputs.
-TOKEN_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids")
+TOKEN_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids", "cross_attention_mask")
+# Token inputs that a call continuing from a cache passes whole, cached tokens included
+# (transformers' convention; Mllama slices its cross_attention_mask itself).
+WHOLE_CONVERSATION_INPUTS = ("attention_mask", "cross_attention_mask")
 
 # Families whose processor can give images of different sizes different numbers of visual
 # tokens, and the call arguments that make the tiny processor do so (by default it gives every
@@ -96,7 +101,7 @@ def test_several_images_in_one_sample_are_scored_and_selected_each_in_its_run(fa
     )
     with model.force_gate(True), model.trace() as traces:
         changed = rewritten_positions(model, inputs)
-    assert runs_of(traces) == image_runs(inputs, model.active_config.image_token_id)
+    assert runs_of(traces) == visual_runs(model, inputs)
     assert [t.sample for t in traces] == [0, 0, 1]
     assert_selection_within_runs(model, traces)  # 25% of each image's own tokens
     assert changed == selected_positions(traces)  # nothing else reaches the language model
@@ -119,7 +124,7 @@ def test_batch_mixing_samples_with_and_without_images(family) -> None:
             bare = logits(model, inputs)
         with model.force_gate(True), model.trace() as traces:
             out = logits(model, inputs)
-        assert runs_of(traces) == image_runs(inputs, model.active_config.image_token_id)
+        assert runs_of(traces) == visual_runs(model, inputs)
         assert [t.sample for t in traces] == [1]
         assert torch.equal(out[0], bare[0]) and torch.equal(out[2], bare[2])
         assert not torch.allclose(out[1], bare[1])
@@ -141,7 +146,7 @@ def test_images_of_different_sizes(family) -> None:
     inputs = batch(processor, family, samples, **VARIABLE_RESOLUTION.get(family, {}))
     with model.force_gate(True), model.trace() as traces:
         changed = rewritten_positions(model, inputs)
-    runs = image_runs(inputs, model.active_config.image_token_id)
+    runs = visual_runs(model, inputs)
     assert runs_of(traces) == runs
     assert_selection_within_runs(model, traces)
     assert changed == selected_positions(traces)
@@ -210,11 +215,12 @@ def continuation(
 ) -> dict[str, Any]:
     """The call that goes on from a cache of ``full``'s first ``cut`` tokens.
 
-    Its token inputs are ``full``'s from ``cut`` on, except ``attention_mask``, which covers the
-    cached tokens too (transformers' convention); image inputs come from ``images``.
+    Its token inputs are ``full``'s from ``cut`` on, except ``WHOLE_CONVERSATION_INPUTS``,
+    which cover the cached tokens too (transformers' convention); image inputs come from
+    ``images``.
     """
     inputs = {key: full[key][:, cut:] for key in TOKEN_INPUTS if key in full}
-    inputs["attention_mask"] = full["attention_mask"]
+    inputs.update({key: full[key] for key in WHOLE_CONVERSATION_INPUTS if key in full})
     if images is not None:
         inputs.update({k: v for k, v in images.items() if k not in TOKEN_INPUTS})
     return {**inputs, **extra}
@@ -232,6 +238,13 @@ def decoder_positions(model: CagulModel, inputs: dict[str, Any], cut: int) -> di
     return {} if positions is None else {"position_ids": positions[..., cut:]}
 
 
+def extended(key: str, value: torch.Tensor, new: int) -> torch.Tensor:
+    """Token input ``key`` of a prompt, extended by ``new`` generated tokens, as in generate."""
+    if key == "cross_attention_mask":  # each new token sees what the last one saw (Mllama)
+        return torch.cat([value, value[:, -1:].expand(-1, new, -1, -1)], dim=1)
+    return torch.nn.functional.pad(value, (0, new), value=int(key == "attention_mask"))
+
+
 @families
 def test_generate_continues_from_the_cache_of_an_adapted_prefill(family) -> None:
     model, processor = wrapped(family)
@@ -245,10 +258,7 @@ def test_generate_continues_from_the_cache_of_an_adapted_prefill(family) -> None
         sequences = first.sequences
         follow_up = {key: inputs[key] for key in TOKEN_INPUTS if key in inputs}
         new = sequences.shape[1] - inputs["input_ids"].shape[1]
-        follow_up = {
-            key: torch.nn.functional.pad(value, (0, new), value=int(key == "attention_mask"))
-            for key, value in follow_up.items()
-        }
+        follow_up = {key: extended(key, value, new) for key, value in follow_up.items()}
         follow_up["input_ids"] = sequences
         with model.trace() as traces:
             rest = model.generate(
@@ -290,6 +300,12 @@ def test_forward_continuing_a_cache_matches_one_call(family) -> None:
 def test_a_new_image_in_a_cached_conversation_matches_one_call(family) -> None:
     # Every visual token is rewritten, so the selection (which in two calls ranks the second
     # image by the second call's text only) cannot differ from one call's.
+    if not get_family(family).new_images_continue_a_cache:
+        pytest.skip(
+            f"{family}: a call that continues a cache must pass every image of the "
+            "conversation again (its cross-attention states replace the cached ones), so it "
+            "cannot bring only its new image (VLMFamily.new_images_continue_a_cache)"
+        )
     model, processor = wrapped(family, token_ratio=1.0)
     two_images = [("{image} who is this ? and {image} who is that ?", [image(1), image(2)])]
     full = batch(processor, family, two_images)
@@ -373,7 +389,7 @@ def test_forget_image_beside_retain_image_only_the_forget_one_is_rewritten(famil
     assert traces[1].selected is None and traces[1].scores is None
     assert_selection_within_runs(model, traces[:1])
     assert changed == selected_positions(traces[:1])
-    start = traces[0].start
+    start = image_runs(inputs, model.active_config.image_token_id)[0][1]  # the forget image
     assert torch.equal(out[:, :start], bare[:, :start])
     assert not torch.allclose(out[:, start:], bare[:, start:])
 

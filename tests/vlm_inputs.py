@@ -110,6 +110,29 @@ def image_runs(inputs: dict[str, Any], image_token_id: int) -> list[tuple[int, i
     return runs
 
 
+def visual_runs(model: CagulModel, inputs: dict[str, Any]) -> list[tuple[int, int, int]]:
+    """``(sample, start, end)`` of every image's visual tokens, where the language model gets them.
+
+    The runs of image tokens in ``input_ids`` (`image_runs`) in most families. Where
+    ``input_ids`` hold one placeholder per image (Mllama), the image's rows of
+    ``cross_attention_states`` instead: the ``j``-th image of a sample owns the sample's ``j``-th
+    block of ``max_num_tiles * (patches + 1)`` rows (the tiny builder's single tile leaves no
+    padding tile to drop). Computed here independently of the library.
+    """
+    runs = image_runs(inputs, model.active_config.image_token_id)
+    if model.family.expands_image_tokens:
+        return runs
+    vision = model.base_model.config.vision_config
+    rows = vision.max_num_tiles * ((vision.image_size // vision.patch_size) ** 2 + 1)
+    ordinals: dict[int, int] = {}
+    blocks = []
+    for sample, _, _ in runs:
+        index = ordinals.get(sample, 0)
+        ordinals[sample] = index + 1
+        blocks.append((sample, index * rows, (index + 1) * rows))
+    return blocks
+
+
 @contextmanager
 def decoder_inputs(model: CagulModel) -> Iterator[list[dict[str, Any]]]:
     """Record the keyword arguments the language model receives, after CAGUL's rewrite.
@@ -132,9 +155,13 @@ def decoder_inputs(model: CagulModel) -> Iterator[list[dict[str, Any]]]:
 def rewritten_positions(model: CagulModel, inputs: dict[str, Any]) -> set[tuple[int, int]]:
     """``(sample, position)`` pairs whose language-model input the adapter changed for ``inputs``.
 
-    Runs the model with and without the adapter and compares the ``inputs_embeds`` the
-    language model received in the real (last) pass of each.
+    Runs the model with and without the adapter and compares the visual input the language
+    model received in the real (last) pass of each: ``inputs_embeds``, or the
+    ``cross_attention_states`` rows where ``input_ids`` hold one placeholder per image (Mllama;
+    ``position`` is then a row, as in `visual_runs`).
     """
+    argument = "inputs_embeds" if model.family.expands_image_tokens else "cross_attention_states"
+    batch_size = inputs["input_ids"].shape[0]
     seen = []
     for disabled in (True, False):
         with decoder_inputs(model) as records, torch.no_grad():
@@ -143,7 +170,8 @@ def rewritten_positions(model: CagulModel, inputs: dict[str, Any]) -> set[tuple[
                     model(**inputs)
             else:
                 model(**inputs)
-        seen.append(records[-1]["inputs_embeds"])
+        states = records[-1][argument]
+        seen.append(states.reshape(batch_size, -1, states.shape[-1]))
     changed = (seen[0] != seen[1]).any(dim=-1).nonzero().tolist()
     return {(sample, position) for sample, position in changed}
 

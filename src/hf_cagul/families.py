@@ -52,6 +52,11 @@ class VLMFamily:
             removes visual input that the encoder does not give back (Qwen3-VL's deepstack).
         expands_image_tokens: Whether the processor writes one image token per visual token in
             ``input_ids`` (False: one placeholder per image, as in Mllama).
+        new_images_continue_a_cache: Whether a call that continues a KV cache may pass only the
+            images of its own new placeholders. False in Mllama: ``cross_attention_states``
+            replace the cached ones, so such a call must pass every image of the conversation
+            again, while its ``input_ids`` hold only the new placeholders (CAGUL then refuses
+            it: more images than placeholders).
     """
 
     name: str
@@ -59,6 +64,7 @@ class VLMFamily:
     image_input: str = "pixel_values"
     identity_when_fresh: bool = True
     expands_image_tokens: bool = True
+    new_images_continue_a_cache: bool = True
 
     def text_config(self, config: PretrainedConfig) -> PretrainedConfig:
         """The language model's config."""
@@ -245,6 +251,7 @@ class MllamaFamily(VLMFamily):
     """
 
     expands_image_tokens: bool = False
+    new_images_continue_a_cache: bool = False
 
     def count_raw_images(self, inputs: Mapping[str, Any]) -> int:
         """Images that are not padding: ``aspect_ratio_ids`` is 0 for a padding image."""
