@@ -32,10 +32,17 @@ from hf_cagul.tiny import TINY_FAMILIES, tiny_vlm
 families = pytest.mark.parametrize("family", TINY_FAMILIES)
 
 # Inputs with one entry per token: sliced with the text, unlike the images' inputs.
-TOKEN_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids", "cross_attention_mask")
+TOKEN_INPUTS = (
+    "input_ids",
+    "attention_mask",
+    "mm_token_type_ids",
+    "token_type_ids",
+    "cross_attention_mask",
+)
 # Token inputs that a call continuing from a cache passes whole, cached tokens included
-# (transformers' convention; Mllama slices its cross_attention_mask itself).
-WHOLE_CONVERSATION_INPUTS = ("attention_mask", "cross_attention_mask")
+# (transformers' convention: the model slices them itself; Gemma3 builds its bidirectional
+# image mask from the whole token_type_ids).
+WHOLE_CONVERSATION_INPUTS = ("attention_mask", "token_type_ids", "cross_attention_mask")
 
 # Families whose processor can give images of different sizes different numbers of visual
 # tokens, and the call arguments that make the tiny processor do so (by default it gives every
