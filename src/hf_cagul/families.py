@@ -57,6 +57,10 @@ class VLMFamily:
             replace the cached ones, so such a call must pass every image of the conversation
             again, while its ``input_ids`` hold only the new placeholders (CAGUL then refuses
             it: more images than placeholders).
+        causal_prompt: Whether each prompt token sees only the tokens before it. False in
+            PaliGemma, whose prompt is one bidirectional prefix with every image first: a prompt
+            cut between a prefill and a continuation of its cache is then not the same prompt
+            (its first part would not see the rest), and no image can follow text.
     """
 
     name: str
@@ -65,6 +69,7 @@ class VLMFamily:
     identity_when_fresh: bool = True
     expands_image_tokens: bool = True
     new_images_continue_a_cache: bool = True
+    causal_prompt: bool = True
 
     def text_config(self, config: PretrainedConfig) -> PretrainedConfig:
         """The language model's config."""
@@ -325,7 +330,7 @@ FAMILIES: dict[str, VLMFamily] = {
         VLMFamily("llava_next", ("llava_next",)),
         Qwen2VLFamily("qwen2_5_vl", ("qwen2_5_vl",)),
         Idefics3Family("smolvlm", ("smolvlm",)),
-        VLMFamily("paligemma", ("paligemma",)),
+        VLMFamily("paligemma", ("paligemma",), causal_prompt=False),
         VLMFamily("gemma3", ("gemma3",)),
         Qwen3VLFamily("qwen3_vl", ("qwen3_vl",)),
         MllamaFamily("mllama", ("mllama",)),
