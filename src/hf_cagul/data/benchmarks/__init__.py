@@ -78,8 +78,8 @@ def load_benchmark(
         splits = load_from_disk(os.fspath(resolve_source(source, revision=revision)))
         if not isinstance(splits, DatasetDict) or FORGET_SPLIT not in splits:
             raise ValueError(
-                f"{source} must hold a DatasetDict saved with save_to_disk, with 'forget' and "
-                "'retain' splits."
+                f"{source} must hold a DatasetDict saved with save_to_disk, with at least a "
+                "'forget' split; 'retain', 'forget_heldout' and 'unseen' are used when present."
             )
         return splits
     if name not in BENCHMARKS:
