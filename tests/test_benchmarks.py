@@ -96,6 +96,16 @@ def test_mllmu_bad_layouts(tmp_path) -> None:
     with pytest.raises(BenchmarkLayoutError, match=r"lack \['image'\](.|\n)*Mask_Task"):
         load_mllmu(bad)
 
+    from benchmark_fixtures import mllmu_profile
+
+    broken = mllmu_profile("9", 9)
+    del broken["Generation_Task"][0]["Question"]
+    shutil.rmtree(bad / "forget_10")
+    (bad / "forget_10").mkdir()
+    pq.write_table(pa.Table.from_pylist([broken]), bad / "forget_10" / "x.parquet")
+    with pytest.raises(BenchmarkLayoutError, match=r"profile 9 in forget_10/ is malformed"):
+        load_mllmu(bad)
+
 
 def test_clear_converts_name_and_caption_rows_with_perturbed_answers(tmp_path) -> None:
     splits = load_clear(write_clear(tmp_path), "forget10")

@@ -1,4 +1,11 @@
-"""The ``hf-cagul`` command."""
+"""The ``hf-cagul`` command: ``inspect``, ``demo``, ``fit``, ``evaluate``, ``push``.
+
+Subcommands that run on a model and a benchmark share their options and loaders, so a new one
+(``compare``, say) is built from the same parts: `add_config_argument` (``--config run.yaml``,
+read by `hf_cagul.runconfig.parse_args`), `add_model_arguments`, `add_benchmark_arguments`,
+then `load_vlm` and `load_splits` in its handler, and `hf_cagul.runconfig.require` for the
+options a run file may set.
+"""
 
 from __future__ import annotations
 
@@ -218,7 +225,7 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_model_options(parser: argparse.ArgumentParser, dtype: bool = False) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, dtype: bool = False) -> None:
     """``--model``, ``--processor``, ``--tiny`` (shared by the subcommands that load a VLM)."""
     parser.add_argument("--model", default=None, help="VLM directory or Hub id")
     parser.add_argument("--processor", default=None, help="processor path (default: --model)")
@@ -232,7 +239,7 @@ def _add_model_options(parser: argparse.ArgumentParser, dtype: bool = False) -> 
         parser.add_argument("--dtype", default="auto", help="torch dtype to load the VLM in")
 
 
-def _add_benchmark_options(parser: argparse.ArgumentParser) -> None:
+def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
     """``--benchmark``, ``--data``, ``--forget-split``, ``--data-revision``."""
     from hf_cagul.data.benchmarks import BENCHMARK_NAMES
 
@@ -288,10 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="evaluate a VLM (and an adapter) on a benchmark in the data contract"
     )
     add_config_argument(evaluate)
-    _add_model_options(evaluate)
+    add_model_arguments(evaluate)
     evaluate.add_argument("--adapter", default=None, help="adapter directory or Hub id")
     evaluate.add_argument("--revision", default=None, help="adapter revision on the Hub")
-    _add_benchmark_options(evaluate)
+    add_benchmark_arguments(evaluate)
     evaluate.add_argument("--dataset", default=None, help="a DatasetDict saved with save_to_disk")
     evaluate.add_argument("--max-rows", type=int, default=200, help="rows per split and kind")
     evaluate.add_argument("--output-dir", default=None, help="also write report.md and plots")
@@ -301,8 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
         "fit", help="fit a CAGUL adapter on a benchmark (CagulTrainer; resumable)"
     )
     add_config_argument(fit)
-    _add_model_options(fit, dtype=True)
-    _add_benchmark_options(fit)
+    add_model_arguments(fit, dtype=True)
+    add_benchmark_arguments(fit)
     fit.add_argument("--output-dir", default=None, help="checkpoints and the final adapter/")
     fit.add_argument(
         "--resume",

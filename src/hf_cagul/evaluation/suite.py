@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from datasets import Dataset, DatasetDict
 
+from hf_cagul.data.benchmarks import select_where
 from hf_cagul.evaluation.generation import generate_answers, keyword_accuracy
 from hf_cagul.evaluation.metrics import (
     fiubench_truth_ratio,
@@ -41,7 +42,7 @@ from hf_cagul.model import CagulModel
 def rows_of_kind(dataset: Dataset, kind: str, limit: int | None = None) -> Dataset:
     """The rows of ``kind`` ("private" or "visual"), at most ``limit`` (evenly spread)."""
     if "kind" in dataset.column_names:
-        dataset = dataset.filter(lambda row: row["kind"] == kind)
+        dataset = select_where(dataset, "kind", lambda value: value == kind)
     elif kind != "private":
         return dataset.select([])
     return evenly_spread(dataset, limit)
@@ -81,7 +82,7 @@ def likelihood_metrics(
     """
     if "perturbed_answers" not in dataset.column_names:
         return {}
-    dataset = dataset.filter(lambda row: bool(row["perturbed_answers"]))
+    dataset = select_where(dataset, "perturbed_answers", bool)
     if len(dataset) == 0:
         return {}
     truth_tokens = answer_nlls(model, processor, dataset, batch_size=batch_size, progress=False)

@@ -20,7 +20,12 @@ from typing import Any
 
 from datasets import Dataset
 
-from hf_cagul.data.benchmarks import FILL_BLANK_TASK, GENERATION_TASK, MULTIPLE_CHOICE_TASK
+from hf_cagul.data.benchmarks import (
+    FILL_BLANK_TASK,
+    GENERATION_TASK,
+    MULTIPLE_CHOICE_TASK,
+    select_where,
+)
 from hf_cagul.evaluation.generation import generate_answers
 from hf_cagul.evaluation.scoring import answer_nlls, mean_nll
 
@@ -39,7 +44,7 @@ def rows_of_task(dataset: Dataset, task: str) -> Dataset:
     """The rows of ``task``; a dataset without a ``task`` column is all generation rows."""
     if TASK_COLUMN not in dataset.column_names:
         return dataset if task == GENERATION_TASK else dataset.select([])
-    return dataset.filter(lambda row: row[TASK_COLUMN] == task)
+    return select_where(dataset, TASK_COLUMN, lambda value: value == task)
 
 
 def multiple_choice_accuracy(

@@ -30,6 +30,7 @@ from hf_cagul.data.benchmarks._common import (
     TASKS,
     BenchmarkLayoutError,
     resolve_source,
+    select_where,
 )
 from hf_cagul.data.benchmarks.clear import load_clear
 from hf_cagul.data.benchmarks.fiubench import load_fiubench
@@ -105,7 +106,7 @@ def training_set(splits: DatasetDict) -> Dataset:
     for split in (FORGET_SPLIT, RETAIN_SPLIT):
         dataset = splits[split]
         if "task" in dataset.column_names:
-            dataset = dataset.filter(lambda row: row["task"] == GENERATION_TASK)
+            dataset = select_where(dataset, "task", lambda task: task == GENERATION_TASK)
         parts.append(dataset)
     columns = set(parts[0].column_names) & set(parts[1].column_names)
     return concatenate_datasets(
@@ -125,5 +126,6 @@ __all__ = [
     "load_clear",
     "load_fiubench",
     "load_mllmu",
+    "select_where",
     "training_set",
 ]

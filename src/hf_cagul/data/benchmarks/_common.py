@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,15 @@ _OPTIONAL_ROW_COLUMNS = (
     "options",
     "correct_option",
 )
+
+
+def select_where(dataset: Dataset, column: str, keep: Callable[[Any], bool]) -> Dataset:
+    """The rows whose ``column`` value passes ``keep``, in order.
+
+    Reads that one column only (a `Dataset.filter` would decode every row's image).
+    """
+    indices = [index for index, value in enumerate(dataset[column]) if keep(value)]
+    return dataset if len(indices) == len(dataset) else dataset.select(indices)
 
 
 class BenchmarkLayoutError(ValueError):
@@ -126,10 +135,17 @@ def qa_row(
     task: str = GENERATION_TASK,
     **optional: Any,
 ) -> dict[str, Any]:
-    """One row in the converters' format (`ROW_FEATURES`); unknown optional keys are refused."""
+    """One row in the converters' format (`ROW_FEATURES`).
+
+    Raises:
+        TypeError: For an unknown optional column, or a question or answer that is not a string
+            (a missing field of the benchmark's files).
+    """
     unknown = set(optional) - set(_OPTIONAL_ROW_COLUMNS)
     if unknown:
         raise TypeError(f"qa_row got unknown column(s) {sorted(unknown)}")
+    if not isinstance(question, str) or not isinstance(answer, str):
+        raise TypeError(f"a question and its answer must be strings, got {question!r} / {answer!r}")
     row = {
         "image": image,
         "question": question,

@@ -64,7 +64,7 @@ def _percent(forget_split: str) -> int:
 
 
 def _photo_rows(photo: dict[str, Any], split: str) -> list[dict[str, Any]]:
-    name, image = str(photo["name"]), photo["image"]
+    name, image = photo["name"], photo["image"]
     return [
         qa_row(
             image,
@@ -78,7 +78,7 @@ def _photo_rows(photo: dict[str, Any], split: str) -> list[dict[str, Any]]:
         qa_row(
             image,
             CAPTION_QUESTION,
-            str(photo["caption"]),
+            photo["caption"],
             split,
             name,
             keywords=[name],
@@ -126,6 +126,11 @@ def load_clear(
                     f"{directory.name}/ rows lack {missing} (they have {sorted(photo)}).",
                     LAYOUT,
                 )
-            rows[split] += _photo_rows(photo, split)
+            try:
+                rows[split] += _photo_rows(photo, split)
+            except TypeError as err:
+                raise layout_error(
+                    NAME, f"a row of {directory.name}/ is malformed ({err}).", LAYOUT
+                ) from err
     check_both_splits(NAME, rows, "Both configurations need photos.")
     return build_splits(rows)

@@ -154,6 +154,11 @@ def load_mllmu(
                     f"(they have {sorted(profile)}).",
                     LAYOUT,
                 )
-            rows[split] += _profile_rows(profile, split)
+            try:
+                rows[split] += _profile_rows(profile, split)
+            except (KeyError, TypeError, AttributeError) as err:
+                raise layout_error(
+                    NAME, f"profile {profile['ID']} in {config}/ is malformed ({err!r}).", LAYOUT
+                ) from err
     check_both_splits(NAME, rows, "Profiles need image-textual questions.")
     return build_splits(rows)
