@@ -91,7 +91,11 @@ def load_processor(path: str) -> Any:
 
 
 def load_vlm(
-    model: str | None, processor: str | None = None, tiny: bool = False, dtype: str = "auto"
+    model: str | None,
+    processor: str | None = None,
+    tiny: bool = False,
+    dtype: str = "auto",
+    device: str = "auto",
 ) -> tuple[Any, Any]:
     """The VLM and processor a run works on: ``hf_cagul.tiny``'s LLaVA, or ``model``.
 
@@ -100,18 +104,32 @@ def load_vlm(
         processor: Processor directory or Hub id (default: ``model``).
         tiny: Build the tiny offline LLaVA of `hf_cagul.tiny` (seed 0: the same weights every
             time, so adapters fitted on it can be evaluated and served later).
-        dtype: ``torch_dtype`` for `from_pretrained` (``"auto"``: the checkpoint's).
+        dtype: ``dtype`` for `from_pretrained` (``"auto"``: the checkpoint's).
+        device: Where the model goes: ``"auto"`` (the first GPU when there is one, else the
+            CPU), a torch device such as ``"cuda:1"``, or ``"map"`` (``device_map="auto"``:
+            spread over every GPU, for a model that does not fit on one).
     """
+    import torch
+
+    vlm: Any
     if tiny:
         from hf_cagul.tiny import tiny_vlm
 
-        return tiny_vlm("llava", seed=0)
-    if model is None:
+        if device == "map":
+            raise ValueError("--device map spreads a real model over GPUs; not with --tiny.")
+        vlm, loaded_processor = tiny_vlm("llava", seed=0)
+    elif model is None:
         raise ValueError("--model required (or --tiny for the tiny offline VLM).")
-    from transformers import AutoModelForImageTextToText
+    else:
+        from transformers import AutoModelForImageTextToText
 
-    vlm = AutoModelForImageTextToText.from_pretrained(model, dtype=dtype)
-    return vlm.eval(), load_processor(processor or model)
+        device_map = {"device_map": "auto"} if device == "map" else {}
+        vlm = AutoModelForImageTextToText.from_pretrained(model, dtype=dtype, **device_map)
+        loaded_processor = load_processor(processor or model)
+    if device != "map":
+        target = device if device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+        vlm = vlm.to(torch.device(target))
+    return vlm.eval(), loaded_processor
 
 
 def load_splits(args: argparse.Namespace) -> Any:
@@ -136,7 +154,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             "Pass --benchmark (with --data) or --dataset (a DatasetDict saved with save_to_disk)."
         )
     splits = load_splits(args)
-    vlm, processor = load_vlm(args.model, args.processor, args.tiny)
+    vlm, processor = load_vlm(args.model, args.processor, args.tiny, args.dtype, args.device)
     model: Any = vlm
     if args.adapter:
         model = CagulModel.from_pretrained(vlm, args.adapter, revision=args.revision)
@@ -168,7 +186,7 @@ def _fit(args: argparse.Namespace) -> int:
             "that run, or choose another --output-dir."
         )
     train = training_set(load_splits(args))
-    vlm, processor = load_vlm(args.model, args.processor, args.tiny, args.dtype)
+    vlm, processor = load_vlm(args.model, args.processor, args.tiny, args.dtype, args.device)
     model = get_cagul_model(
         vlm,
         CagulConfig(token_ratio=args.token_ratio, attention_layer=args.attention_layer),
@@ -225,8 +243,8 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, dtype: bool = False) -> None:
-    """``--model``, ``--processor``, ``--tiny`` (shared by the subcommands that load a VLM)."""
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--processor``, ``--tiny``, ``--dtype``, ``--device`` (for `load_vlm`)."""
     parser.add_argument("--model", default=None, help="VLM directory or Hub id")
     parser.add_argument("--processor", default=None, help="processor path (default: --model)")
     parser.add_argument(
@@ -235,8 +253,12 @@ def add_model_arguments(parser: argparse.ArgumentParser, dtype: bool = False) ->
         default=False,
         help="use hf_cagul.tiny's offline LLaVA instead of --model (CI, smoke tests)",
     )
-    if dtype:
-        parser.add_argument("--dtype", default="auto", help="torch dtype to load the VLM in")
+    parser.add_argument("--dtype", default="auto", help="dtype to load the VLM in (bfloat16...)")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (GPU if any), a torch device (cuda:1), or map (device_map='auto')",
+    )
 
 
 def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
@@ -308,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
         "fit", help="fit a CAGUL adapter on a benchmark (CagulTrainer; resumable)"
     )
     add_config_argument(fit)
-    add_model_arguments(fit, dtype=True)
+    add_model_arguments(fit)
     add_benchmark_arguments(fit)
     fit.add_argument("--output-dir", default=None, help="checkpoints and the final adapter/")
     fit.add_argument(
