@@ -84,6 +84,46 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    """``hf-cagul compare``: on ``--model`` or ``--tiny`` and ``--benchmark``, else the demo."""
+    if not (args.model or args.tiny or args.benchmark):
+        return _demo(args)
+    from hf_cagul.compare import BaselineSettings, CagulFitSettings, run_comparison
+
+    splits = load_splits(args)
+    vlm, processor = load_vlm(args.model, args.processor, args.tiny, args.dtype, args.device)
+    seed = args.seed if args.seed is not None else 0
+    cagul = CagulFitSettings(
+        steps=args.cagul_steps or 500,
+        batch_size=args.batch_size,
+        learning_rate=args.cagul_learning_rate,
+        seed=seed,
+    )
+    baselines = BaselineSettings(
+        methods=tuple(args.methods),
+        steps=args.baseline_steps or cagul.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.baseline_learning_rate,
+        lora_r=args.lora_r,
+        full=args.full,
+        seed=seed,
+    )
+    output_dir = args.output_dir or args.default_dir
+    name = "the tiny VLM" if args.tiny else args.model
+    run_comparison(
+        vlm,
+        processor,
+        splits,
+        output_dir,
+        cagul,
+        baselines,
+        args.max_rows,
+        title=f"CAGUL against fine-tuning unlearning: {name} on {args.benchmark or 'synthetic'}",
+    )
+    print(f"Comparison written to {output_dir}/comparison.md (and report.md, comparison.csv)")
+    return 0
+
+
 def load_processor(path: str) -> Any:
     """A processor from ``path``: `AutoProcessor`, or the tiny processors of `hf_cagul.tiny`."""
     from transformers import AutoProcessor
@@ -358,7 +398,16 @@ def build_parser() -> argparse.ArgumentParser:
         "splits, seed and evaluation: one table (markdown, CSV) and a leakage-vs-utility plot",
     )
     _add_demo_arguments(compare, default_dir="cagul-compare")
-    compare.set_defaults(handler=_demo, compare=True)
+    own = compare.add_argument_group(
+        "your own model and benchmark (instead of the demo's tiny VLM and synthetic people)"
+    )
+    add_config_argument(compare)
+    add_model_arguments(own)
+    add_benchmark_arguments(own)
+    own.add_argument("--batch-size", type=int, default=8, help="rows per step, every method")
+    own.add_argument("--cagul-learning-rate", type=float, default=1e-3)
+    own.add_argument("--max-rows", type=int, default=200, help="evaluated rows per split and kind")
+    compare.set_defaults(handler=_compare, compare=True)
 
     evaluate = commands.add_parser(
         "evaluate", help="evaluate a VLM (and an adapter) on a benchmark in the data contract"
