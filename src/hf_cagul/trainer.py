@@ -18,7 +18,7 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +47,9 @@ class CagulTrainingConfig(TrainingArguments):
 
     Defaults differ from `TrainingArguments` where adapters need it: a learning rate suited to
     small freshly initialised modules, ``remove_unused_columns=False`` (the collator needs the
-    raw image and text columns) and non-reentrant gradient checkpointing (the frozen VLM's
-    inputs carry no gradient of their own).
+    raw image and text columns), non-reentrant gradient checkpointing (the frozen VLM's
+    inputs carry no gradient of their own) and ``ddp_find_unused_parameters=False`` (see
+    ``docs/distributed.md``).
 
     Args:
         forget_weight: Weight of the cross-entropy toward the forget target on forget rows.
@@ -94,6 +95,13 @@ class CagulTrainingConfig(TrainingArguments):
         default=False,
         metadata={"help": "Keep False: the collator builds model inputs from the raw columns."},
     )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={
+            "help": "Keep False: the gate's loss reaches the discriminator through traces, not "
+            "through the model's output, which DDP's unused-parameter search walks."
+        },
+    )
 
     def __post_init__(self) -> None:
         for name in ("forget_weight", "retain_weight", "discriminator_weight"):
@@ -101,36 +109,34 @@ class CagulTrainingConfig(TrainingArguments):
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0.")
         if self.forget_weight == self.retain_weight == self.discriminator_weight == 0:
             raise ValueError("All three loss weights are 0: nothing would be trained.")
+        if self.ddp_find_unused_parameters:
+            raise ValueError(
+                "ddp_find_unused_parameters=True breaks CagulTrainer under DDP: the search starts "
+                "from the model's output, which the discriminator's loss does not go through, so "
+                "DDP would reduce its gradients twice. Leave it False (every adapter parameter "
+                "gets a gradient at every step)."
+            )
         if self.gradient_checkpointing and self.gradient_checkpointing_kwargs is None:
             self.gradient_checkpointing_kwargs = {"use_reentrant": False}
         super().__post_init__()
 
 
-def _token_kl(base: torch.Tensor, adapted: torch.Tensor) -> torch.Tensor:
-    """Mean over rows of KL(base || adapted) between two ``(rows, vocab)`` logit tensors."""
+def _token_kl_sum(base: torch.Tensor, adapted: torch.Tensor) -> torch.Tensor:
+    """Sum over rows of KL(base || adapted) between two ``(rows, vocab)`` logit tensors."""
     return F.kl_div(
         F.log_softmax(adapted.float(), dim=-1),
         F.log_softmax(base.float(), dim=-1),
         log_target=True,
-        reduction="batchmean",
-    )
-
-
-def _balanced_bce(traces: list[ImageTrace], forget: torch.Tensor) -> torch.Tensor:
-    """Gate BCE where each class present in the batch weighs one half, whatever its count.
-
-    Forget sets are small (5-10% of the people): an unweighted BCE lets the gate learn to
-    say "retain" and miss forget images, which then pass untouched at inference. A batch with
-    one class only weighs half, as that class does in a mixed batch.
-    """
-    logits = torch.stack([trace.logit for trace in traces])
-    labels = forget[[trace.sample for trace in traces]].to(device=logits.device)
-    return F.binary_cross_entropy_with_logits(
-        logits,
-        labels.to(logits.dtype),
-        weight=_half_per_class(labels).to(logits.dtype),
         reduction="sum",
     )
+
+
+def _gate_bce_sums(traces: list[ImageTrace], forget: torch.Tensor) -> torch.Tensor:
+    """Summed gate BCE of the forget images and of the retain images: a ``(2,)`` tensor."""
+    logits = torch.stack([trace.logit for trace in traces])
+    labels = forget[[trace.sample for trace in traces]].to(device=logits.device)
+    losses = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="none")
+    return torch.stack([losses[labels].sum(), losses[~labels].sum()])
 
 
 def _half_per_class(flags: torch.Tensor) -> torch.Tensor:
@@ -199,6 +205,16 @@ class CagulTrainer(Trainer):
             data_collator=data_collator,
             **kwargs,
         )
+        if self.args.n_gpu > 1:
+            # Checked after Trainer's init, which counts a model spread by device_map as one
+            # GPU. nn.DataParallel runs replicas in threads that do not see the per-call
+            # context (disable_adapter, force_gate, trace) the hooks read.
+            raise ValueError(
+                f"This process sees {self.args.n_gpu} GPUs, so Trainer would use nn.DataParallel, "
+                "which CagulTrainer does not support. Launch one process per GPU with "
+                "`torchrun --nproc_per_node N` or `accelerate launch`, or expose one GPU "
+                "(CUDA_VISIBLE_DEVICES=0)."
+            )
         self.model_accepts_loss_kwargs = False
         self._cagul_metrics: dict[str, dict[str, list[float]]] = {
             "train": defaultdict(list),
@@ -245,7 +261,10 @@ class CagulTrainer(Trainer):
         forget_rows = answer & forget.unsqueeze(1)
 
         base_logits = None
-        if args.retain_weight > 0 and bool(retain_rows.any()):
+        # Under several processes (DDP, FSDP, ZeRO-3) every forward carries collectives, so
+        # every process runs the base pass, even one whose micro-batch has no retain row.
+        distributed = self.accelerator.num_processes > 1
+        if args.retain_weight > 0 and (distributed or bool(retain_rows.any())):
             with torch.no_grad(), cagul.disable_adapter():
                 base_logits = model(**inputs).logits[:, :-1][retain_rows]
         with cagul.trace() as traces, cagul.force_gate(True):
@@ -253,29 +272,50 @@ class CagulTrainer(Trainer):
         logits = outputs.logits[:, :-1]
         targets = labels[:, 1:]
 
-        zero = logits.new_zeros(())
-        forget_loss = (
-            F.cross_entropy(logits[forget_rows].float(), targets[forget_rows])
+        zero = logits.new_zeros((), dtype=torch.float32)
+        forget_sum = (
+            F.cross_entropy(logits[forget_rows].float(), targets[forget_rows], reduction="sum")
             if bool(forget_rows.any())
             else zero
         )
-        retain_loss = (
-            _token_kl(base_logits, logits[retain_rows]) if base_logits is not None else zero
+        retain_sum = (
+            _token_kl_sum(base_logits, logits[retain_rows]) if base_logits is not None else zero
         )
-        gate_loss = _balanced_bce(traces, forget) if traces else zero
+        gate_sums = _gate_bce_sums(traces, forget).float() if traces else zero.expand(2)
+        image_forget = forget[[trace.sample for trace in traces]].to(forget_rows.device)
+        counts = torch.stack(
+            [forget_rows.sum(), retain_rows.sum(), image_forget.sum(), (~image_forget).sum()]
+        )
+        # Each term is a mean over the whole batch of all processes: DDP averages gradients
+        # over processes, so normalising by global counts (times the number of processes)
+        # gives the gradient of one process seeing the whole batch, however the rows split.
+        counts, processes = self._global(counts.to(zero.device))
+        scale = processes / counts.clamp_min(1).float()
+        forget_loss = forget_sum * scale[0]
+        retain_loss = retain_sum * scale[1]
+        # Each class present in the batch weighs one half, whatever its count: forget sets
+        # are small, and an unweighted BCE lets the gate say "retain" to every image.
+        gate_loss = 0.5 * (gate_sums[0] * scale[2] + gate_sums[1] * scale[3])
         loss = (
             args.forget_weight * forget_loss
             + args.retain_weight * retain_loss
-            + args.discriminator_weight * gate_loss.to(zero.dtype)
+            + args.discriminator_weight * gate_loss
         )
+        terms = torch.stack([forget_loss, retain_loss, gate_loss]).detach()
+        terms = self._global(terms)[0] / processes  # the whole batch's means, on every process
         split = "train" if model.training else "eval"
-        for name, value in (
-            ("forget_loss", forget_loss),
-            ("retain_kl", retain_loss),
-            ("discriminator_loss", gate_loss),
+        for name, value in zip(
+            ("forget_loss", "retain_kl", "discriminator_loss"), terms.tolist(), strict=True
         ):
-            self._cagul_metrics[split][name].append(float(value.detach()))
+            self._cagul_metrics[split][name].append(value)
         return (loss, outputs) if return_outputs else loss
+
+    def _global(self, values: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """``values`` summed over the training processes, and the number of processes."""
+        processes = self.accelerator.num_processes
+        if processes == 1:
+            return values, 1
+        return cast(torch.Tensor, self.accelerator.reduce(values, reduction="sum")), processes
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the mean of each loss term since the last log to ``logs``."""
