@@ -145,6 +145,15 @@ def _half_per_class(flags: torch.Tensor) -> torch.Tensor:
     return torch.where(flags, 0.5 / positives, 0.5 / negatives)
 
 
+def _modules_without_backward(model: nn.Module) -> list[str]:
+    """Names of the modules of ``model`` quantized by ``torch.ao`` (dynamic or static)."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if type(module).__module__.startswith("torch.ao.nn.quantized")
+    ]
+
+
 class CagulTrainer(Trainer):
     """A `Trainer` that fits the CAGUL adapter of a `CagulModel` and nothing else.
 
@@ -178,6 +187,14 @@ class CagulTrainer(Trainer):
             )
         if not isinstance(args, CagulTrainingConfig):
             raise TypeError("`args` must be a CagulTrainingConfig (it carries the loss weights).")
+        quantized = _modules_without_backward(model.base_model)
+        if quantized:
+            raise ValueError(
+                f"The VLM holds torch-quantized modules ({quantized[0]}, ...), whose ops have no "
+                "backward: the adapter's gradients would be silently wrong. Fit the adapter on "
+                "the float (or bitsandbytes-quantized) model, then load it into this one with "
+                "`CagulModel.from_pretrained`."
+            )
         if not any(p.requires_grad for p in model.active_adapter_module.parameters()):
             raise ValueError(
                 "The adapter is frozen: load it with `CagulModel.from_pretrained(..., "
