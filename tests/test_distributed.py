@@ -71,3 +71,15 @@ def test_data_parallel_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(CagulTrainingConfig, "n_gpu", property(lambda self: 2))
     with pytest.raises(ValueError, match="torchrun --nproc_per_node"):
         make_trainer(tmp_path)
+
+
+def test_save_takes_the_adapter_from_a_gathered_state_dict(tmp_path: Path) -> None:
+    """Under FSDP / ZeRO-3, Trainer gathers the whole state dict and hands it to ``_save``."""
+    trainer, model = make_trainer(tmp_path)
+    gathered = {f"module.{name}": tensor + 1 for name, tensor in model.state_dict().items()}
+    trainer._save(str(tmp_path / "saved"), state_dict=gathered)
+    saved = load_file(tmp_path / "saved" / WEIGHTS_NAME)
+    adapter = model.active_adapter_module.state_dict()
+    assert saved.keys() == adapter.keys()
+    for name, tensor in adapter.items():
+        assert torch.equal(saved[name], tensor + 1)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -152,6 +153,15 @@ def _modules_without_backward(model: nn.Module) -> list[str]:
         for name, module in model.named_modules()
         if type(module).__module__.startswith("torch.ao.nn.quantized")
     ]
+
+
+def _adapter_entries(state_dict: Mapping[str, torch.Tensor], adapter: str) -> dict[str, Any]:
+    """The entries of adapter ``adapter`` in a `CagulModel`'s state dict, keys made relative.
+
+    Keys may carry a wrapper's prefix (``module.``, ``_fsdp_wrapped_module.``).
+    """
+    marker = f"cagul_adapters.{adapter}."
+    return {key.split(marker, 1)[1]: tensor for key, tensor in state_dict.items() if marker in key}
 
 
 class CagulTrainer(Trainer):
@@ -345,13 +355,23 @@ class CagulTrainer(Trainer):
         super().log(logs, start_time)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Save the adapter only (config + safetensors + card), never the VLM."""
+        """Save the adapter only (config + safetensors + card), never the VLM.
+
+        ``state_dict`` is the whole model's, gathered by Trainer under FSDP
+        (``FULL_STATE_DICT``) or DeepSpeed ZeRO-3: the adapter's entries are taken from it.
+        """
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if not self.args.should_save or output_dir is None:
             return
         cagul = self.accelerator.unwrap_model(self.model)
         assert isinstance(cagul, CagulModel)
-        cagul.save_pretrained(output_dir)
+        adapter_state = _adapter_entries(state_dict or {}, cagul.active_adapter)
+        if adapter_state:
+            # FSDP and ZeRO-3 shard the adapter too: Trainer hands over the gathered weights.
+            card = persistence.model_card(cagul.active_config, None, None)
+            persistence.save_adapter(output_dir, cagul.active_config, adapter_state, card)
+        else:
+            cagul.save_pretrained(output_dir)
         with open(os.path.join(output_dir, TRAINING_CONFIG_NAME), "w", encoding="utf-8") as f:
             f.write(self.args.to_json_string())
 
