@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from ddp_fit import LOG_NAME, fit
+from fsdp_step import adapter_gradients
 from safetensors.torch import load_file
 from test_trainer import make_trainer, training_args
 
@@ -31,14 +32,7 @@ def test_two_ddp_processes_fit_the_adapter_of_one_process_with_the_whole_batch(
     normalised by the counts of the whole batch, not by each process's own: normalising
     locally moves the adapter by ~1e-3 after three steps, far outside this tolerance.
     """
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += ["--nproc_per_node", "2", str(TESTS / "ddp_fit.py"), str(tmp_path / "two")]
-    command += ["--per-device-batch", "2", "--steps", "3"]
-    launched = subprocess.run(
-        command, env=environment, capture_output=True, text=True, timeout=300, check=False
-    )
-    assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
+    launch_two("ddp_fit.py", str(tmp_path / "two"), "--per-device-batch", "2", "--steps", "3")
     fit(tmp_path / "one", per_device_batch=4, steps=3)
 
     two = load_file(tmp_path / "two" / "adapter" / WEIGHTS_NAME)
@@ -58,6 +52,34 @@ def test_two_ddp_processes_fit_the_adapter_of_one_process_with_the_whole_batch(
     for entry_two, entry_one in zip(steps_two, steps_one, strict=True):
         for key in LOSS_KEYS:
             assert entry_two[key] == pytest.approx(entry_one[key], rel=1e-5, abs=1e-6), key
+
+
+def launch_two(script: str, *arguments: str) -> None:
+    """Run ``tests/<script>`` as ``torchrun --standalone --nproc_per_node 2`` (CPU, gloo)."""
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc_per_node", "2", str(TESTS / script), *arguments]
+    launched = subprocess.run(
+        command, env=environment, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
+
+
+def test_fsdp2_sharded_vlm_gives_the_adapter_gradients_of_one_process(tmp_path: Path) -> None:
+    """FSDP2 (``fully_shard`` per decoder / vision layer + root) on 2 CPU processes.
+
+    The hooks, the truncated attention pass (which stops inside a sharded layer), the base pass
+    under ``disable_adapter`` and the globally normalised loss all run on the sharded model;
+    the adapter's gradients equal those of one unsharded process on the whole batch.
+    """
+    launch_two("fsdp_step.py", str(tmp_path / "two.safetensors"))
+    adapter_gradients(tmp_path / "one.safetensors")
+    two = load_file(tmp_path / "two.safetensors")
+    one = load_file(tmp_path / "one.safetensors")
+    assert two.keys() == one.keys()
+    for name, gradient in one.items():
+        assert gradient.abs().max() > 0, name
+        torch.testing.assert_close(two[name], gradient, rtol=1e-5, atol=1e-7, msg=name)
 
 
 def test_find_unused_parameters_is_refused(tmp_path: Path) -> None:
