@@ -11,6 +11,7 @@ import pytest
 import torch
 from test_trainer import tiny_dataset, training_args
 from transformers import AutoModelForImageTextToText, PreTrainedModel
+from transformers.trainer_utils import validate_quantization_for_training
 from vlm_inputs import randomise_encoder, standard_batch
 
 from hf_cagul import CagulConfig, CagulModel, CagulTrainer, get_cagul_model
@@ -134,3 +135,16 @@ def test_adapter_on_a_dynamically_quantized_language_model(tmp_path: Path) -> No
             train_dataset=tiny_dataset(),
             processing_class=processor,
         )
+
+
+def test_trainer_accepts_a_vlm_quantized_by_transformers() -> None:
+    """Trainer refuses "purely quantized" models; a CagulModel on one carries an adapter.
+
+    bitsandbytes needs a GPU (``scripts/gpu_checks.py`` fits on a 4-bit and an 8-bit VLM);
+    here the VLM is marked quantized the way transformers' quantizers mark it.
+    """
+    vlm, _ = tiny_vlm("llava")
+    vlm.is_quantized = True
+    with pytest.raises(ValueError, match="purely quantized"):
+        validate_quantization_for_training(vlm)
+    validate_quantization_for_training(get_cagul_model(vlm, CagulConfig()))

@@ -155,6 +155,9 @@ class CagulModel(nn.Module):
 
     base_model: PreTrainedModel
     cagul_adapters: nn.ModuleDict
+    # transformers' Trainer refuses to fit a quantized model (bitsandbytes...) unless trainable
+    # adapters sit on it, which it reads from this PEFT attribute: a CagulModel is exactly that.
+    _hf_peft_config_loaded = True
 
     def __init__(
         self, model: PreTrainedModel, config: CagulConfig, adapter_name: str = "default"
