@@ -10,6 +10,9 @@ project's documented choices, see ``docs/training.md``):
   a false positive of the discriminator costs little. Base logits come from the same model
   inside ``disable_adapter()`` under ``torch.no_grad()``: there is never a second VLM in memory;
 * **discriminator**: binary cross-entropy of each image's gate logit, forget vs retain.
+
+Each term is a mean over the whole batch, across processes under DDP / FSDP / ZeRO-3
+(``docs/distributed.md``).
 """
 
 from __future__ import annotations
@@ -242,6 +245,16 @@ class CagulTrainer(Trainer):
                 "`torchrun --nproc_per_node N` or `accelerate launch`, or expose one GPU "
                 "(CUDA_VISIBLE_DEVICES=0)."
             )
+        fsdp_plugin = getattr(self.accelerator.state, "fsdp_plugin", None)
+        state_dict_type = str(getattr(fsdp_plugin, "state_dict_type", ""))
+        if self.is_fsdp_enabled and "FULL_STATE_DICT" not in state_dict_type:
+            # Trainer hands _save a state dict under FULL_STATE_DICT only; otherwise it would
+            # write the whole sharded VLM and no adapter.
+            raise ValueError(
+                f"FSDP state_dict_type {state_dict_type} would save the whole "
+                "sharded VLM and no adapter: set `fsdp_state_dict_type: FULL_STATE_DICT` in the "
+                "accelerate config (see examples/accelerate_fsdp.yaml)."
+            )
         self.model_accepts_loss_kwargs = False
         self._cagul_metrics: dict[str, dict[str, list[float]]] = {
             "train": defaultdict(list),
@@ -366,6 +379,15 @@ class CagulTrainer(Trainer):
         cagul = self.accelerator.unwrap_model(self.model)
         assert isinstance(cagul, CagulModel)
         adapter_state = _adapter_entries(state_dict or {}, cagul.active_adapter)
+        if not adapter_state and any(
+            hasattr(p, "ds_id") for p in cagul.active_adapter_module.parameters()
+        ):
+            # Not a ValueError: Trainer reads that as "retry with a DeepSpeed checkpoint".
+            raise RuntimeError(
+                "DeepSpeed ZeRO-3 partitions the adapter and did not gather it for saving: set "
+                "`zero3_save_16bit_model: true` in the accelerate config (or "
+                "`stage3_gather_16bit_weights_on_model_save: true` in the DeepSpeed config)."
+            )
         if adapter_state:
             # FSDP and ZeRO-3 shard the adapter too: Trainer hands over the gathered weights.
             card = persistence.model_card(cagul.active_config, None, None)
