@@ -329,7 +329,7 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """``--model``, ``--processor``, ``--tiny``, ``--dtype``, ``--device`` (for `load_vlm`)."""
     parser.add_argument("--model", default=None, help="VLM directory or Hub id")
     parser.add_argument("--processor", default=None, help="processor path (default: --model)")
@@ -347,7 +347,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
+def add_benchmark_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """``--benchmark``, ``--data``, ``--forget-split``, ``--data-revision``."""
     from hf_cagul.data.benchmarks import BENCHMARK_NAMES
 
