@@ -2,8 +2,9 @@
 
 Each VLM is built from its published configuration (the values of ``config.json`` on the Hub,
 written out here: nothing is downloaded) on PyTorch's meta device, so no weight is allocated;
-a CAGUL adapter with the default `CagulConfig` is injected into it with `get_cagul_model`, the
-real code path. Prints both parameter counts and their ratio; the target is < 0.5 %.
+the CAGUL adapter is the one `get_cagul_model` would attach with the default `CagulConfig`:
+its size follows from the language model's hidden size, which `hf_cagul.families` reads from
+the configuration. Prints both parameter counts and their ratio; the target is < 0.5 %.
 
     python bench/scale.py
 """
@@ -21,7 +22,9 @@ from transformers import (
     Qwen2VLConfig,
 )
 
-from hf_cagul import CagulConfig, get_cagul_model
+from hf_cagul import CagulConfig
+from hf_cagul.families import detect_family
+from hf_cagul.modules import CagulAdapter
 
 TARGET = 0.005
 
@@ -114,13 +117,16 @@ def count(module: torch.nn.Module) -> int:
 
 def main() -> None:
     """Print the adapter's share of each VLM."""
+    defaults = CagulConfig()
     print(f"{'model':<36}{'VLM params':>16}{'CAGUL params':>15}{'ratio':>10}  target < 0.5%")
     for name, config in published_configs().items():
         with torch.device("meta"):
             vlm = AutoModelForImageTextToText.from_config(config)
-            model = get_cagul_model(vlm, CagulConfig())
-        adapter_params = count(model.active_adapter_module)
-        vlm_params = count(vlm) - adapter_params  # the injected adapter is a submodule of vlm
+            hidden_size = detect_family(vlm).text_config(vlm.config).hidden_size
+            adapter = CagulAdapter(
+                hidden_size, defaults.discriminator_hidden_size, defaults.encoder_hidden_size
+            )
+        vlm_params, adapter_params = count(vlm), count(adapter)
         ratio = adapter_params / vlm_params
         verdict = "met" if ratio < TARGET else "MISSED"
         print(f"{name:<36}{vlm_params:>16,d}{adapter_params:>15,d}{ratio:>9.4%}  {verdict}")

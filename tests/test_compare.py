@@ -112,3 +112,36 @@ def test_compare_command_parses_its_options(monkeypatch, tmp_path) -> None:
     assert config.compare and config.output_dir == Path("cagul-compare")
     assert config.baselines.methods == ("ga", "npo")
     assert config.baselines.steps == 7 and config.baselines.full
+
+
+def test_compare_on_your_own_model_and_benchmark(tmp_path) -> None:
+    """The real-run path: a model and a benchmark instead of the demo (here the tiny VLM)."""
+    output = tmp_path / "own"
+    status = main(
+        [
+            "compare",
+            "--tiny",
+            "--benchmark",
+            "synthetic",
+            "--cagul-steps",
+            "2",
+            "--baseline-steps",
+            "1",
+            "--methods",
+            "ga",
+            "idkpo",
+            "--batch-size",
+            "4",
+            "--max-rows",
+            "2",
+            "--output-dir",
+            str(output),
+        ]
+    )
+    assert status == 0
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert [row["method"] for row in metrics["comparison"]] == ["cagul", "ga", "idkpo"]
+    assert metrics["results"].keys() == {"base", "cagul", "ga", "idkpo"}
+    assert metrics["settings"]["cagul"]["steps"] == 2
+    assert (output / "adapter" / "cagul_config.json").is_file()
+    assert (output / "comparison.csv").is_file() and (output / "leakage_vs_utility.png").is_file()

@@ -1,21 +1,26 @@
 """CAGUL against fine-tuning unlearning, on the same model, splits, seed and evaluation.
 
-`compare_baselines` fits every baseline of `hf_cagul.baselines` on the frozen stage-1 model
-(LoRA adapters, removed again afterwards, or a fully fine-tuned copy), evaluates each with the
-suite CAGUL is evaluated with, and measures the fit: wall time, peak memory, trainable
-parameters, and whether the served model's base weights changed. `comparison_table` turns the
-results into one row per method; `write_comparison` writes it as markdown and CSV.
+`run_comparison` is the whole comparison on a model and benchmark of your own (``hf-cagul
+compare --model ... --benchmark ...``): the model before unlearning, CAGUL fitted with
+`fit_cagul_adapter`, then every baseline, each evaluated by the same suite.
+
+`compare_baselines` fits every baseline of `hf_cagul.baselines` on the frozen model (LoRA
+adapters, removed again afterwards, or a fully fine-tuned copy), evaluates each, and measures
+the fit: wall time, peak memory, trainable parameters, and whether the served model's base
+weights changed. `comparison_table` turns the results into one row per method;
+`write_comparison` writes it as markdown and CSV.
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from datasets import Dataset, DatasetDict
@@ -23,15 +28,22 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from hf_cagul.baselines import BASELINES, UnlearningConfig, get_baseline_trainer, prepare_model
-from hf_cagul.evaluation.report import COMPARISON_COLUMNS, comparison_markdown
+from hf_cagul.config import CagulConfig
+from hf_cagul.data.benchmarks import training_set
+from hf_cagul.evaluation.report import COMPARISON_COLUMNS, comparison_markdown, write_report
 from hf_cagul.evaluation.suite import evaluate_model
+from hf_cagul.model import CagulModel, get_cagul_model
 from hf_cagul.profiling import FitMeasurement, measure, trainable_parameters, weights_digest
+from hf_cagul.trainer import CagulTrainer, CagulTrainingConfig
 
 __all__ = [
     "BaselineSettings",
+    "CagulFitSettings",
     "FitRecord",
     "compare_baselines",
     "comparison_table",
+    "fit_cagul_adapter",
+    "run_comparison",
     "write_comparison",
 ]
 
@@ -72,6 +84,69 @@ class BaselineSettings:
             raise ValueError(
                 f"steps and batch_size must be positive, got {self.steps}, {self.batch_size}."
             )
+
+
+@dataclass
+class CagulFitSettings:
+    """How the CAGUL adapter is fitted (`CagulTrainer` on the frozen model).
+
+    Args:
+        steps: Optimizer steps.
+        batch_size: Rows per step.
+        learning_rate: AdamW learning rate of the adapter's modules.
+        token_ratio: Share of each flagged image's visual tokens rewritten.
+        token_selection: Which tokens: "lowest" attention (CAGUL), "random" or "highest".
+        attention_layer: Decoder layer whose attention ranks the tokens (None: default).
+        augment_images: Perturb photos while fitting.
+        seed: Seed of the adapter's initialisation and of the fit.
+        use_cpu: Fit on the CPU even where an accelerator is available.
+    """
+
+    steps: int = 500
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    token_ratio: float = 0.5
+    token_selection: Literal["lowest", "random", "highest"] = "lowest"
+    attention_layer: int | None = None
+    augment_images: bool = True
+    seed: int = 0
+    use_cpu: bool = False
+
+
+def fit_cagul_adapter(
+    vlm: PreTrainedModel, processor: Any, train: Dataset, settings: CagulFitSettings
+) -> CagulModel:
+    """A CAGUL adapter fitted with `CagulTrainer` on the frozen ``vlm`` (returned in eval mode)."""
+    torch.manual_seed(settings.seed)
+    model = get_cagul_model(
+        vlm,
+        CagulConfig(
+            token_ratio=settings.token_ratio,
+            token_selection=settings.token_selection,
+            attention_layer=settings.attention_layer,
+        ),
+    )
+    with tempfile.TemporaryDirectory() as output_dir:
+        CagulTrainer(
+            model=model,
+            args=CagulTrainingConfig(
+                output_dir=output_dir,
+                max_steps=settings.steps,
+                per_device_train_batch_size=settings.batch_size,
+                learning_rate=settings.learning_rate,
+                augment_images=settings.augment_images,
+                seed=settings.seed,
+                use_cpu=settings.use_cpu,
+                save_strategy="no",
+                logging_strategy="no",
+                report_to=[],
+                disable_tqdm=False,
+            ),
+            train_dataset=train,
+            processing_class=processor,
+        ).train()
+    model.eval()
+    return model
 
 
 @dataclass
@@ -208,3 +283,64 @@ def write_comparison(rows: Sequence[Mapping[str, Any]], output_dir: str | Path) 
     markdown_path = directory / "comparison.md"
     markdown_path.write_text("\n".join(comparison_markdown(rows)) + "\n", encoding="utf-8")
     return [markdown_path, csv_path]
+
+
+def run_comparison(
+    vlm: PreTrainedModel,
+    processor: Any,
+    splits: DatasetDict,
+    output_dir: str | Path,
+    cagul: CagulFitSettings | None = None,
+    baselines: BaselineSettings | None = None,
+    max_rows: int = 200,
+    title: str = "CAGUL against fine-tuning unlearning",
+) -> dict[str, Any]:
+    """The comparison on your own model and benchmark; writes the report into ``output_dir``.
+
+    ``vlm`` must already know the forget set (for benchmarks like FIUBench: the model after
+    their stage-1 fine-tuning). It is evaluated as it is (``"base"``), then CAGUL is fitted on
+    it and evaluated, then every baseline (see `compare_baselines`).
+
+    Returns:
+        The metrics written to ``metrics.json``: ``results`` per method and ``comparison``
+        (the rows of ``comparison.md`` / ``comparison.csv``).
+    """
+    cagul = cagul or CagulFitSettings()
+    baselines = baselines or BaselineSettings(
+        steps=cagul.steps, batch_size=cagul.batch_size, seed=cagul.seed, use_cpu=cagul.use_cpu
+    )
+    train = training_set(splits)
+    results: dict[str, dict[str, Any]] = {
+        "base": evaluate_model(vlm, processor, splits, max_rows=max_rows)
+    }
+    digest = weights_digest(vlm)
+    with measure() as measurement:
+        model = fit_cagul_adapter(vlm, processor, train, cagul)
+    record = FitRecord(
+        measurement, model.get_nb_trainable_parameters()[0], weights_digest(vlm) != digest
+    )
+    results["cagul"] = evaluate_model(model, processor, splits, max_rows=max_rows)
+    model.save_pretrained(Path(output_dir) / "adapter")
+    baseline_results, records = compare_baselines(
+        model.unload(), processor, train, splits, baselines, max_rows=max_rows
+    )
+    results.update(baseline_results)
+    results = {
+        name: {key: value for key, value in values.items() if not isinstance(value, list)}
+        for name, values in results.items()
+    }
+    rows = comparison_table(results, {"cagul": record, **records})
+    metrics: dict[str, Any] = {
+        "title": title,
+        "settings": {
+            "cagul": dataclasses.asdict(cagul),
+            "baselines": dataclasses.asdict(baselines),
+            "max_rows": max_rows,
+            "training rows": len(train),
+        },
+        "results": results,
+        "comparison": rows,
+    }
+    write_report(output_dir, metrics)
+    write_comparison(rows, output_dir)
+    return metrics

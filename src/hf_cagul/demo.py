@@ -27,12 +27,13 @@ from transformers import PreTrainedModel, Trainer, TrainingArguments
 
 from hf_cagul.compare import (
     BaselineSettings,
+    CagulFitSettings,
     FitRecord,
     compare_baselines,
     comparison_table,
+    fit_cagul_adapter,
     write_comparison,
 )
-from hf_cagul.config import CagulConfig
 from hf_cagul.data import (
     CagulDataCollator,
     PhotoAugmentation,
@@ -43,10 +44,9 @@ from hf_cagul.data.synthetic import synthetic_benchmark
 from hf_cagul.evaluation.probes import run_probes
 from hf_cagul.evaluation.report import AttentionHeatmap, write_report
 from hf_cagul.evaluation.suite import discriminator_metrics, evaluate_model, rows_of_kind
-from hf_cagul.model import CagulModel, get_cagul_model
+from hf_cagul.model import CagulModel
 from hf_cagul.profiling import measure, weights_digest
 from hf_cagul.tiny import tiny_vlm
-from hf_cagul.trainer import CagulTrainer, CagulTrainingConfig
 
 MEMORISED = 0.9
 """Forget-set keyword accuracy a stage-1 model must reach to count as having memorised."""
@@ -157,27 +157,21 @@ def fit_cagul(
     dataset: Dataset,
     selection: Literal["lowest", "random", "highest"],
 ) -> CagulModel:
-    """Stage 2: a CAGUL adapter fitted on the frozen ``vlm``."""
-    torch.manual_seed(config.seed)
-    model = get_cagul_model(
+    """Stage 2: a CAGUL adapter fitted on the frozen ``vlm`` (CPU, photos augmented)."""
+    return fit_cagul_adapter(
         vlm,
-        CagulConfig(token_ratio=config.token_ratio, token_selection=selection),
+        processor,
+        dataset,
+        CagulFitSettings(
+            steps=config.cagul_steps,
+            batch_size=16,
+            learning_rate=config.cagul_learning_rate,
+            token_ratio=config.token_ratio,
+            token_selection=selection,
+            seed=config.seed,
+            use_cpu=True,
+        ),
     )
-    with tempfile.TemporaryDirectory() as output_dir:
-        CagulTrainer(
-            model=model,
-            args=CagulTrainingConfig(
-                max_steps=config.cagul_steps,
-                per_device_train_batch_size=16,
-                learning_rate=config.cagul_learning_rate,
-                augment_images=True,
-                **_run_arguments(config, output_dir),
-            ),
-            train_dataset=dataset,
-            processing_class=processor,
-        ).train()
-    model.eval()
-    return model
 
 
 def one_row_per_photo(dataset: Dataset) -> Dataset:

@@ -49,8 +49,11 @@ def mean_answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return -log_probs / counts.clamp_min(1)
 
 
-def token_kl(reference: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
-    """Mean over rows of KL(reference || current) between two ``(rows, vocab)`` logit tensors.
+def token_kl(
+    reference: torch.Tensor, current: torch.Tensor, reduction: str = "batchmean"
+) -> torch.Tensor:
+    """KL(reference || current) between two ``(rows, vocab)`` logit tensors, summed over the
+    vocabulary, then averaged (``"batchmean"``) or summed (``"sum"``) over the rows.
 
     The direction of TOFU's KL baseline and of CAGUL's retain term: the reference (base)
     distribution weighs the log-ratio, so the current model is pulled to cover every answer the
@@ -60,7 +63,7 @@ def token_kl(reference: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
         F.log_softmax(current.float(), dim=-1),
         F.log_softmax(reference.float(), dim=-1),
         log_target=True,
-        reduction="batchmean",
+        reduction=reduction,
     )
 
 

@@ -130,6 +130,28 @@ def _bind_config(config: CagulConfig, model: PreTrainedModel, family: VLMFamily)
     return dataclasses.replace(config, **filled)
 
 
+def execution_device(module: nn.Module) -> torch.device:
+    """The device ``module`` computes on.
+
+    That is where its weights are, except for a module that accelerate offloads
+    (``device_map`` with ``"cpu"`` or ``"disk"`` entries): its weights wait on the ``meta``
+    device and its accelerate hook loads them to its execution device for each call.
+    """
+    hook = getattr(module, "_hf_hook", None)
+    for candidate in getattr(hook, "hooks", (hook,)):  # a SequentialHook holds several
+        device = getattr(candidate, "execution_device", None)
+        if device is not None:
+            return torch.device(device)
+    device = next(module.parameters()).device
+    if device.type == "meta":
+        raise ValueError(
+            f"The weights of {type(module).__name__} are on the meta device and no accelerate "
+            "hook says where it runs. Load the VLM fully (no device='meta' / init_empty_weights "
+            "without dispatch_model) before wrapping it."
+        )
+    return device
+
+
 def _select(scores: torch.Tensor, config: CagulConfig, ordinal: int) -> torch.Tensor:
     """Indices of the tokens to rewrite among the ``scores`` of its sample's image ``ordinal``."""
     k = config.num_selected(len(scores))
@@ -156,6 +178,9 @@ class CagulModel(nn.Module):
 
     base_model: PreTrainedModel
     cagul_adapters: nn.ModuleDict
+    # transformers' Trainer refuses to fit a quantized model (bitsandbytes...) unless trainable
+    # adapters sit on it, which it reads from this PEFT attribute: a CagulModel is exactly that.
+    _hf_peft_config_loaded = True
 
     def __init__(
         self, model: PreTrainedModel, config: CagulConfig, adapter_name: str = "default"
@@ -171,10 +196,9 @@ class CagulModel(nn.Module):
         for parameter in model.parameters():
             parameter.requires_grad_(False)
         decoder = family.decoder(model)
-        device = decoder.get_input_embeddings().weight.device
         adapter = CagulAdapter(
             config.hidden_size or 0, config.discriminator_hidden_size, config.encoder_hidden_size
-        ).to(cast(torch.device, device))
+        ).to(execution_device(decoder.get_input_embeddings()))
         self.cagul_adapters = nn.ModuleDict({adapter_name: adapter})
 
         self._decoder = decoder
