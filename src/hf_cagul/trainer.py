@@ -144,7 +144,9 @@ class CagulTrainer(Trainer):
 
     Args:
         model: The `CagulModel` whose active adapter is fitted (trainable: build it with
-            `get_cagul_model` or ``CagulModel.from_pretrained(..., is_trainable=True)``).
+            `get_cagul_model`, `CagulModel.add_adapter` or ``from_pretrained(...,
+            is_trainable=True)``). Exactly one adapter must be active; the others are left
+            untouched.
         args: A `CagulTrainingConfig`.
         train_dataset: A `datasets.Dataset` in the data contract of `hf_cagul.data`; it is
             validated before training starts.
@@ -172,6 +174,12 @@ class CagulTrainer(Trainer):
             )
         if not isinstance(args, CagulTrainingConfig):
             raise TypeError("`args` must be a CagulTrainingConfig (it carries the loss weights).")
+        if len(model.active_adapters) != 1:
+            raise ValueError(
+                f"CagulTrainer fits one adapter, but {len(model.active_adapters)} are active "
+                f"({model.active_adapters}). Call `model.set_adapter(name)` with the adapter to "
+                "fit, then `set_adapter([...])` again after training to compose them."
+            )
         if not any(p.requires_grad for p in model.active_adapter_module.parameters()):
             raise ValueError(
                 "The adapter is frozen: load it with `CagulModel.from_pretrained(..., "
@@ -288,13 +296,13 @@ class CagulTrainer(Trainer):
         super().log(logs, start_time)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Save the adapter only (config + safetensors + card), never the VLM."""
+        """Save the fitted (active) adapter only, in ``output_dir`` itself; never the VLM."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if not self.args.should_save or output_dir is None:
             return
         cagul = self.accelerator.unwrap_model(self.model)
         assert isinstance(cagul, CagulModel)
-        cagul.save_pretrained(output_dir)
+        cagul.save_adapter(output_dir)
         with open(os.path.join(output_dir, TRAINING_CONFIG_NAME), "w", encoding="utf-8") as f:
             f.write(self.args.to_json_string())
 
