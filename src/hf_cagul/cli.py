@@ -59,6 +59,16 @@ def _demo(args: argparse.Namespace) -> int:
     overrides["gold"] = not args.no_gold
     overrides["ablation"] = args.ablation
     config = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
+    if args.requests < 1:
+        raise ValueError(f"--requests {args.requests}: give at least one forget request.")
+    if args.requests > 1:
+        from hf_cagul.continual import print_requests_table, run_continual
+
+        if args.ablation:
+            raise ValueError("--ablation runs with one request only; drop it or --requests.")
+        continual_metrics, _ = run_continual(config, args.requests)
+        print_requests_table(continual_metrics, Path(config.output_dir))
+        return 0
     metrics = run_demo(config)
     print_summary(metrics, Path(config.output_dir))
     return 0
@@ -144,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-gold", action="store_true", help="skip the retain-only model")
     demo.add_argument(
         "--ablation", action="store_true", help="also fit random / highest-attention selection"
+    )
+    demo.add_argument(
+        "--requests",
+        type=int,
+        default=1,
+        help="successive forget requests, one adapter each, composed (default 1: one adapter)",
     )
     demo.set_defaults(handler=_demo)
 

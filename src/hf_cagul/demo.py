@@ -140,6 +140,13 @@ def fit_cagul(
         vlm,
         CagulConfig(token_ratio=config.token_ratio, token_selection=selection),
     )
+    return train_adapter(config, model, processor, dataset)
+
+
+def train_adapter(
+    config: DemoConfig, model: CagulModel, processor: Any, dataset: Dataset
+) -> CagulModel:
+    """Fit ``model``'s (single) active adapter on ``dataset`` with `CagulTrainer`."""
     with tempfile.TemporaryDirectory() as output_dir:
         CagulTrainer(
             model=model,
