@@ -63,12 +63,15 @@ def test_requests_report_a_row_per_request(three_requests) -> None:
     assert saved["settings"]["requests"] == 3 and saved["settings"]["forget_fraction"] == 0.5
     report = (output / "report.md").read_text()
     assert "after request 3" in report and "forget_keyword_group3" in report
-    assert "## Forget groups" in report
+    assert "## Adapters" in report and "active from" in report
+    assert "gold" not in saved["settings"]
 
 
 def test_groups_are_disjoint_and_cover_the_forget_people(three_requests) -> None:
     metrics, _, _, _ = three_requests
-    groups = [set(people.split(", ")) for people in metrics["forget groups"].values()]
+    adapters = metrics["adapters"]
+    assert list(adapters) == NAMES
+    groups = [set(adapter["people"].split(", ")) for adapter in adapters.values()]
     assert len(groups) == 3 and all(len(group) == 1 for group in groups)
     splits = synthetic_benchmark(
         num_people=6, num_unknown=1, forget_fraction=0.5, train_images=2, heldout_images=2
