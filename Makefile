@@ -3,7 +3,7 @@ PY := .venv/bin/python
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo quickstart test lint typecheck check bench clean
+.PHONY: setup demo quickstart test lint typecheck check docs bench clean
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -26,9 +26,13 @@ typecheck: setup
 
 check: lint typecheck
 
+docs: setup
+	$(PY) -m mkdocs build --strict
+
 bench: setup
 	$(PY) bench/inference_overhead.py
 	$(PY) bench/fit_cost.py
+	$(PY) bench/scale.py
 
 clean:
-	rm -rf .venv .pytest_cache .ruff_cache .mypy_cache
+	rm -rf .venv .pytest_cache .ruff_cache .mypy_cache site

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import gc
-import os
 import statistics
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
@@ -103,37 +98,3 @@ def interleaved_ratio(
     base, cand = statistics.median(base_times), statistics.median(candidate_times)
     print(f"{name:<32} baseline {base:7.3f}s  candidate {cand:7.3f}s  ratio {cand / base:5.3f}x")
     return cand / base
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm", encoding="ascii") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def release_memory() -> None:
-    """Collect garbage and hand freed heap back to the OS, so the next peak starts clean."""
-    gc.collect()
-    with contextlib.suppress(OSError):  # not glibc: nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-@contextlib.contextmanager
-def peak_memory() -> Iterator[dict[str, int]]:
-    """Peak resident memory above the level at entry, sampled every millisecond (bytes)."""
-    release_memory()
-    result = {"peak": 0}
-    start = _rss_bytes()
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            result["peak"] = max(result["peak"], _rss_bytes() - start)
-            time.sleep(0.001)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        yield result
-    finally:
-        done.set()
-        thread.join()

@@ -1,16 +1,18 @@
-"""Cost of fitting a CAGUL adapter against LoRA fine-tuning, on the same batches, in one process.
+"""Cost of fitting a CAGUL adapter against each fine-tuning baseline, in one process.
 
-Both fit the "small-real" LLaVA (see ``common.py``) with transformers' `Trainer` on CPU:
+Two parts, each printing CAGUL / baseline ratios (lower is cheaper for CAGUL):
 
-* baseline: a plain `Trainer` fine-tuning PEFT LoRA adapters (r=16) on the language model's
-  attention projections (q, k, v, o), cross-entropy on the answers;
-* candidate: `CagulTrainer` fitting the discriminator and encoder (forget CE + retain KL with
-  the base logits from the same model under ``disable_adapter()`` + gate BCE).
+* ``cost``: seconds per optimizer step (median, first step excluded) and peak memory added
+  by the fit, on the "small-real" LLaVA (``common.py``, 256 visual tokens) with pre-tokenised
+  batches. Every baseline fine-tunes LoRA r=16 on the language model's attention projections
+  through its `hf_cagul.baselines` trainer; CAGUL fits its adapter with `CagulTrainer`.
+* ``forget``: on the demo's stage-1 model (a tiny LLaVA that memorised the synthetic people,
+  ``DemoConfig.quick``), steps until the forget keyword accuracy is <= 0.05 (checked every
+  ``--every`` steps by greedy generation on the forget questions, as served), the fit time to
+  get there (evaluation excluded) and the fit's peak memory. A method that never gets there
+  within ``--max-steps`` shows ">max".
 
-Prints seconds per optimizer step (median, first step excluded) and the peak resident memory
-added by the fit, with their ratios (CAGUL / LoRA).
-
-    python bench/fit_cost.py [--steps 6] [--batch 2]
+    python bench/fit_cost.py [--part cost|forget|all] [--steps 6] [--batch 2]
 """
 
 from __future__ import annotations
@@ -19,17 +21,24 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from common import peak_memory, prompt_batch, release_memory, small_real_llava
-from peft import LoraConfig, get_peft_model
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from common import prompt_batch, small_real_llava
+from datasets import Dataset, concatenate_datasets
+from transformers import Trainer, TrainerCallback
 
 from hf_cagul import CagulConfig, CagulTrainer, CagulTrainingConfig, get_cagul_model
+from hf_cagul.baselines import BASELINES, UnlearningConfig, get_baseline_trainer, prepare_model
+from hf_cagul.data.synthetic import synthetic_benchmark
+from hf_cagul.demo import DemoConfig, teach
+from hf_cagul.evaluation.suite import generation_metrics, rows_of_kind
+from hf_cagul.profiling import measure, release_memory
 
 ANSWER_TOKENS = 8
-LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)"
+FORGOTTEN = 0.05
+REFUSAL_TOKEN = 7
 
 
 class StepTimer(TrainerCallback):
@@ -46,84 +55,239 @@ class StepTimer(TrainerCallback):
         self.durations.append(time.perf_counter() - self._start)
 
 
-def samples(count: int, with_forget_flag: bool) -> list[dict[str, torch.Tensor]]:
-    """``count`` single samples; half are forget samples when flagged for CAGUL."""
+class ForgetProbe(TrainerCallback):
+    """Every ``every`` steps, greedy forget keyword accuracy; stops the fit once forgotten."""
+
+    def __init__(self, processor: Any, rows: Dataset, every: int) -> None:
+        self.processor, self.rows, self.every = processor, rows, every
+        self.forgotten_at: int | None = None
+        self.evaluation_seconds = 0.0
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if state.global_step % self.every:
+            return control
+        clock = time.perf_counter()
+        model = kwargs["model"]
+        model.eval()
+        accuracy = generation_metrics(model, self.processor, self.rows)["keyword"]
+        model.train()
+        self.evaluation_seconds += time.perf_counter() - clock
+        if accuracy <= FORGOTTEN:
+            self.forgotten_at = state.global_step
+            control.should_training_stop = True
+        return control
+
+
+def pretokenised(count: int) -> list[dict[str, torch.Tensor]]:
+    """``count`` single samples of the small-real LLaVA; every other one is a forget row."""
     batch = prompt_batch(count, answer_tokens=ANSWER_TOKENS, seed=1)
-    rows = []
-    for index in range(count):
-        row = {key: value[index] for key, value in batch.items()}
-        if with_forget_flag:
-            row["cagul_forget"] = torch.tensor(index % 2 == 0)
-        rows.append(row)
-    return rows
+    return [
+        {
+            **{key: value[index] for key, value in batch.items()},
+            "forget": torch.tensor(index % 2 == 0),
+        }
+        for index in range(count)
+    ]
 
 
-def stack(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Collate pre-tokenised samples."""
-    return {key: torch.stack([row[key] for row in rows]) for key in rows[0]}
+def collate(rows: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """Stack pre-tokenised rows; forget rows also get a refusal batch (for IdkPO) and CAGUL's
+    flag name."""
+    batch: dict[str, Any] = {key: torch.stack([row[key] for row in rows]) for key in rows[0]}
+    forget = batch["forget"]
+    refusal = {
+        key: batch[key][forget].clone()
+        for key in ("input_ids", "attention_mask", "pixel_values", "labels")
+    }
+    answer = refusal["labels"] != -100
+    refusal["input_ids"][answer] = REFUSAL_TOKEN
+    refusal["labels"][answer] = REFUSAL_TOKEN
+    batch["refusal"] = refusal
+    return batch
+
+
+def cagul_collate(rows: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """The same batches as CAGUL's trainer reads them."""
+    batch = {key: torch.stack([row[key] for row in rows]) for key in rows[0]}
+    batch["cagul_forget"] = batch.pop("forget")
+    return batch
 
 
 def fit(trainer: Trainer) -> tuple[float, int]:
-    """Median seconds per step (first excluded) and peak added memory of ``trainer.train()``."""
+    """Median seconds per step (first excluded) and peak added memory."""
     timer = StepTimer()
     trainer.add_callback(timer)
-    with peak_memory() as memory:
+    with measure(cuda=False) as memory:
         trainer.train()
-    return statistics.median(timer.durations[1:]), memory["peak"]
+    return statistics.median(timer.durations[1:]), memory.peak_bytes
 
 
-def main() -> None:
-    """Fit both, print the figures and ratios."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--batch", type=int, default=2)
-    args = parser.parse_args()
-    common = {
-        "max_steps": args.steps,
-        "per_device_train_batch_size": args.batch,
+def run_arguments(output_dir: str, steps: int, batch: int) -> dict[str, Any]:
+    """`TrainingArguments` every fit shares."""
+    return {
+        "output_dir": output_dir,
+        "max_steps": steps,
+        "per_device_train_batch_size": batch,
         "report_to": [],
         "save_strategy": "no",
         "logging_strategy": "no",
         "use_cpu": True,
         "disable_tqdm": True,
+        "seed": 0,
     }
-    count = args.steps * args.batch
-    with tempfile.TemporaryDirectory() as output_dir:
-        lora_model = get_peft_model(
-            small_real_llava(), LoraConfig(r=16, lora_alpha=32, target_modules=LORA_TARGETS)
-        )
-        lora_params = sum(p.numel() for p in lora_model.parameters() if p.requires_grad)
-        lora = Trainer(
-            model=lora_model,
-            args=TrainingArguments(output_dir=output_dir, remove_unused_columns=False, **common),
-            train_dataset=samples(count, with_forget_flag=False),
-            data_collator=stack,
-        )
-        lora_step, lora_memory = fit(lora)
-        del lora, lora_model
-        release_memory()
 
+
+def cost_part(steps: int, batch: int) -> None:
+    """Seconds per step and peak memory on the small-real LLaVA."""
+    rows = pretokenised(steps * batch)
+    results: dict[str, tuple[float, int, int]] = {}
+    with tempfile.TemporaryDirectory() as output_dir:
+        arguments = run_arguments(output_dir, steps, batch)
+        for method in BASELINES:
+            model = prepare_model(small_real_llava(), lora_r=16)
+            trainer = get_baseline_trainer(method)(
+                model,
+                UnlearningConfig(balance_splits=False, **arguments),
+                train_dataset=rows,
+                data_collator=collate,
+            )
+            params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            results[method] = (*fit(trainer), params)
+            del trainer, model
+            release_memory()
         cagul_model = get_cagul_model(small_real_llava(), CagulConfig())
-        cagul_params = cagul_model.get_nb_trainable_parameters()[0]
         cagul = CagulTrainer(
             model=cagul_model,
-            args=CagulTrainingConfig(output_dir=output_dir, **common),
-            train_dataset=samples(count, with_forget_flag=True),
-            data_collator=stack,
+            args=CagulTrainingConfig(balance_splits=False, **arguments),
+            train_dataset=rows,
+            data_collator=cagul_collate,
         )
         cagul_step, cagul_memory = fit(cagul)
+    print(f"\n[cost] small-real LLaVA (256 visual tokens), batch {batch}, {steps} steps, CPU")
+    print(
+        f"CAGUL: {cagul_step:.3f} s/step, peak +{cagul_memory / 2**20:.0f} MiB, "
+        f"{cagul_model.get_nb_trainable_parameters()[0]:,d} trainable parameters"
+    )
+    print(
+        f"{'baseline (LoRA r=16)':<22}{'s/step':>9}{'ratio':>9}{'peak MiB':>10}{'ratio':>9}"
+        f"{'params':>12}"
+    )
+    for method, (step, memory, params) in results.items():
+        print(
+            f"{method:<22}{step:>9.3f}{cagul_step / step:>8.3f}x{memory / 2**20:>10.0f}"
+            f"{cagul_memory / memory:>8.3f}x{params:>12,d}"
+        )
 
-    print(f"small-real LLaVA, batch {args.batch}, {args.steps} steps, CPU")
-    print(f"{'':<22}{'LoRA r=16':>14}{'CAGUL':>14}{'ratio':>10}")
-    print(f"{'trainable params':<22}{lora_params:>14,d}{cagul_params:>14,d}")
+
+def forget_part(max_steps: int, every: int) -> None:
+    """Steps, fit time and peak memory until the forget set is forgotten, on a memorised model."""
+    demo = DemoConfig.quick()
+    splits = synthetic_benchmark(
+        num_people=demo.people,
+        num_unknown=demo.unknown,
+        forget_fraction=demo.forget_fraction,
+        train_images=demo.train_images,
+        heldout_images=demo.heldout_images,
+        seed=demo.seed,
+    )
+    train = concatenate_datasets([splits["forget"], splits["retain"]])
+    vlm, processor = teach(demo, train, "stage 1")
+    probe_rows = rows_of_kind(splits["forget"], "private", 32)
     print(
-        f"{'seconds / step':<22}{lora_step:>14.3f}{cagul_step:>14.3f}"
-        f"{cagul_step / lora_step:>9.3f}x"
+        f"\n[forget] stage-1 forget keyword accuracy "
+        f"{generation_metrics(vlm, processor, probe_rows)['keyword']:.3f}"
+    )
+    figures: dict[str, tuple[int | None, float, int]] = {}
+
+    def run(
+        name: str, make: Callable[[str, ForgetProbe], Trainer], cleanup: Callable[[], None]
+    ) -> None:
+        probe = ForgetProbe(processor, probe_rows, every)
+        with tempfile.TemporaryDirectory() as output_dir:
+            trainer = make(output_dir, probe)
+            trainer.add_callback(probe)
+            with measure(cuda=False) as memory:
+                trainer.train()
+        figures[name] = (
+            probe.forgotten_at,
+            memory.seconds - probe.evaluation_seconds,
+            memory.peak_bytes,
+        )
+        cleanup()
+        release_memory()
+
+    arguments = {
+        "per_device_train_batch_size": 16,
+        "augment_images": True,
+        "report_to": [],
+        "save_strategy": "no",
+        "logging_strategy": "no",
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "seed": 0,
+        "max_steps": max_steps,
+    }
+    torch.manual_seed(0)
+    cagul_model = get_cagul_model(vlm, CagulConfig())
+    run(
+        "cagul",
+        lambda output_dir, _: CagulTrainer(
+            model=cagul_model,
+            args=CagulTrainingConfig(
+                output_dir=output_dir, learning_rate=demo.cagul_learning_rate, **arguments
+            ),
+            train_dataset=train,
+            processing_class=processor,
+        ),
+        cagul_model.unload,
+    )
+    for method in BASELINES:
+        model: Any = prepare_model(vlm, lora_r=16)
+        run(
+            method,
+            lambda output_dir, _, model=model, method=method: get_baseline_trainer(method)(
+                model,
+                UnlearningConfig(output_dir=output_dir, learning_rate=1e-3, **arguments),
+                train_dataset=train,
+                processing_class=processor,
+            ),
+            model.unload,
+        )
+
+    def steps(value: int | None) -> str:
+        return f">{max_steps}" if value is None else str(value)
+
+    cagul_at, cagul_seconds, cagul_memory = figures.pop("cagul")
+    print(
+        f"CAGUL: forgotten at step {steps(cagul_at)}, {cagul_seconds:.1f} s of fitting, "
+        f"peak +{cagul_memory / 2**20:.0f} MiB (checked every {every} steps)"
     )
     print(
-        f"{'peak added memory MB':<22}{lora_memory / 2**20:>14.0f}{cagul_memory / 2**20:>14.0f}"
-        f"{cagul_memory / lora_memory:>9.3f}x"
+        f"{'baseline (LoRA r=16)':<22}{'steps':>7}{'ratio':>8}{'fit s':>8}{'ratio':>8}"
+        f"{'peak MiB':>10}{'ratio':>8}"
     )
+    for method, (at, seconds, memory) in figures.items():
+        step_ratio = "—" if at is None or cagul_at is None else f"{cagul_at / at:.2f}x"
+        time_ratio = "—" if at is None or cagul_at is None else f"{cagul_seconds / seconds:.2f}x"
+        print(
+            f"{method:<22}{steps(at):>7}{step_ratio:>8}{seconds:>8.1f}{time_ratio:>8}"
+            f"{memory / 2**20:>10.0f}{cagul_memory / max(memory, 1):>7.2f}x"
+        )
+
+
+def main() -> None:
+    """Run the parts asked for."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", choices=["cost", "forget", "all"], default="all")
+    parser.add_argument("--steps", type=int, default=6, help="[cost] steps per fit")
+    parser.add_argument("--batch", type=int, default=2, help="[cost] batch size")
+    parser.add_argument("--max-steps", type=int, default=400, help="[forget] step budget")
+    parser.add_argument("--every", type=int, default=25, help="[forget] steps between checks")
+    args = parser.parse_args()
+    if args.part in ("cost", "all"):
+        cost_part(args.steps, args.batch)
+    if args.part in ("forget", "all"):
+        forget_part(args.max_steps, args.every)
 
 
 if __name__ == "__main__":

@@ -125,4 +125,4 @@ def test_cli_maps_requests(monkeypatch, tmp_path, capsys) -> None:
     assert seen["requests"] == 3 and seen["config"].stage1_steps == 300
     assert "stage 1" in capsys.readouterr().out
     assert main(["demo", "--requests", "2", "--ablation"]) == 2
-    assert "--ablation runs with one request only" in capsys.readouterr().err
+    assert "--ablation and --compare run with one request only" in capsys.readouterr().err

@@ -17,6 +17,7 @@ import torch
 from datasets import Dataset
 from datasets import Image as DatasetImage
 from PIL import Image
+from vlm_inputs import tokens_per_image
 
 from hf_cagul.data import (
     DATA_COLUMNS,
@@ -207,7 +208,10 @@ def _check_batch(
     assert query_mask.dtype == torch.bool and batch["cagul_forget"].dtype == torch.bool
     assert batch["cagul_forget"].tolist() == [row["split"] == "forget" for row in features]
 
-    image_token_id = tokenizer.convert_tokens_to_ids(processor.image_token)
+    image_token_id = model.config.image_token_id
+    # The processor's placeholder, where it differs from the model's image token (Gemma3's
+    # begin-of-image), is not a text token either.
+    visual = torch.tensor([image_token_id, processor.image_token_id])
     positions = torch.arange(input_ids.shape[1])
     for index, row in enumerate(features):
         length = int(attention[index].sum())
@@ -238,14 +242,14 @@ def _check_batch(
         )["input_ids"][0]
         assert start == len(alone)
         assert torch.equal(input_ids[index, :start], alone)
-        assert int((alone == image_token_id).sum()) == 16
+        assert int((alone == image_token_id).sum()) == tokens_per_image(family)
         if tokenizer.bos_token_id is not None:  # the template's bos only, never a second one
             assert int((input_ids[index] == tokenizer.bos_token_id).sum()) == 1
 
         query = query_mask[index]
         assert not query[start:].any()
         assert not query[input_ids[index] == image_token_id].any()
-        assert torch.equal(query, (positions < start) & (input_ids[index] != image_token_id))
+        assert torch.equal(query, (positions < start) & ~torch.isin(input_ids[index], visual))
         query_words = tokenizer.decode(input_ids[index][query]).split()
         assert _contains(query_words, _words(row["question"]))
 
@@ -271,6 +275,11 @@ def test_collator_batch(family: str) -> None:
         "llava": set(),
         "qwen2_vl": {"image_grid_thw", "mm_token_type_ids"},
         "idefics3": {"pixel_attention_mask"},
+        "llava_next": {"image_sizes"},
+        "qwen2_5_vl": {"image_grid_thw", "mm_token_type_ids"},
+        "smolvlm": {"pixel_attention_mask"},
+        "paligemma": {"token_type_ids"},
+        "gemma3": {"token_type_ids"},
     }[family]
     assert set(batch) == expected_keys
 
@@ -373,3 +382,28 @@ def test_collator_rejects_rows_it_cannot_use() -> None:
         collator(features)
     with pytest.raises(ValueError, match="refusals"):
         CagulDataCollator(processor, refusals=[])
+
+
+def test_prefix_lm_target_is_the_causal_suffix() -> None:
+    """PaliGemma attends bidirectionally within its prefix: the collator makes the target the
+    causal suffix, so the prompt (which ranks and gates the image) never sees the answer."""
+    model, processor = _vlm("paligemma")
+    collator = CagulDataCollator(processor)
+    batch = collator(_features())
+    assert torch.equal(batch["token_type_ids"].bool(), batch["labels"] != -100)
+
+    def prompt_logits(answer: str, bidirectional: bool = False) -> torch.Tensor:
+        row = {**ROWS[2], "image": _image(0), "answer": answer}
+        inputs = collator([row])
+        start = int((inputs["labels"][0] != -100).nonzero()[0])
+        if bidirectional:  # what the processor alone marks: everything prefix
+            inputs["token_type_ids"] = torch.zeros_like(inputs["token_type_ids"])
+        inputs = {k: v for k, v in inputs.items() if k not in MODEL_KEYS_EXCLUDED}
+        with torch.no_grad():
+            return model(**inputs).logits[0, :start]
+
+    torch.testing.assert_close(prompt_logits("a doctor ."), prompt_logits("he lives in rome ."))
+    assert not torch.allclose(
+        prompt_logits("a doctor .", bidirectional=True),
+        prompt_logits("he lives in rome .", bidirectional=True),
+    )

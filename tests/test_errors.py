@@ -8,6 +8,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from vlm_inputs import batch, image, randomise_encoder, standard_batch
 
 from hf_cagul import CagulConfig, get_cagul_model
+from hf_cagul.families import supported_families
 from hf_cagul.tiny import TINY_FAMILIES, tiny_vlm
 
 
@@ -31,15 +32,22 @@ def test_unsupported_model_names_the_supported_families() -> None:
             vocab_size=32,
         )
     )
-    with pytest.raises(ValueError, match=r"does not support LlamaForCausalLM.*idefics3.*llava"):
+    with pytest.raises(ValueError, match="does not support LlamaForCausalLM") as refused:
         get_cagul_model(text_only, CagulConfig())
+    assert f"Supported families: {', '.join(supported_families())}." in str(refused.value)
+    assert not text_only._forward_pre_hooks and not text_only._forward_hooks
 
 
-def test_model_without_image_token_id_is_refused() -> None:
-    vlm, _ = tiny_vlm("llava")
-    vlm.config.image_token_id = None
-    with pytest.raises(ValueError, match="no image_token_id"):
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_model_without_image_token_id_is_refused(family) -> None:
+    vlm, _ = tiny_vlm(family)
+    # As a config class without the field would have it; set past transformers' validation.
+    for name in ("image_token_id", "image_token_index"):
+        if hasattr(vlm.config, name):
+            object.__setattr__(vlm.config, name, None)
+    with pytest.raises(ValueError, match=r"no image_token_id.*Set `model.config.image_token_id`"):
         get_cagul_model(vlm, CagulConfig())
+    assert not vlm._forward_pre_hooks and not vlm._forward_hooks
 
 
 def test_wrapping_twice_is_refused() -> None:
@@ -107,4 +115,22 @@ def test_images_with_inputs_embeds_only_are_refused(wrapped) -> None:
     embeds = model.get_input_embeddings()(inputs.pop("input_ids"))
     with pytest.raises(ValueError, match="Pass input_ids"):
         model(**inputs, inputs_embeds=embeds)
+    assert_still_works(model, processor, family)
+
+
+def test_image_tokens_unlike_the_vision_tower_s_are_explained(wrapped) -> None:
+    """A prompt whose image tokens do not match the image: transformers' check, with the fix."""
+    family, model, processor = wrapped
+    inputs = standard_batch(processor, family, padding_side="left")
+    image_token = model.active_config.image_token_id
+    one_short = inputs["input_ids"].clone()
+    last = int((one_short[0] == image_token).nonzero()[-1])
+    one_short[0, last] = processor.tokenizer.convert_tokens_to_ids("who")
+    bad = {**inputs, "input_ids": one_short}
+    fix = r"do not match.*Build input_ids and images in one call of this model's own processor"
+    with model.force_gate(True):
+        with pytest.raises(ValueError, match=fix):
+            model(**bad)
+        with pytest.raises(ValueError, match=fix):
+            model.generate(**bad, max_new_tokens=2)
     assert_still_works(model, processor, family)

@@ -81,9 +81,11 @@ def test_flagged_image_changes_only_positions_from_its_tokens_on(family) -> None
         assert not torch.allclose(rewritten[sample, start:], bare[sample, start:])
         trace = traces[sample]
         assert trace.flagged and trace.selected is not None and trace.scores is not None
-        assert len(trace.selected) == 4  # 25% of 16 visual tokens
+        k = model.active_config.num_selected(trace.end - trace.start)
+        assert k == (trace.end - trace.start) // 4  # 25% of the visual tokens (16 in most)
+        assert len(trace.selected) == k
         assert ((trace.selected >= trace.start) & (trace.selected < trace.end)).all()
-        lowest = torch.topk(trace.scores, 4, largest=False).indices + trace.start
+        lowest = torch.topk(trace.scores, k, largest=False).indices + trace.start
         assert set(trace.selected.tolist()) == set(lowest.tolist())
 
 
@@ -127,15 +129,19 @@ def test_generate_rewrites_at_prefill_only(family) -> None:
     vlm, processor = tiny_vlm(family)
     inputs = standard_batch(processor, family, padding_side="left")
     settings = {"max_new_tokens": 5, "min_new_tokens": 5, "do_sample": False}
+    settings |= {"output_logits": True, "return_dict_in_generate": True}
     bare = vlm.generate(**inputs, **settings)
     model = get_cagul_model(vlm, CagulConfig())
     randomise_encoder(model)
-    assert torch.equal(model.generate(**inputs, **settings), bare)
+    assert torch.equal(model.generate(**inputs, **settings).sequences, bare.sequences)
     with model.force_gate(True), model.trace() as traces:
         forgotten = model.generate(**inputs, **settings)
     assert len(traces) == 2  # one record per image: decode steps never reach the adapter
-    assert forgotten.shape == bare.shape
-    assert not torch.equal(forgotten, bare)
+    assert forgotten.sequences.shape == bare.sequences.shape
+    # The rewrite reaches the first generated token's logits in every sample. (Whether the
+    # greedy tokens flip is up to the random model: in tiny PaliGemma they do not.)
+    for sample in range(2):
+        assert not torch.allclose(forgotten.logits[0][sample], bare.logits[0][sample])
 
 
 def test_left_and_right_padding_select_the_same_tokens(family) -> None:
@@ -230,14 +236,15 @@ def test_token_selection_ablations(family, selection) -> None:
         model(**inputs)
     with torch.no_grad(), model.force_gate(True), model.trace() as second:
         model(**inputs)
+    k = model.active_config.num_selected(first[0].end - first[0].start)
     for trace, again in zip(first, second, strict=True):
         assert trace.selected is not None and trace.scores is not None
         assert torch.equal(trace.selected, again.selected)  # reproducible, also "random"
         if selection == "highest":
-            expected = torch.topk(trace.scores, 4).indices + trace.start
+            expected = torch.topk(trace.scores, k).indices + trace.start
             assert set(trace.selected.tolist()) == set(expected.tolist())
     if selection == "random":
         lowest = [
-            set((torch.topk(t.scores, 4, largest=False).indices + t.start).tolist()) for t in first
+            set((torch.topk(t.scores, k, largest=False).indices + t.start).tolist()) for t in first
         ]
         assert any(set(t.selected.tolist()) != low for t, low in zip(first, lowest, strict=True))

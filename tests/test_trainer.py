@@ -8,11 +8,11 @@ import pytest
 import torch
 from datasets import Dataset
 from transformers import TrainerCallback
-from vlm_inputs import assert_identical, image, snapshot
+from vlm_inputs import assert_identical, image, snapshot, tiny_dataset
 
 from hf_cagul import CagulConfig, CagulModel, CagulTrainer, CagulTrainingConfig, get_cagul_model
 from hf_cagul.config import CONFIG_NAME, WEIGHTS_NAME
-from hf_cagul.tiny import tiny_vlm
+from hf_cagul.tiny import TINY_FAMILIES, tiny_vlm
 
 TRAINER_STATE_FILES = {
     "optimizer.pt",
@@ -21,22 +21,6 @@ TRAINER_STATE_FILES = {
     "trainer_state.json",
     "cagul_training_args.json",
 }
-
-
-def tiny_dataset(rows_per_split: int = 4) -> Dataset:
-    """Forget rows about two people, retain rows about two others."""
-    records = []
-    for index in range(rows_per_split):
-        records.append(("forget", "anna smith", 10 + index % 2))
-        records.append(("retain", "ben jones", 20 + index % 2))
-    return Dataset.from_dict(
-        {
-            "image": [image(seed) for _, _, seed in records],
-            "question": ["what is the name of this person ?"] * len(records),
-            "answer": [f"this is {name} ." for _, name, _ in records],
-            "split": [split for split, _, _ in records],
-        }
-    )
 
 
 def training_args(tmp_path, **overrides) -> CagulTrainingConfig:
@@ -70,7 +54,7 @@ def make_trainer(tmp_path, family="llava", **overrides) -> tuple[CagulTrainer, C
     return trainer, model
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics3"])
+@pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_training_fits_the_adapter_and_leaves_the_vlm_untouched(tmp_path, family) -> None:
     trainer, model = make_trainer(tmp_path, family)
     vlm_before = snapshot(model.base_model)

@@ -20,15 +20,16 @@ import torch
 from datasets import Dataset, DatasetDict, concatenate_datasets
 from tqdm.auto import tqdm
 
-from hf_cagul.config import CagulConfig
+from hf_cagul.compare import train_cagul_adapter
 from hf_cagul.data.synthetic import synthetic_benchmark
-from hf_cagul.demo import MEMORISED, DemoConfig, one_row_per_photo, teach, train_adapter
+from hf_cagul.demo import MEMORISED, DemoConfig, cagul_fit_settings, one_row_per_photo, teach
 from hf_cagul.evaluation.report import write_report
 from hf_cagul.evaluation.suite import discriminator_metrics, generation_metrics, rows_of_kind
 from hf_cagul.model import CagulModel, get_cagul_model
 
 ADAPTER_PREFIX = "request-"
-_SINGLE_ADAPTER_SETTINGS = ("gold", "ablation")  # what run_demo does and this run does not
+# What run_demo does and this run does not.
+_SINGLE_ADAPTER_SETTINGS = ("gold", "ablation", "compare", "baselines")
 _SHORT_HEADERS = {"retain_keyword": "retain", "gate_auc": "gate AUC"}
 
 
@@ -120,7 +121,8 @@ def run_continual(config: DemoConfig, requests: int) -> tuple[dict[str, Any], Ca
     for request, group in enumerate(tqdm(groups, desc="forget requests"), start=1):
         clock = time.perf_counter()
         name = f"{ADAPTER_PREFIX}{request}"
-        adapter_config = CagulConfig(token_ratio=config.token_ratio)
+        fit = cagul_fit_settings(config)
+        adapter_config = fit.adapter_config()
         torch.manual_seed(config.seed + request)
         if model is None:
             model = get_cagul_model(vlm, adapter_config, adapter_name=name)
@@ -128,7 +130,7 @@ def run_continual(config: DemoConfig, requests: int) -> tuple[dict[str, Any], Ca
             model.add_adapter(name, adapter_config)
             model.set_adapter(name)
         request_data = concatenate_datasets([rows_about(splits["forget"], group), splits["retain"]])
-        train_adapter(config, model, processor, request_data)
+        train_cagul_adapter(model, processor, request_data, fit)
         model.cagul_adapters[name].requires_grad_(False)
         names.append(name)
         model.set_adapter(names)

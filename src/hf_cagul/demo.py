@@ -25,15 +25,28 @@ from datasets import Dataset, concatenate_datasets
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
-from hf_cagul.config import CagulConfig
-from hf_cagul.data import CagulDataCollator, PhotoAugmentation, load_image
+from hf_cagul.compare import (
+    BaselineSettings,
+    CagulFitSettings,
+    FitRecord,
+    compare_baselines,
+    comparison_table,
+    fit_cagul_adapter,
+    write_comparison,
+)
+from hf_cagul.data import (
+    CagulDataCollator,
+    PhotoAugmentation,
+    UnlearningDataCollator,
+    load_image,
+)
 from hf_cagul.data.synthetic import synthetic_benchmark
 from hf_cagul.evaluation.probes import run_probes
 from hf_cagul.evaluation.report import AttentionHeatmap, write_report
 from hf_cagul.evaluation.suite import discriminator_metrics, evaluate_model, rows_of_kind
-from hf_cagul.model import CagulModel, get_cagul_model
+from hf_cagul.model import CagulModel
+from hf_cagul.profiling import measure, weights_digest
 from hf_cagul.tiny import tiny_vlm
-from hf_cagul.trainer import CagulTrainer, CagulTrainingConfig
 
 MEMORISED = 0.9
 """Forget-set keyword accuracy a stage-1 model must reach to count as having memorised."""
@@ -58,6 +71,8 @@ class DemoConfig:
     ablation: bool = False
     max_eval_rows: int = 160
     seed: int = 0
+    compare: bool = False
+    baselines: BaselineSettings | None = None
 
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
@@ -75,25 +90,32 @@ class DemoConfig:
         values.update(overrides)
         return cls(**values)
 
+    def baseline_settings(self) -> BaselineSettings:
+        """The baselines' settings: ``baselines``, or CAGUL's budget (steps, batch, seed)."""
+        if self.baselines is not None:
+            return self.baselines
+        return BaselineSettings(steps=self.cagul_steps, batch_size=16, seed=self.seed, use_cpu=True)
+
 
 def _supervised_collator(processor: Any, seed: int) -> Any:
-    """The CAGUL collator as a plain supervised one: every row's target is its answer.
+    """Every row's target is its answer, whatever its split: plain supervised fine-tuning.
 
     Photos are augmented: without it a tiny VLM memorises the training photos and does not
     recognise the same people on new ones (DESIGN.md: held-out accuracy 0.45 -> 0.90).
     """
-    collator = CagulDataCollator(processor, augment=PhotoAugmentation(seed=seed))
+    collator = UnlearningDataCollator(processor, augment=PhotoAugmentation(seed=seed))
 
     def collate(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = collator([{**feature, "split": "retain"} for feature in features])
-        del batch["query_mask"], batch["cagul_forget"]
+        batch = collator(features)
+        del batch["forget"]
         return batch
 
     return collate
 
 
 def _run_arguments(config: DemoConfig, output_dir: str) -> dict[str, Any]:
-    """`TrainingArguments` both stages share: CPU, seeded, no checkpoints, no logging."""
+    """`TrainingArguments` both stages share: CPU, seeded, no checkpoints, no logging, and a
+    progress bar (transformers hides it when its logging is quieter than warnings)."""
     return {
         "output_dir": output_dir,
         "save_strategy": "no",
@@ -101,6 +123,7 @@ def _run_arguments(config: DemoConfig, output_dir: str) -> dict[str, Any]:
         "report_to": [],
         "use_cpu": True,
         "seed": config.seed,
+        "disable_tqdm": False,
     }
 
 
@@ -134,34 +157,23 @@ def fit_cagul(
     dataset: Dataset,
     selection: Literal["lowest", "random", "highest"],
 ) -> CagulModel:
-    """Stage 2: a CAGUL adapter fitted on the frozen ``vlm``."""
-    torch.manual_seed(config.seed)
-    model = get_cagul_model(
-        vlm,
-        CagulConfig(token_ratio=config.token_ratio, token_selection=selection),
+    """Stage 2: a CAGUL adapter fitted on the frozen ``vlm`` (CPU, photos augmented)."""
+    return fit_cagul_adapter(vlm, processor, dataset, cagul_fit_settings(config, selection))
+
+
+def cagul_fit_settings(
+    config: DemoConfig, selection: Literal["lowest", "random", "highest"] = "lowest"
+) -> CagulFitSettings:
+    """How the demo fits each CAGUL adapter: CPU, batch 16, photos augmented."""
+    return CagulFitSettings(
+        steps=config.cagul_steps,
+        batch_size=16,
+        learning_rate=config.cagul_learning_rate,
+        token_ratio=config.token_ratio,
+        token_selection=selection,
+        seed=config.seed,
+        use_cpu=True,
     )
-    return train_adapter(config, model, processor, dataset)
-
-
-def train_adapter(
-    config: DemoConfig, model: CagulModel, processor: Any, dataset: Dataset
-) -> CagulModel:
-    """Fit ``model``'s (single) active adapter on ``dataset`` with `CagulTrainer`."""
-    with tempfile.TemporaryDirectory() as output_dir:
-        CagulTrainer(
-            model=model,
-            args=CagulTrainingConfig(
-                max_steps=config.cagul_steps,
-                per_device_train_batch_size=16,
-                learning_rate=config.cagul_learning_rate,
-                augment_images=True,
-                **_run_arguments(config, output_dir),
-            ),
-            train_dataset=dataset,
-            processing_class=processor,
-        ).train()
-    model.eval()
-    return model
 
 
 def one_row_per_photo(dataset: Dataset) -> Dataset:
@@ -254,9 +266,13 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         gold, _ = teach(config, splits["retain"], "gold (retain only)")
         timings["gold model (retain only)"] = time.perf_counter() - clock
 
-    clock = time.perf_counter()
-    model = fit_cagul(config, vlm, processor, train, "lowest")
-    timings["CAGUL fit"] = time.perf_counter() - clock
+    digest = weights_digest(vlm)
+    with measure() as measurement:
+        model = fit_cagul(config, vlm, processor, train, "lowest")
+    timings["CAGUL fit"] = measurement.seconds
+    cagul_fit = FitRecord(
+        measurement, model.get_nb_trainable_parameters()[0], weights_digest(vlm) != digest
+    )
 
     clock = time.perf_counter()
     evaluated: dict[str, dict[str, Any]] = {}
@@ -296,6 +312,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         "settings": {
             key: str(value) if isinstance(value, Path) else value
             for key, value in dataclasses.asdict(config).items()
+            if key != "baselines"
         },
         "stage1": {
             "forget_keyword_accuracy": evaluated["base"].get("forget_keyword"),
@@ -308,10 +325,10 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     }
     heatmap = attention_heatmap(model, processor, rows_of_kind(splits["forget"], "private", 1))
     model.save_pretrained(Path(config.output_dir) / "adapter")
+    bare = model.unload()
     if config.ablation:
         clock = time.perf_counter()
         ablation = {"lowest attention": metrics["results"]["cagul"]}
-        bare = model.unload()
         variants: tuple[tuple[Literal["random", "highest"], str], ...] = (
             ("random", "random"),
             ("highest", "highest attention"),
@@ -327,6 +344,26 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             for label, values in ablation.items()
         }
         timings["ablation"] = time.perf_counter() - clock
+    if config.compare:
+        clock = time.perf_counter()
+        metrics["settings"]["baselines"] = dataclasses.asdict(config.baseline_settings())
+        baselines, records = compare_baselines(
+            bare,
+            processor,
+            train,
+            splits,
+            config.baseline_settings(),
+            reference,
+            config.max_eval_rows,
+        )
+        metrics["results"].update(
+            {name: _strip_lists(values) for name, values in baselines.items()}
+        )
+        metrics["comparison"] = comparison_table(
+            metrics["results"], {"cagul": cagul_fit, **records}
+        )
+        write_comparison(metrics["comparison"], config.output_dir)
+        timings["baselines (fit + evaluation)"] = time.perf_counter() - clock
     metrics["targets"] = _targets(metrics)
     timings["total"] = time.perf_counter() - started
     metrics["timings"] = timings

@@ -82,7 +82,8 @@ class VLMFamily:
 
 @dataclass(frozen=True)
 class Qwen2VLFamily(VLMFamily):
-    """Qwen2-VL: images arrive as flattened patches; ``image_grid_thw`` has one row per image."""
+    """Qwen2-VL and Qwen2.5-VL: images arrive as flattened patches; ``image_grid_thw`` has one
+    row per image."""
 
     def count_raw_images(self, inputs: Mapping[str, Any]) -> int:
         """One row of ``image_grid_thw`` per image."""
@@ -115,6 +116,15 @@ FAMILIES: dict[str, VLMFamily] = {
         VLMFamily("llava", ("llava",)),
         Qwen2VLFamily("qwen2_vl", ("qwen2_vl",)),
         Idefics3Family("idefics3", ("idefics3",)),
+        # LLaVA-NeXT: anyres tiles, unpadding and row-newline features all land inside one
+        # run of image tokens per image. PaliGemma, Gemma3: one row of pixel_values per image
+        # (Gemma3: per pan-and-scan crop, each with its own begin/end-of-image tokens, so its
+        # own run).
+        VLMFamily("llava_next", ("llava_next",)),
+        Qwen2VLFamily("qwen2_5_vl", ("qwen2_5_vl",)),
+        Idefics3Family("smolvlm", ("smolvlm",)),
+        VLMFamily("paligemma", ("paligemma",)),
+        VLMFamily("gemma3", ("gemma3",)),
     )
 }
 

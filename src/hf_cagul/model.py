@@ -52,6 +52,26 @@ from hf_cagul.families import VLMFamily, detect_family
 from hf_cagul.modules import CagulAdapter
 
 _CACHE_ARGUMENTS = ("cache", "past_key_values")
+# transformers' own check that input_ids hold as many image tokens as the vision tower gave
+# visual tokens; the VLM raises it before CAGUL's language-model hook runs.
+_VLM_MISMATCH = "image features and image tokens do not match"
+
+
+@contextmanager
+def _explain_placeholder_mismatch() -> Iterator[None]:
+    """Turn transformers' terse placeholder/feature mismatch into an error that names the fix."""
+    try:
+        yield
+    except ValueError as err:
+        if _VLM_MISMATCH not in str(err).lower():
+            raise
+        raise ValueError(
+            f"{err} (transformers). The image tokens in input_ids do not match what the vision "
+            "tower produced for these images: the prompt was expanded by another processor or "
+            "for another image size, or its image tokens were edited or truncated. Build "
+            "input_ids and images in one call of this model's own processor. The adapter is "
+            "unaffected: the next call works."
+        ) from err
 
 
 @dataclass
@@ -161,11 +181,35 @@ def _read_adapter(
     return config, persistence.load_weights(weights_path), weights_path
 
 
-def _select(scores: torch.Tensor, config: CagulConfig, image: int) -> torch.Tensor:
-    """Indices of the tokens to rewrite among one image's ``scores``."""
+def execution_device(module: nn.Module) -> torch.device:
+    """The device ``module`` computes on.
+
+    That is where its weights are, except for a module that accelerate offloads
+    (``device_map`` with ``"cpu"`` or ``"disk"`` entries): its weights wait on the ``meta``
+    device and its accelerate hook loads them to its execution device for each call.
+    """
+    hook = getattr(module, "_hf_hook", None)
+    for candidate in getattr(hook, "hooks", (hook,)):  # a SequentialHook holds several
+        device = getattr(candidate, "execution_device", None)
+        if device is not None:
+            return torch.device(device)
+    device = next(module.parameters()).device
+    if device.type == "meta":
+        raise ValueError(
+            f"The weights of {type(module).__name__} are on the meta device and no accelerate "
+            "hook says where it runs. Load the VLM fully (no device='meta' / init_empty_weights "
+            "without dispatch_model) before wrapping it."
+        )
+    return device
+
+
+def _select(scores: torch.Tensor, config: CagulConfig, ordinal: int) -> torch.Tensor:
+    """Indices of the tokens to rewrite among the ``scores`` of its sample's image ``ordinal``."""
     k = config.num_selected(len(scores))
-    if config.token_selection == "random":  # a fixed draw per image position: reproducible
-        generator = torch.Generator().manual_seed(image)
+    if config.token_selection == "random":
+        # A fixed draw per image of a sample: the same whatever the batch around it, its
+        # padding, or how many beams generate copies it into.
+        generator = torch.Generator().manual_seed(ordinal)
         return torch.randperm(len(scores), generator=generator)[:k].to(scores.device)
     return torch.topk(scores, k, largest=config.token_selection == "highest").indices
 
@@ -189,6 +233,9 @@ class CagulModel(nn.Module):
 
     base_model: PreTrainedModel
     cagul_adapters: nn.ModuleDict
+    # transformers' Trainer refuses to fit a quantized model (bitsandbytes...) unless trainable
+    # adapters sit on it, which it reads from this PEFT attribute: a CagulModel is exactly that.
+    _hf_peft_config_loaded = True
 
     def __init__(
         self, model: PreTrainedModel, config: CagulConfig, adapter_name: str = "default"
@@ -400,10 +447,9 @@ class CagulModel(nn.Module):
         is_trainable: bool = True,
     ) -> None:
         """Build the modules of a bound ``config`` (with ``state_dict``) and register them."""
-        device = self._decoder.get_input_embeddings().weight.device
         adapter = CagulAdapter(
             config.hidden_size or 0, config.discriminator_hidden_size, config.encoder_hidden_size
-        ).to(cast(torch.device, device))
+        ).to(execution_device(self._decoder.get_input_embeddings()))
         if state_dict is not None:
             try:
                 adapter.load_state_dict(state_dict)
@@ -426,14 +472,16 @@ class CagulModel(nn.Module):
         self._check_loaded()
         token = self._query_mask.set(query_mask)
         try:
-            return self.base_model(*args, **kwargs)
+            with _explain_placeholder_mismatch():
+                return self.base_model(*args, **kwargs)
         finally:
             self._query_mask.reset(token)
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         """``generate`` of the wrapped VLM; the adapter acts on the prefill step only."""
         self._check_loaded()
-        return cast(Any, self.base_model).generate(*args, **kwargs)
+        with _explain_placeholder_mismatch():
+            return cast(Any, self.base_model).generate(*args, **kwargs)
 
     @contextmanager
     def disable_adapter(self) -> Iterator[None]:
@@ -625,7 +673,9 @@ class CagulModel(nn.Module):
             attention_mask = bound.get("attention_mask")
             mask = torch.ones_like(input_ids, dtype=torch.bool)
             if attention_mask is not None and attention_mask.dim() == 2:
-                mask &= attention_mask.bool()
+                # Continuing from a cache, the mask also covers the cached tokens: keep the
+                # columns of this call's tokens.
+                mask &= attention_mask[:, -input_ids.shape[1] :].bool().to(mask.device)
             labels = bound.get("labels")
             if labels is not None and labels.shape == input_ids.shape:
                 mask &= labels == -100
@@ -756,6 +806,7 @@ class CagulModel(nn.Module):
             return None
 
         rewritten = embeds.clone()
+        image_samples = [trace.sample for trace in image_traces]
         scores_by_query: dict[tuple[int, str], torch.Tensor] = {}
         for a, (adapter, config) in enumerate(zip(adapters, configs, strict=True)):
             images = torch.nonzero(flagged & (chosen == a)).squeeze(-1).tolist()
@@ -770,7 +821,8 @@ class CagulModel(nn.Module):
                 trace = image_traces[image]
                 sample, start, end = trace.sample, trace.start, trace.end
                 image_scores = scores[sample, start:end]
-                chosen_tokens = _select(image_scores, config, image).sort().values + start
+                ordinal = image_samples[:image].count(sample)
+                chosen_tokens = _select(image_scores, config, ordinal).sort().values + start
                 trace.scores = image_scores.detach().cpu()
                 trace.selected = chosen_tokens.cpu()
                 selected_rows.append(

@@ -1,13 +1,14 @@
 """Tiny, randomly initialised vision-language models for tests, examples and benchmarks.
 
-`tiny_vlm` builds a real `transformers` VLM (LLaVA 1.5, Qwen2-VL or Idefics3) from a tiny config,
-fully offline and in-process, together with a matching processor: a real `transformers`
-processor class around a word-level tokenizer built in memory and the family's PIL image
-processor (torchvision is not needed).
+`tiny_vlm` builds a real `transformers` VLM (LLaVA 1.5, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL,
+Idefics3, SmolVLM, PaliGemma or Gemma3; see `TINY_FAMILIES`) from a tiny config, fully offline
+and in-process, together with a matching processor: a real `transformers` processor class
+around a word-level tokenizer built in memory and the family's PIL image processor
+(torchvision is not needed).
 
-Defaults (every family): 32 x 32 px images, 16 visual tokens per image, a 2-layer vision
-encoder, a 2-layer text decoder with hidden size 64 (4 query heads, 2 key/value heads) and a
-vocabulary of a few hundred lower-cased words (`TINY_WORDS`).
+Defaults (every family): 32 x 32 px images, 16 visual tokens per image (LLaVA-NeXT: 36, see
+below), a 2-layer vision encoder, a 2-layer text decoder with hidden size 64 (4 query heads,
+2 key/value heads) and a vocabulary of a few hundred lower-cased words (`TINY_WORDS`).
 
 Prompt convention: write the family's image placeholder (`TINY_IMAGE_PLACEHOLDER`) in the
 text once per image, where the image goes, and pass the images in the same order. The
@@ -18,6 +19,15 @@ processor expands each placeholder to the image's visual tokens:
   16 ``<|image_pad|>`` tokens (for a square image; Qwen2-VL keeps the aspect ratio).
 - ``idefics3``: ``<image>`` becomes ``<fake_token_around_image><global-img>``, 16 ``<image>``
   tokens, ``<fake_token_around_image>`` (image splitting is off).
+- ``llava_next``: ``<image>`` becomes one run of ``<image>`` tokens: 16 for the downscaled base
+  image plus the anyres tiles (``image_size`` square; two side by side or stacked for a wide or
+  tall image), unpadded, with one newline token per tile row: 36 for a square image.
+- ``qwen2_5_vl``: as ``qwen2_vl``; its vision merger works in 2 x 2 windows.
+- ``smolvlm``: as ``idefics3``.
+- ``paligemma``: ``<image>`` (first in the text) becomes 16 ``<image>`` tokens followed by bos;
+  the prompt is a bidirectional prefix (``token_type_ids`` 0).
+- ``gemma3``: ``<start_of_image>`` becomes ``<start_of_image>``, 16 ``<image_soft_token>``
+  tokens, ``<end_of_image>`` (pan-and-scan is off; ``token_type_ids`` mark the image tokens).
 
 Keep two images of one prompt apart (some text between them) so each image is one run of
 image tokens.
@@ -29,7 +39,7 @@ placeholder.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -39,18 +49,35 @@ from transformers import (
     AutoModelForImageTextToText,
     CLIPImageProcessorPil,
     CLIPVisionConfig,
+    Gemma3Config,
+    Gemma3ImageProcessorPil,
+    Gemma3Processor,
+    Gemma3TextConfig,
+    GemmaConfig,
     Idefics3Config,
     Idefics3ImageProcessorPil,
     Idefics3Processor,
     LlamaConfig,
     LlavaConfig,
+    LlavaNextConfig,
+    LlavaNextImageProcessorPil,
+    LlavaNextProcessor,
     LlavaProcessor,
+    PaliGemmaConfig,
+    PaliGemmaProcessor,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLProcessor,
     Qwen2VLConfig,
     Qwen2VLImageProcessorPil,
     Qwen2VLProcessor,
+    SiglipImageProcessorPil,
+    SiglipVisionConfig,
+    SmolVLMConfig,
+    SmolVLMImageProcessorPil,
+    SmolVLMProcessor,
 )
 from transformers.processing_utils import ProcessorMixin
 
@@ -59,14 +86,29 @@ __all__ = [
     "TINY_IMAGE_PLACEHOLDER",
     "TINY_IMAGE_SIZE",
     "TINY_WORDS",
+    "TinyGemma3Processor",
     "TinyIdefics3Processor",
+    "TinyLlavaNextProcessor",
     "TinyLlavaProcessor",
+    "TinyPaliGemmaProcessor",
     "TinyQwen2VLProcessor",
+    "TinyQwen2_5_VLProcessor",
+    "TinySmolVLMProcessor",
     "tiny_tokenizer",
     "tiny_vlm",
 ]
 
-TINY_FAMILIES: tuple[str, ...] = ("llava", "qwen2_vl", "idefics3")
+TINY_FAMILIES: tuple[str, ...] = (
+    "llava",
+    "qwen2_vl",
+    "idefics3",
+    # built in the "LLaVA-NeXT ... Gemma3" blocks below
+    "llava_next",
+    "qwen2_5_vl",
+    "smolvlm",
+    "paligemma",
+    "gemma3",
+)
 """Families `tiny_vlm` can build."""
 
 TINY_IMAGE_SIZE = 32
@@ -76,6 +118,12 @@ TINY_IMAGE_PLACEHOLDER: dict[str, str] = {
     "llava": "<image>",
     "qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>",
     "idefics3": "<image>",
+    # LLaVA-NeXT, Qwen2.5-VL, SmolVLM, PaliGemma, Gemma3
+    "llava_next": "<image>",
+    "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+    "smolvlm": "<image>",
+    "paligemma": "<image>",
+    "gemma3": "<start_of_image>",
 }
 """What to write in a prompt, per family, where one image goes."""
 
@@ -214,6 +262,56 @@ _CHAT_TEMPLATES: dict[str, str] = {
     ),
 }
 
+# ---- LLaVA-NeXT, Qwen2.5-VL, SmolVLM, PaliGemma, Gemma3: tokens and chat templates ---------------
+# LLaVA-NeXT, Qwen2.5-VL and SmolVLM speak exactly like the family they extend.
+_SAME_TOKENS_AS = {"llava_next": "llava", "qwen2_5_vl": "qwen2_vl", "smolvlm": "idefics3"}
+for _new, _old in _SAME_TOKENS_AS.items():
+    _FAMILY_SPECIAL_TOKENS[_new] = _FAMILY_SPECIAL_TOKENS[_old]
+    _CHAT_TEMPLATES[_new] = _CHAT_TEMPLATES[_old]
+_FAMILY_SPECIAL_TOKENS["paligemma"] = {
+    "pad": "<pad>",
+    "bos": "<bos>",
+    "eos": "<eos>",
+    "unk": "<unk>",
+    "image": "<image>",
+    "extra": (),
+    "prefix_bos": False,  # PaliGemmaProcessor writes bos itself, after the image tokens
+}
+_FAMILY_SPECIAL_TOKENS["gemma3"] = {
+    "pad": "<pad>",
+    "bos": "<bos>",
+    "eos": "<end_of_turn>",  # as in Gemma3's generation config: ends an assistant turn
+    "unk": "<unk>",
+    "image": "<image_soft_token>",
+    "extra": ("<start_of_turn>", "<start_of_image>", "<end_of_image>"),
+    "words": ("model",),  # the assistant's role name in Gemma's chat format
+    # Gemma3Processor reads these tokenizer attributes.
+    "named": {
+        "boi_token": "<start_of_image>",
+        "eoi_token": "<end_of_image>",
+        "image_token": "<image_soft_token>",
+    },
+}
+# PaliGemma is a prefix LM without roles: the image comes first, then the text.
+_CHAT_TEMPLATES["paligemma"] = "".join(
+    [
+        "{% set image = '<image>' %}{% for message in messages %}",
+        _CONTENT,
+        "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %} {% endfor %}",
+    ]
+)
+_CHAT_TEMPLATES["gemma3"] = "".join(
+    [
+        "{{ bos_token }}{% set image = '<start_of_image>' %}",
+        "{% for message in messages %}<start_of_turn>",
+        "{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n",
+        _CONTENT,
+        "<end_of_turn>\n{% endfor %}",
+        "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}",
+    ]
+)
+# ---- end of LLaVA-NeXT ... Gemma3 tokens ---------------------------------------------------------
+
 # Words: runs of letters/digits/underscores with inner apostrophes ("don't"), or one other
 # non-space character. Digits are then split one by one, so every number is covered.
 _WORD_PATTERN = r"\w+(?:'\w+)*|[^\w\s]"
@@ -232,8 +330,9 @@ def tiny_tokenizer(family: str, extra_words: Iterable[str] = ()) -> PreTrainedTo
     The vocabulary is the family's special tokens (ids 0, 1, ...), then `TINY_WORDS`, then
     ``extra_words`` (lower-cased, duplicates dropped). Text is lower-cased and split into words
     (inner apostrophes kept, as in ``don't``), single punctuation characters and single digits;
-    anything else becomes the unknown token. LLaVA and Idefics3 prepend the bos token ``<s>``;
-    Qwen2-VL adds none. Decoding joins tokens with spaces.
+    anything else becomes the unknown token. LLaVA(-NeXT), Idefics3, SmolVLM and Gemma3 prepend
+    their bos token; Qwen*-VL add none; PaliGemma's processor writes bos itself, after the image.
+    Decoding joins tokens with spaces.
 
     Args:
         family: One of `TINY_FAMILIES`.
@@ -248,7 +347,7 @@ def tiny_tokenizer(family: str, extra_words: Iterable[str] = ()) -> PreTrainedTo
     if spec["bos"] is not None:
         specials.insert(1, spec["bos"])
     vocab: dict[str, int] = {token: index for index, token in enumerate(specials)}
-    for word in (*TINY_WORDS, *extra_words):
+    for word in (*TINY_WORDS, *spec.get("words", ()), *extra_words):
         word = word.lower()
         if not re.fullmatch(_WORD_PATTERN, word) or (word.isdigit() and len(word) > 1):
             raise ValueError(
@@ -266,7 +365,7 @@ def tiny_tokenizer(family: str, extra_words: Iterable[str] = ()) -> PreTrainedTo
         ]
     )
     backend.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in specials])
-    if spec["bos"] is not None:
+    if spec["bos"] is not None and spec.get("prefix_bos", True):
         backend.post_processor = tokenizer_processors.TemplateProcessing(
             single=f"{spec['bos']} $A",
             pair=f"{spec['bos']} $A {spec['bos']} $B",
@@ -280,6 +379,7 @@ def tiny_tokenizer(family: str, extra_words: Iterable[str] = ()) -> PreTrainedTo
         unk_token=spec["unk"],
         padding_side="right",
         chat_template=_CHAT_TEMPLATES[family],
+        extra_special_tokens=dict(spec.get("named", {})),
     )
     return tokenizer
 
@@ -317,13 +417,32 @@ def _flatten_images(images: Any, text: Any, placeholder: str) -> Any:
     return flat or None
 
 
+def _nest_images(flat: Any, text: Any, placeholder: str) -> Any:
+    """Split a flat image list into one list per sample, by the samples' placeholder counts."""
+    if not isinstance(flat, (list, tuple)) or text is None:
+        return flat
+    texts = [text] if isinstance(text, str) else list(text)
+    counts = [sample.count(placeholder) for sample in texts]
+    if sum(counts) != len(flat):
+        return flat  # let the processor report the mismatch in its own words
+    starts = [sum(counts[:index]) for index in range(len(counts))]
+    return [list(flat[start : start + count]) for start, count in zip(starts, counts, strict=True)]
+
+
 class _PerSampleImagesMixin:
-    """Lets ``images`` be given per sample, with ``None`` (or ``[]``) for text-only samples."""
+    """Lets ``images`` be given per sample, with ``None`` (or ``[]``) for text-only samples.
+
+    Processors that read images as one list per sample (``nested_images``: SmolVLM, Gemma3)
+    get them so; the others get transformers' flat list.
+    """
 
     image_token: str
+    nested_images: bool = False
 
     def __call__(self, images: Any = None, text: Any = None, **kwargs: Any) -> Any:
         images = _flatten_images(images, text, self.image_token)
+        if self.nested_images:
+            images = _nest_images(images, text, self.image_token)
         return super().__call__(images=images, text=text, **kwargs)  # type: ignore[misc]
 
 
@@ -335,13 +454,12 @@ class TinyIdefics3Processor(_PerSampleImagesMixin, Idefics3Processor):
     """`Idefics3Processor` that also takes per-sample image lists (see `tiny_vlm`)."""
 
 
-class TinyQwen2VLProcessor(_PerSampleImagesMixin, Qwen2VLProcessor):
-    """`Qwen2VLProcessor` for images only: no video processor, so no torchvision needed.
+class _ImagesOnlyQwenMixin(_PerSampleImagesMixin):
+    """Qwen*-VL processor without its video processor (which needs torchvision).
 
-    transformers' class insists on a video processor, which needs torchvision. This subclass
-    drops it and keeps everything else: each ``<|image_pad|>`` becomes
-    ``prod(image_grid_thw) // merge_size**2`` image tokens, and ``mm_token_type_ids`` (which the
-    model needs with ``image_grid_thw``) is returned. It also takes per-sample image lists.
+    transformers' classes insist on a video processor. This mixin drops it and keeps everything
+    else: each ``<|image_pad|>`` becomes ``prod(image_grid_thw) // merge_size**2`` image tokens,
+    and ``mm_token_type_ids`` (which the model needs with ``image_grid_thw``) is returned.
     """
 
     def __init__(
@@ -355,7 +473,21 @@ class TinyQwen2VLProcessor(_PerSampleImagesMixin, Qwen2VLProcessor):
         self.video_token = "<|video_pad|>"
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
         self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
-        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+        ProcessorMixin.__init__(
+            self,  # type: ignore[arg-type]
+            image_processor,
+            tokenizer,
+            chat_template=chat_template,
+        )
+
+
+class TinyQwen2VLProcessor(_ImagesOnlyQwenMixin, Qwen2VLProcessor):
+    """`Qwen2VLProcessor` for images only: no video processor, so no torchvision needed.
+
+    Each ``<|image_pad|>`` becomes ``prod(image_grid_thw) // merge_size**2`` image tokens, and
+    ``mm_token_type_ids`` (which the model needs with ``image_grid_thw``) is returned. It also
+    takes per-sample image lists.
+    """
 
 
 def _mrope_section(head_dim: int) -> list[int]:
@@ -406,22 +538,28 @@ def _build_config(
     }
     image_token_id = token_id(spec["image"])
 
-    if family == "llava":
+    if family in ("llava", "llava_next"):
         vision.update(image_size=image_size, patch_size=8, projection_dim=32)
         vision.update(vision_overrides)
         vision_config: Any = CLIPVisionConfig(**vision)
         grid = vision_config.image_size // vision_config.patch_size
-        return LlavaConfig(
-            vision_config=vision_config,
-            text_config=LlamaConfig(**text),
-            image_token_index=image_token_id,
-            image_seq_length=grid * grid,
-            vision_feature_select_strategy="default",
-            vision_feature_layer=-2,
-            tie_word_embeddings=text["tie_word_embeddings"],
-        )
+        llava: dict[str, Any] = {
+            "vision_config": vision_config,
+            "text_config": LlamaConfig(**text),
+            "image_token_index": image_token_id,
+            "vision_feature_select_strategy": "default",
+            "vision_feature_layer": -2,
+            "tie_word_embeddings": text["tie_word_embeddings"],
+        }
+        if family == "llava_next":
+            return LlavaNextConfig(
+                **llava,
+                image_grid_pinpoints=_anyres_pinpoints(vision_config.image_size),
+                image_seq_length=grid * grid,
+            )
+        return LlavaConfig(**llava, image_seq_length=grid * grid)
 
-    if family == "qwen2_vl":
+    if family in ("qwen2_vl", "qwen2_5_vl"):
         head_dim = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
         text.setdefault(
             "rope_parameters",
@@ -431,32 +569,42 @@ def _build_config(
                 "mrope_section": _mrope_section(head_dim),
             },
         )
+        qwen: dict[str, Any] = {
+            "text_config": text,
+            "image_token_id": image_token_id,
+            "video_token_id": token_id("<|video_pad|>"),
+            "vision_start_token_id": token_id("<|vision_start|>"),
+            "vision_end_token_id": token_id("<|vision_end|>"),
+            "tie_word_embeddings": text["tie_word_embeddings"],
+        }
+        patches = {"patch_size": 4, "spatial_merge_size": 2, "temporal_patch_size": 2}
+        if family == "qwen2_5_vl":
+            return Qwen2_5_VLConfig(
+                **qwen, vision_config=_qwen2_5_vision(vision, patches, text, vision_overrides)
+            )
         vision = {
             "depth": vision.pop("num_hidden_layers"),
             "embed_dim": vision.pop("hidden_size"),
             "num_heads": vision.pop("num_attention_heads"),
             "mlp_ratio": 2,
             "hidden_size": text["hidden_size"],  # the merger's output: the text width
-            "patch_size": 4,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
+            **patches,
         }
         vision.update(vision_overrides)
-        return Qwen2VLConfig(
-            text_config=text,
-            vision_config=vision,
-            image_token_id=image_token_id,
-            video_token_id=token_id("<|video_pad|>"),
-            vision_start_token_id=token_id("<|vision_start|>"),
-            vision_end_token_id=token_id("<|vision_end|>"),
-            tie_word_embeddings=text["tie_word_embeddings"],
+        return Qwen2VLConfig(**qwen, vision_config=vision)
+
+    if family in ("paligemma", "gemma3"):
+        return _gemma_family_config(
+            family, text, vision, vision_overrides, image_size, image_token_id, token_id
         )
 
     vision.update(image_size=image_size, patch_size=4)
     vision.update(vision_overrides)
-    # Idefics3Config keeps a deprecated top-level pad id (default 128002, outside this vocab).
+    # Idefics3Config and SmolVLMConfig keep a deprecated top-level pad id (default 128002,
+    # outside this vocab).
     legacy: dict[str, Any] = {"pad_token_id": text["pad_token_id"]}
-    return Idefics3Config(
+    config_class = SmolVLMConfig if family == "smolvlm" else Idefics3Config
+    return config_class(
         text_config=LlamaConfig(**text),
         vision_config=vision,
         image_token_id=image_token_id,
@@ -466,57 +614,309 @@ def _build_config(
     )
 
 
+# ---- LLaVA-NeXT, Qwen2.5-VL, PaliGemma, Gemma3: config helpers -----------------------------------
+
+
+def _anyres_pinpoints(side: int) -> list[list[int]]:
+    """LLaVA-NeXT's anyres resolutions: one square tile, or two side by side / stacked.
+
+    A square image stays one tile (plus the downscaled base image); a wide or tall one is split
+    in two tiles and then unpadded, so its token count depends on its aspect ratio.
+    """
+    return [[side, side], [side, 2 * side], [2 * side, side]]
+
+
+def _qwen2_5_vision(
+    vision: dict[str, Any],
+    patches: dict[str, int],
+    text: dict[str, Any],
+    vision_overrides: dict[str, Any],
+) -> dict[str, Any]:
+    """Qwen2.5-VL's vision config: windowed attention whose windows permute the merger's rows.
+
+    A window of 2 x 2 merged tokens (``window_size`` 16 px with patch 4 and merge 2) makes the
+    merger output come out in window order, not in row-major token order, already at 32 px: the
+    case CAGUL's by-position indexing exists for. The last block attends fully.
+    """
+    settings: dict[str, Any] = {
+        "depth": vision["num_hidden_layers"],
+        "hidden_size": vision["hidden_size"],
+        "intermediate_size": vision["intermediate_size"],
+        "num_heads": vision["num_attention_heads"],
+        "out_hidden_size": text["hidden_size"],  # the merger's output: the text width
+        "window_size": 2 * patches["patch_size"] * patches["spatial_merge_size"],
+        **patches,
+    }
+    settings.update(vision_overrides)
+    settings.setdefault("fullatt_block_indexes", [settings["depth"] - 1])
+    return settings
+
+
+def _gemma_family_config(
+    family: str,
+    text: dict[str, Any],
+    vision: dict[str, Any],
+    vision_overrides: dict[str, Any],
+    image_size: int,
+    image_token_id: int,
+    token_id: Callable[[str], int],
+) -> PretrainedConfig:
+    """PaliGemma (Gemma text) or Gemma3 (Gemma3 text) config with a SigLIP vision tower.
+
+    Both give ``(image_size / 8) ** 2`` visual tokens: PaliGemma through patch 8, Gemma3
+    through patch 4 and its 2 x 2 average pooling (``mm_tokens_per_image``).
+    """
+    head_dim = text["hidden_size"] // text["num_attention_heads"]
+    text.setdefault("head_dim", head_dim)  # Gemma's default head_dim is 256
+    vision.update(image_size=image_size, patch_size=8 if family == "paligemma" else 4)
+    vision.update(vision_overrides)
+    vision_config = SiglipVisionConfig(**vision)
+    if family == "paligemma":
+        return PaliGemmaConfig(
+            vision_config=vision_config,
+            text_config=GemmaConfig(**text),
+            image_token_index=image_token_id,
+            projection_dim=text["hidden_size"],
+            tie_word_embeddings=text["tie_word_embeddings"],
+        )
+    text.setdefault("query_pre_attn_scalar", text["head_dim"])
+    # Alternate sliding-window and full layers, with a window shorter than the prompts, so
+    # scores are checked under both masks.
+    text.setdefault("sliding_window", 24)
+    text.setdefault(
+        "layer_types",
+        [
+            "full_attention" if index % 2 else "sliding_attention"
+            for index in range(text["num_hidden_layers"])
+        ],
+    )
+    tokens_per_side = int(vision["image_size"]) // 8
+    return Gemma3Config(
+        vision_config=vision_config,
+        text_config=Gemma3TextConfig(**text),
+        mm_tokens_per_image=tokens_per_side * tokens_per_side,
+        image_token_index=image_token_id,
+        boi_token_index=token_id("<start_of_image>"),
+        eoi_token_index=token_id("<end_of_image>"),
+        tie_word_embeddings=text["tie_word_embeddings"],
+    )
+
+
+# ---- end of LLaVA-NeXT ... Gemma3 config helpers -------------------------------------------------
+
+
+def _qwen_image_processor(vision: Any, image_size: int) -> Qwen2VLImageProcessorPil:
+    """Qwen*-VL's image processor, fixed to ``image_size`` square images."""
+    factor = vision.patch_size * vision.spatial_merge_size
+    if image_size % factor:
+        raise ValueError(f"image_size {image_size} is not a multiple of {factor}.")
+    return Qwen2VLImageProcessorPil(
+        patch_size=vision.patch_size,
+        temporal_patch_size=vision.temporal_patch_size,
+        merge_size=vision.spatial_merge_size,
+        min_pixels=image_size * image_size,
+        max_pixels=image_size * image_size,
+    )
+
+
 def _build_processor(
     family: str, config: PretrainedConfig, tokenizer: PreTrainedTokenizerFast, image_size: int
 ) -> ProcessorMixin:
     vision = config.vision_config
     template = _CHAT_TEMPLATES[family]
-    if family == "llava":
+    if family in ("llava", "llava_next"):
         if image_size % vision.patch_size:
             raise ValueError(f"image_size {image_size} is not a multiple of {vision.patch_size}.")
-        clip_processor = CLIPImageProcessorPil(
-            size={"shortest_edge": image_size},
-            crop_size={"height": image_size, "width": image_size},
-        )
+        llava: dict[str, Any] = {
+            "tokenizer": tokenizer,
+            "patch_size": vision.patch_size,
+            "vision_feature_select_strategy": config.vision_feature_select_strategy,
+            "num_additional_image_tokens": 1,  # CLIP's class token, dropped by "default"
+            "chat_template": template,
+        }
+        size = {"shortest_edge": image_size}
+        crop_size = {"height": image_size, "width": image_size}
+        if family == "llava_next":
+            return TinyLlavaNextProcessor(
+                image_processor=LlavaNextImageProcessorPil(
+                    size=size,
+                    crop_size=crop_size,
+                    image_grid_pinpoints=config.image_grid_pinpoints,
+                ),
+                **llava,
+            )
         return TinyLlavaProcessor(
-            image_processor=clip_processor,
-            tokenizer=tokenizer,
-            patch_size=vision.patch_size,
-            vision_feature_select_strategy=config.vision_feature_select_strategy,
-            num_additional_image_tokens=1,  # CLIP's class token, dropped by the "default" strategy
-            chat_template=template,
+            image_processor=CLIPImageProcessorPil(size=size, crop_size=crop_size), **llava
         )
     if family == "qwen2_vl":
-        factor = vision.patch_size * vision.spatial_merge_size
-        if image_size % factor:
-            raise ValueError(f"image_size {image_size} is not a multiple of {factor}.")
-        qwen_processor = Qwen2VLImageProcessorPil(
-            patch_size=vision.patch_size,
-            temporal_patch_size=vision.temporal_patch_size,
-            merge_size=vision.spatial_merge_size,
-            min_pixels=image_size * image_size,
-            max_pixels=image_size * image_size,
-        )
         return TinyQwen2VLProcessor(
-            image_processor=qwen_processor, tokenizer=tokenizer, chat_template=template
+            image_processor=_qwen_image_processor(vision, image_size),
+            tokenizer=tokenizer,
+            chat_template=template,
         )
+    if family == "qwen2_5_vl":
+        return TinyQwen2_5_VLProcessor(
+            image_processor=_qwen_image_processor(vision, image_size),
+            tokenizer=tokenizer,
+            chat_template=template,
+        )
+    if family in ("paligemma", "gemma3"):
+        return _gemma_family_processor(family, config, tokenizer, template)
     patches = vision.image_size // vision.patch_size
     if vision.image_size % vision.patch_size or patches % config.scale_factor:
         raise ValueError(
             f"image_size {vision.image_size} must be a multiple of patch_size x scale_factor "
             f"({vision.patch_size} x {config.scale_factor})."
         )
-    image_processor = Idefics3ImageProcessorPil(
-        do_image_splitting=False,
-        size={"longest_edge": image_size},
-        max_image_size={"longest_edge": image_size},
-    )
-    return TinyIdefics3Processor(
-        image_processor=image_processor,
+    splitting: dict[str, Any] = {
+        "do_image_splitting": False,
+        "size": {"longest_edge": image_size},
+        "max_image_size": {"longest_edge": image_size},
+    }
+    idefics: dict[str, Any] = {
+        "tokenizer": tokenizer,
+        "image_seq_len": (patches // config.scale_factor) ** 2,
+        "chat_template": template,
+    }
+    if family == "smolvlm":
+        return TinySmolVLMProcessor(
+            image_processor=SmolVLMImageProcessorPil(**splitting), **idefics
+        )
+    return TinyIdefics3Processor(image_processor=Idefics3ImageProcessorPil(**splitting), **idefics)
+
+
+# ---- LLaVA-NeXT, Qwen2.5-VL, SmolVLM, PaliGemma, Gemma3: processors ------------------------------
+
+
+class TinyLlavaNextProcessor(_PerSampleImagesMixin, LlavaNextProcessor):
+    """`LlavaNextProcessor` that also takes per-sample image lists (see `tiny_vlm`)."""
+
+
+class TinyQwen2_5_VLProcessor(_ImagesOnlyQwenMixin, Qwen2_5_VLProcessor):
+    """`Qwen2_5_VLProcessor` for images only, as `TinyQwen2VLProcessor` (no torchvision)."""
+
+
+class TinySmolVLMProcessor(_PerSampleImagesMixin, SmolVLMProcessor):
+    """`SmolVLMProcessor` for images only: no video processor, so neither torchvision nor
+    ``num2words`` (which only its video prompts need) is required. Also takes per-sample image
+    lists."""
+
+    nested_images = True
+
+    def __init__(
+        self,
+        image_processor: Any = None,
+        tokenizer: Any = None,
+        image_seq_len: int = 169,
+        chat_template: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.fake_image_token = "<fake_token_around_image>"
+        self.image_token = "<image>"
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        self.end_of_utterance_token = "<end_of_utterance>"
+        self.global_image_token = "<global-img>"
+        self.image_seq_len = image_seq_len
+        self.video_token = "<video>"
+        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+    def apply_chat_template(self, conversation: Any, *args: Any, **kwargs: Any) -> Any:
+        """`ProcessorMixin.apply_chat_template` (SmolVLM's own reads video settings)."""
+        return ProcessorMixin.apply_chat_template(self, conversation, *args, **kwargs)
+
+
+class TinyPaliGemmaProcessor(_PerSampleImagesMixin, PaliGemmaProcessor):
+    """`PaliGemmaProcessor` for the tiny vocabulary.
+
+    Four differences from transformers' class, none of which changes what the model sees for
+    an image-first prompt: the 1,152 location and segmentation tokens (``<loc0000>``...) are not
+    added to the tiny vocabulary; a sample without ``<image>`` gets its bos at the start (the
+    original inserts it after the 6th character) and a text-only batch is accepted (the
+    original refuses it, though the model takes it); and the backward-compatible ``labels`` (all
+    -100 without a ``suffix``) are returned only when a ``suffix`` is given, so the outputs can
+    go to ``generate`` as they are. Also takes per-sample image lists.
+    """
+
+    def __init__(
+        self,
+        image_processor: Any = None,
+        tokenizer: Any = None,
+        chat_template: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.image_seq_length = image_processor.image_seq_length
+        self.image_token = "<image>"
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+    def __call__(
+        self, images: Any = None, text: Any = None, suffix: Any = None, **kwargs: Any
+    ) -> Any:
+        """`PaliGemmaProcessor.__call__` (see the class docstring for the differences)."""
+        outputs = super().__call__(images=images, text=text, suffix=suffix, **kwargs)
+        if suffix is None:
+            outputs.pop("labels", None)
+        return outputs
+
+    def validate_inputs(  # type: ignore[override]
+        self, images: Any = None, text: Any = None, **kwargs: Any
+    ) -> None:
+        """As the original, but text-only batches are allowed (the model takes them)."""
+        ProcessorMixin.validate_inputs(self, images=images, text=text, **kwargs)
+
+    def prepare_inputs_layout(  # type: ignore[override]
+        self, images: Any = None, text: Any = None, **kwargs: Any
+    ) -> Any:
+        """Place bos after the last image, or at the start of a sample without one."""
+        images, laid_out, *rest = super().prepare_inputs_layout(images=images, text=text, **kwargs)
+        if laid_out is not None and text is not None:
+            texts = [text] if isinstance(text, str) else list(text)
+            bos = self.tokenizer.bos_token
+            laid_out = [
+                sample if self.image_token in original else f"{bos}{original}\n"
+                for sample, original in zip(laid_out, texts, strict=True)
+            ]
+        return (images, laid_out, *rest)
+
+
+class TinyGemma3Processor(_PerSampleImagesMixin, Gemma3Processor):
+    """`Gemma3Processor` that also takes per-sample image lists (see `tiny_vlm`)."""
+
+    nested_images = True
+
+
+def _gemma_family_processor(
+    family: str, config: PretrainedConfig, tokenizer: PreTrainedTokenizerFast, template: str
+) -> ProcessorMixin:
+    """PaliGemma's or Gemma3's processor around a SigLIP-style image processor."""
+    side = config.vision_config.image_size
+    size = {"height": side, "width": side}
+    if family == "paligemma":
+        image_processor = SiglipImageProcessorPil(size=size)
+        # PaliGemmaProcessor reads the number of image tokens from its image processor.
+        image_processor.image_seq_length = config.text_config.num_image_tokens  # type: ignore[attr-defined]
+        return TinyPaliGemmaProcessor(
+            image_processor=image_processor, tokenizer=tokenizer, chat_template=template
+        )
+    return TinyGemma3Processor(
+        image_processor=Gemma3ImageProcessorPil(size=size, do_pan_and_scan=False),
         tokenizer=tokenizer,
-        image_seq_len=(patches // config.scale_factor) ** 2,
+        image_seq_length=config.mm_tokens_per_image,
         chat_template=template,
     )
+
+
+def _make_image_visible(model: PreTrainedModel) -> None:
+    """Give Gemma3's zero-initialised image projection random weights (else every visual token
+    is 0 and the image cannot change the output)."""
+    projector = getattr(getattr(model, "model", None), "multi_modal_projector", None)
+    weight = getattr(projector, "mm_input_projection_weight", None)
+    if weight is not None:
+        with torch.no_grad():
+            weight.normal_(std=weight.shape[0] ** -0.5)
+
+
+# ---- end of LLaVA-NeXT ... Gemma3 processors -----------------------------------------------------
 
 
 def tiny_vlm(
@@ -535,13 +935,17 @@ def tiny_vlm(
     arguments give identical weights (the global torch RNG is seeded inside a fork, so the
     caller's RNG state is left as it was).
 
-    Sizes by default: 32 px images and 16 visual tokens per image; vision encoder with 2 layers,
-    width 32; text decoder (Llama for LLaVA and Idefics3, Qwen2 for Qwen2-VL) with 2 layers,
-    hidden size 64, 4 attention heads, 2 key/value heads, float32.
+    Sizes by default: 32 px images and 16 visual tokens per image (LLaVA-NeXT: 36); vision
+    encoder with 2 layers, width 32; text decoder (Llama for LLaVA(-NeXT), Idefics3 and SmolVLM,
+    Qwen2 for Qwen*-VL, Gemma for PaliGemma, Gemma3 for Gemma3, alternating sliding-window (24
+    tokens) and full layers) with 2 layers, hidden size 64, 4 attention heads, 2 key/value heads,
+    float32. Gemma3's image projection, zero in a fresh model, is drawn at random so the image
+    reaches the language model.
 
-    The processor is the family's transformers processor (`LlavaProcessor`,
-    `Idefics3Processor`, or `Qwen2VLProcessor` without its torchvision-only video part) with
-    the family's PIL image processor, so it is called like any HF processor::
+    The processor is the family's transformers processor class (a ``Tiny*Processor`` subclass:
+    Qwen*-VL and SmolVLM without their torchvision-only video part, PaliGemma without its
+    location tokens; see each class) with the family's PIL image processor, so it is called
+    like any HF processor::
 
         inputs = processor(images=[img, None], text=[f"{TINY_IMAGE_PLACEHOLDER[family]} what "
                            "is this?", "who is he?"], return_tensors="pt", padding=True)
@@ -549,21 +953,27 @@ def tiny_vlm(
     ``images`` is either transformers' flat list (images in the order of the placeholders in
     the batch) or one entry per sample: an image, a list of images, or ``None`` for a text-only
     sample. Each placeholder (`TINY_IMAGE_PLACEHOLDER`) becomes the image's visual tokens.
-    Idefics3 has image splitting off: each image is resized to ``image_size`` square and gives
-    one run of tokens. Qwen2-VL keeps the aspect ratio, so only square images give exactly 16
-    tokens, and its outputs hold ``image_grid_thw`` and ``mm_token_type_ids``. Padding is on
-    the right; set ``processor.tokenizer.padding_side = "left"`` for batched generation.
+    Idefics3 and SmolVLM have image splitting off and Gemma3 pan-and-scan: each image is resized
+    to ``image_size`` square and gives one run of tokens. Qwen*-VL keep the aspect ratio, so
+    only square images give exactly 16 tokens, and their outputs hold ``image_grid_thw`` and
+    ``mm_token_type_ids``. LLaVA-NeXT's token count depends on the aspect ratio (see the module
+    docstring). Padding is on the right; set ``processor.tokenizer.padding_side = "left"`` for
+    batched generation.
 
     Args:
-        family: One of `TINY_FAMILIES`: ``"llava"``, ``"qwen2_vl"`` or ``"idefics3"``.
+        family: One of `TINY_FAMILIES`: ``"llava"``, ``"llava_next"``, ``"qwen2_vl"``,
+            ``"qwen2_5_vl"``, ``"idefics3"``, ``"smolvlm"``, ``"paligemma"`` or ``"gemma3"``.
         seed: Seed for the random weights.
         vision_config: Updates to the vision config, in the family's vision-config keys
-            (CLIP for LLaVA, ``Qwen2VLVisionConfig`` for Qwen2-VL: ``depth``, ``embed_dim``,
-            ``num_heads``...; ``Idefics3VisionConfig``), e.g. ``{"num_hidden_layers": 1}``. An
+            (CLIP for LLaVA(-NeXT), ``Qwen2VLVisionConfig`` for Qwen2-VL: ``depth``,
+            ``embed_dim``, ``num_heads``...; ``Qwen2_5_VLVisionConfig``: ``depth``,
+            ``hidden_size``, ``window_size``...; ``Idefics3VisionConfig``, SmolVLM's, SigLIP for
+            PaliGemma and Gemma3), e.g. ``{"num_hidden_layers": 1}``. An
             ``image_size`` key here counts as the ``image_size`` argument.
         image_size: Side of the square images the vision encoder sees. Visual tokens per image
-            are ``(image_size / 8) ** 2`` by default in every family (LLaVA: patch 8; Qwen2-VL:
-            patch 4, 2 x 2 merge; Idefics3: patch 4, scale factor 2).
+            are ``(image_size / 8) ** 2`` by default in every family (LLaVA, PaliGemma: patch 8;
+            Qwen*-VL: patch 4, 2 x 2 merge; Idefics3, SmolVLM: patch 4, scale factor 2; Gemma3:
+            patch 4, 2 x 2 pooling), LLaVA-NeXT adding its anyres tiles.
         extra_words: More words for the tokenizer's vocabulary (see `tiny_tokenizer`).
         attn_implementation: ``"eager"``, ``"sdpa"``...; transformers' default (sdpa) if None.
             The weights do not depend on it, so an eager twin built with the same seed is
@@ -593,6 +1003,7 @@ def tiny_vlm(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForImageTextToText.from_config(config, **kwargs)
+        _make_image_visible(model)
     model.eval()
 
     generation_config = model.generation_config

@@ -10,55 +10,48 @@ project's documented choices, see ``docs/training.md``):
   a false positive of the discriminator costs little. Base logits come from the same model
   inside ``disable_adapter()`` under ``torch.no_grad()``: there is never a second VLM in memory;
 * **discriminator**: binary cross-entropy of each image's gate logit, forget vs retain.
+
+Each term is a mean over the whole batch, across processes under DDP / FSDP / ZeRO-3
+(``docs/distributed.md``).
 """
 
 from __future__ import annotations
 
 import os
-from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import Trainer, TrainingArguments
 
 from hf_cagul import persistence
 from hf_cagul.config import WEIGHTS_NAME
-from hf_cagul.data import (
-    DATA_COLUMNS,
-    FORGET_SPLIT,
-    IGNORE_INDEX,
-    SPLIT_COLUMN,
-    CagulDataCollator,
-    PhotoAugmentation,
-    validate_dataset,
-)
+from hf_cagul.data import IGNORE_INDEX, CagulDataCollator
+from hf_cagul.losses import token_kl
 from hf_cagul.model import CagulModel, ImageTrace
+from hf_cagul.training import ForgetRetainArguments, ForgetRetainTrainer
 
 TRAINING_CONFIG_NAME = "cagul_training_args.json"
 
 
 @dataclass
-class CagulTrainingConfig(TrainingArguments):
+class CagulTrainingConfig(ForgetRetainArguments):
     """`TrainingArguments` for `CagulTrainer`, with the weights of the three loss terms.
 
     Defaults differ from `TrainingArguments` where adapters need it: a learning rate suited to
     small freshly initialised modules, ``remove_unused_columns=False`` (the collator needs the
-    raw image and text columns) and non-reentrant gradient checkpointing (the frozen VLM's
-    inputs carry no gradient of their own).
+    raw image and text columns), non-reentrant gradient checkpointing (the frozen VLM's
+    inputs carry no gradient of their own) and ``ddp_find_unused_parameters=False`` (see
+    ``docs/distributed.md``). The data options (``max_length``, ``balance_splits``,
+    ``augment_images``) come from `ForgetRetainArguments`.
 
     Args:
         forget_weight: Weight of the cross-entropy toward the forget target on forget rows.
         retain_weight: Weight of KL(base || adapted) on the answer tokens of retain rows.
         discriminator_weight: Weight of the gate's binary cross-entropy.
-        max_length: Longest tokenised sample the collator accepts (``None``: no limit).
-        balance_splits: Sample forget and retain rows equally often (a weighted sampler with
-            replacement over a `datasets.Dataset`); each then weighs half of the training.
-        augment_images: Perturb each training photo with `PhotoAugmentation` (default
-            collator only).
     """
 
     forget_weight: float = field(
@@ -70,29 +63,15 @@ class CagulTrainingConfig(TrainingArguments):
     discriminator_weight: float = field(
         default=1.0, metadata={"help": "Weight of the discriminator's binary cross-entropy."}
     )
-    max_length: int | None = field(
-        default=None, metadata={"help": "Longest tokenised sample accepted by the collator."}
-    )
-    balance_splits: bool = field(
-        default=True,
-        metadata={
-            "help": "Draw forget and retain rows equally often (with replacement): forget sets "
-            "are small, and the gate needs to see forget photos in most batches."
-        },
-    )
-    augment_images: bool = field(
-        default=False,
-        metadata={
-            "help": "Perturb photos (crop, shift, light, noise, JPEG) while fitting, so the "
-            "gate learns the people rather than the photos and flags new photos of them."
-        },
-    )
     learning_rate: float = field(
         default=1e-3, metadata={"help": "AdamW learning rate for the adapter's modules."}
     )
-    remove_unused_columns: bool = field(
+    ddp_find_unused_parameters: bool | None = field(
         default=False,
-        metadata={"help": "Keep False: the collator builds model inputs from the raw columns."},
+        metadata={
+            "help": "Keep False: the gate's loss reaches the discriminator through traces, not "
+            "through the model's output, which DDP's unused-parameter search walks."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -101,45 +80,43 @@ class CagulTrainingConfig(TrainingArguments):
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0.")
         if self.forget_weight == self.retain_weight == self.discriminator_weight == 0:
             raise ValueError("All three loss weights are 0: nothing would be trained.")
-        if self.gradient_checkpointing and self.gradient_checkpointing_kwargs is None:
-            self.gradient_checkpointing_kwargs = {"use_reentrant": False}
+        if self.ddp_find_unused_parameters:
+            raise ValueError(
+                "ddp_find_unused_parameters=True breaks CagulTrainer under DDP: the search starts "
+                "from the model's output, which the discriminator's loss does not go through, so "
+                "DDP would reduce its gradients twice. Leave it False (every adapter parameter "
+                "gets a gradient at every step)."
+            )
         super().__post_init__()
 
 
-def _token_kl(base: torch.Tensor, adapted: torch.Tensor) -> torch.Tensor:
-    """Mean over rows of KL(base || adapted) between two ``(rows, vocab)`` logit tensors."""
-    return F.kl_div(
-        F.log_softmax(adapted.float(), dim=-1),
-        F.log_softmax(base.float(), dim=-1),
-        log_target=True,
-        reduction="batchmean",
-    )
-
-
-def _balanced_bce(traces: list[ImageTrace], forget: torch.Tensor) -> torch.Tensor:
-    """Gate BCE where each class present in the batch weighs one half, whatever its count.
-
-    Forget sets are small (5-10% of the people): an unweighted BCE lets the gate learn to
-    say "retain" and miss forget images, which then pass untouched at inference. A batch with
-    one class only weighs half, as that class does in a mixed batch.
-    """
+def _gate_bce_sums(traces: list[ImageTrace], forget: torch.Tensor) -> torch.Tensor:
+    """Summed gate BCE of the forget images and of the retain images: a ``(2,)`` tensor."""
     logits = torch.stack([trace.logit for trace in traces])
     labels = forget[[trace.sample for trace in traces]].to(device=logits.device)
-    return F.binary_cross_entropy_with_logits(
-        logits,
-        labels.to(logits.dtype),
-        weight=_half_per_class(labels).to(logits.dtype),
-        reduction="sum",
-    )
+    losses = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="none")
+    return torch.stack([losses[labels].sum(), losses[~labels].sum()])
 
 
-def _half_per_class(flags: torch.Tensor) -> torch.Tensor:
-    """Weights giving the True and the False elements of ``flags`` one half each in total."""
-    positives, negatives = flags.sum().clamp_min(1), (~flags).sum().clamp_min(1)
-    return torch.where(flags, 0.5 / positives, 0.5 / negatives)
+def _modules_without_backward(model: nn.Module) -> list[str]:
+    """Names of the modules of ``model`` quantized by ``torch.ao`` (dynamic or static)."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if type(module).__module__.startswith("torch.ao.nn.quantized")
+    ]
 
 
-class CagulTrainer(Trainer):
+def _adapter_entries(state_dict: Mapping[str, torch.Tensor], adapter: str) -> dict[str, Any]:
+    """The entries of adapter ``adapter`` in a `CagulModel`'s state dict, keys made relative.
+
+    Keys may carry a wrapper's prefix (``module.``, ``_fsdp_wrapped_module.``).
+    """
+    marker = f"cagul_adapters.{adapter}."
+    return {key.split(marker, 1)[1]: tensor for key, tensor in state_dict.items() if marker in key}
+
+
+class CagulTrainer(ForgetRetainTrainer):
     """A `Trainer` that fits the CAGUL adapter of a `CagulModel` and nothing else.
 
     Args:
@@ -180,24 +157,26 @@ class CagulTrainer(Trainer):
                 f"({model.active_adapters}). Call `model.set_adapter(name)` with the adapter to "
                 "fit, then `set_adapter([...])` again after training to compose them."
             )
+        quantized = _modules_without_backward(model.base_model)
+        if quantized:
+            raise ValueError(
+                f"The VLM holds torch-quantized modules ({quantized[0]}, ...), whose ops have no "
+                "backward: the adapter's gradients would be silently wrong. Fit the adapter on "
+                "the float (or bitsandbytes-quantized) model, then load it into this one with "
+                "`CagulModel.from_pretrained`."
+            )
         if not any(p.requires_grad for p in model.active_adapter_module.parameters()):
             raise ValueError(
                 "The adapter is frozen: load it with `CagulModel.from_pretrained(..., "
                 "is_trainable=True)` to continue fitting it."
             )
-        if train_dataset is not None and hasattr(train_dataset, "column_names"):
-            validate_dataset(train_dataset)
-        eval_dataset = kwargs.get("eval_dataset")
-        if eval_dataset is not None and hasattr(eval_dataset, "column_names"):
-            validate_dataset(eval_dataset, require_both_splits=False)
         if data_collator is None:
             if processing_class is None:
                 raise ValueError(
                     "Pass `processing_class=processor` (the VLM's processor) or a data_collator."
                 )
-            augment = PhotoAugmentation(seed=args.seed) if args.augment_images else None
             data_collator = CagulDataCollator(
-                processing_class, max_length=args.max_length, augment=augment
+                processing_class, max_length=args.max_length, augment=args.photo_augmentation()
             )
         super().__init__(
             model=model,
@@ -207,30 +186,26 @@ class CagulTrainer(Trainer):
             data_collator=data_collator,
             **kwargs,
         )
-        self.model_accepts_loss_kwargs = False
-        self._cagul_metrics: dict[str, dict[str, list[float]]] = {
-            "train": defaultdict(list),
-            "eval": defaultdict(list),
-        }
-
-    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-        """Balanced forget/retain sampling when asked (see ``balance_splits``)."""
-        dataset: Any = train_dataset if train_dataset is not None else self.train_dataset
-        args = self.args
-        assert isinstance(args, CagulTrainingConfig)
-        if not args.balance_splits or not hasattr(dataset, "column_names"):
-            return super()._get_train_sampler(train_dataset)
-        forget = torch.tensor([split == FORGET_SPLIT for split in dataset[SPLIT_COLUMN]])
-        weights = _half_per_class(forget)
-        generator = torch.Generator().manual_seed(args.data_seed or args.seed)
-        return torch.utils.data.WeightedRandomSampler(
-            weights.tolist(), num_samples=len(dataset), replacement=True, generator=generator
-        )
-
-    def _set_signature_columns_if_needed(self) -> None:
-        # Even with remove_unused_columns=True, the collator's raw columns must survive.
-        if self._signature_columns is None:
-            self._signature_columns = list(DATA_COLUMNS)  # type: ignore[assignment]
+        if self.args.n_gpu > 1:
+            # Checked after Trainer's init, which counts a model spread by device_map as one
+            # GPU. nn.DataParallel runs replicas in threads that do not see the per-call
+            # context (disable_adapter, force_gate, trace) the hooks read.
+            raise ValueError(
+                f"This process sees {self.args.n_gpu} GPUs, so Trainer would use nn.DataParallel, "
+                "which CagulTrainer does not support. Launch one process per GPU with "
+                "`torchrun --nproc_per_node N` or `accelerate launch`, or expose one GPU "
+                "(CUDA_VISIBLE_DEVICES=0)."
+            )
+        fsdp_plugin = getattr(self.accelerator.state, "fsdp_plugin", None)
+        state_dict_type = str(getattr(fsdp_plugin, "state_dict_type", ""))
+        if self.is_fsdp_enabled and "FULL_STATE_DICT" not in state_dict_type:
+            # Trainer hands _save a state dict under FULL_STATE_DICT only; otherwise it would
+            # write the whole sharded VLM and no adapter.
+            raise ValueError(
+                f"FSDP state_dict_type {state_dict_type} would save the whole "
+                "sharded VLM and no adapter: set `fsdp_state_dict_type: FULL_STATE_DICT` in the "
+                "accelerate config (see examples/accelerate_fsdp.yaml)."
+            )
 
     def compute_loss(
         self,
@@ -253,7 +228,10 @@ class CagulTrainer(Trainer):
         forget_rows = answer & forget.unsqueeze(1)
 
         base_logits = None
-        if args.retain_weight > 0 and bool(retain_rows.any()):
+        # Under several processes (DDP, FSDP, ZeRO-3) every forward carries collectives, so
+        # every process runs the base pass, even one whose micro-batch has no retain row.
+        distributed = self.accelerator.num_processes > 1
+        if args.retain_weight > 0 and (distributed or bool(retain_rows.any())):
             with torch.no_grad(), cagul.disable_adapter():
                 base_logits = model(**inputs).logits[:, :-1][retain_rows]
         with cagul.trace() as traces, cagul.force_gate(True):
@@ -261,48 +239,78 @@ class CagulTrainer(Trainer):
         logits = outputs.logits[:, :-1]
         targets = labels[:, 1:]
 
-        zero = logits.new_zeros(())
-        forget_loss = (
-            F.cross_entropy(logits[forget_rows].float(), targets[forget_rows])
+        zero = logits.new_zeros((), dtype=torch.float32)
+        forget_sum = (
+            F.cross_entropy(logits[forget_rows].float(), targets[forget_rows], reduction="sum")
             if bool(forget_rows.any())
             else zero
         )
-        retain_loss = (
-            _token_kl(base_logits, logits[retain_rows]) if base_logits is not None else zero
+        retain_sum = (
+            token_kl(base_logits, logits[retain_rows], reduction="sum")
+            if base_logits is not None
+            else zero
         )
-        gate_loss = _balanced_bce(traces, forget) if traces else zero
+        gate_sums = _gate_bce_sums(traces, forget).float() if traces else zero.expand(2)
+        image_forget = forget[[trace.sample for trace in traces]].to(forget_rows.device)
+        counts = torch.stack(
+            [forget_rows.sum(), retain_rows.sum(), image_forget.sum(), (~image_forget).sum()]
+        )
+        # Each term is a mean over the whole batch of all processes: DDP averages gradients
+        # over processes, so normalising by global counts (times the number of processes)
+        # gives the gradient of one process seeing the whole batch, however the rows split.
+        counts, processes = self._global(counts.to(zero.device))
+        scale = processes / counts.clamp_min(1).float()
+        forget_loss = forget_sum * scale[0]
+        retain_loss = retain_sum * scale[1]
+        # Each class present in the batch weighs one half, whatever its count: forget sets
+        # are small, and an unweighted BCE lets the gate say "retain" to every image.
+        gate_loss = 0.5 * (gate_sums[0] * scale[2] + gate_sums[1] * scale[3])
         loss = (
             args.forget_weight * forget_loss
             + args.retain_weight * retain_loss
-            + args.discriminator_weight * gate_loss.to(zero.dtype)
+            + args.discriminator_weight * gate_loss
         )
-        split = "train" if model.training else "eval"
-        for name, value in (
-            ("forget_loss", forget_loss),
-            ("retain_kl", retain_loss),
-            ("discriminator_loss", gate_loss),
-        ):
-            self._cagul_metrics[split][name].append(float(value.detach()))
+        terms = torch.stack([forget_loss, retain_loss, gate_loss]).detach()
+        terms = self._global(terms)[0] / processes  # the whole batch's means, on every process
+        self.record_terms(
+            model, forget_loss=terms[0], retain_kl=terms[1], discriminator_loss=terms[2]
+        )
         return (loss, outputs) if return_outputs else loss
 
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add the mean of each loss term since the last log to ``logs``."""
-        split = "eval" if any(key.startswith("eval_") for key in logs) else "train"
-        prefix = "eval_" if split == "eval" else ""
-        for name, values in self._cagul_metrics[split].items():
-            if values:
-                logs[f"{prefix}{name}"] = sum(values) / len(values)
-        self._cagul_metrics[split].clear()
-        super().log(logs, start_time)
+    def _global(self, values: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """``values`` summed over the training processes, and the number of processes."""
+        processes = self.accelerator.num_processes
+        if processes == 1:
+            return values, 1
+        return cast(torch.Tensor, self.accelerator.reduce(values, reduction="sum")), processes
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Save the fitted (active) adapter only, in ``output_dir`` itself; never the VLM."""
+        """Save the fitted (active) adapter only, in ``output_dir`` itself; never the VLM.
+
+        ``state_dict`` is the whole model's, gathered by Trainer under FSDP
+        (``FULL_STATE_DICT``) or DeepSpeed ZeRO-3: the adapter's entries are taken from it.
+        """
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if not self.args.should_save or output_dir is None:
             return
         cagul = self.accelerator.unwrap_model(self.model)
         assert isinstance(cagul, CagulModel)
-        cagul.save_adapter(output_dir)
+        adapter_state = _adapter_entries(state_dict or {}, cagul.active_adapter)
+        if not adapter_state and any(
+            hasattr(p, "ds_id") for p in cagul.active_adapter_module.parameters()
+        ):
+            # Not a ValueError: Trainer reads that as "retry with a DeepSpeed checkpoint".
+            raise RuntimeError(
+                "DeepSpeed ZeRO-3 partitions the adapter and did not gather it for saving: set "
+                "`zero3_save_16bit_model: true` in the accelerate config (or "
+                "`stage3_gather_16bit_weights_on_model_save: true` in the DeepSpeed config)."
+            )
+        if adapter_state:
+            # FSDP and ZeRO-3 shard the adapter too: Trainer hands over the gathered weights.
+            card = persistence.model_card(cagul.active_config, None, None)
+            persistence.save_adapter(output_dir, cagul.active_config, adapter_state, card)
+        else:
+            cagul.save_adapter(output_dir)
         with open(os.path.join(output_dir, TRAINING_CONFIG_NAME), "w", encoding="utf-8") as f:
             f.write(self.args.to_json_string())
 

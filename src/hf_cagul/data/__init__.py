@@ -7,7 +7,7 @@ A dataset is a `datasets.Dataset` with columns ``image``, ``question``, ``answer
 """
 
 from hf_cagul.data.augment import PhotoAugmentation
-from hf_cagul.data.collator import IGNORE_INDEX, CagulDataCollator
+from hf_cagul.data.collator import IGNORE_INDEX, CagulDataCollator, UnlearningDataCollator
 from hf_cagul.data.schema import (
     ANSWER_COLUMN,
     DATA_COLUMNS,
@@ -43,6 +43,7 @@ __all__ = [
     "SUBJECT_COLUMN",
     "CagulDataCollator",
     "PhotoAugmentation",
+    "UnlearningDataCollator",
     "load_image",
     "validate_dataset",
 ]

@@ -10,6 +10,7 @@ at inference time.
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,12 +26,13 @@ from hf_cagul.data.schema import (
     IMAGE_COLUMN,
     QUESTION_COLUMN,
     REQUIRED_COLUMNS,
+    RETAIN_SPLIT,
     SPLIT_COLUMN,
     SPLITS,
     load_image,
 )
 
-__all__ = ["IGNORE_INDEX", "CagulDataCollator"]
+__all__ = ["IGNORE_INDEX", "CagulDataCollator", "UnlearningDataCollator"]
 
 IGNORE_INDEX = -100
 """Label of positions that carry no loss (prompt, image and padding tokens)."""
@@ -69,8 +71,14 @@ class CagulDataCollator:
 
     * ``labels`` ``(batch, seq)``: the target and eos token ids, ``-100`` elsewhere;
     * ``query_mask`` ``(batch, seq)`` bool: prompt tokens that are neither image tokens nor
-      padding (the tokens whose attention ranks the visual tokens);
+      padding (the tokens whose attention ranks the visual tokens). Image tokens are the
+      processor's ``image_token`` and, where the processor expands that placeholder into
+      another token (Gemma3), the tokenizer's ``image_token``;
     * ``cagul_forget`` ``(batch,)`` bool: True for forget rows.
+
+    For a prefix LM, whose processor takes a ``suffix`` (PaliGemma), ``token_type_ids`` marks the
+    target as the causal suffix (1) and the prompt as the bidirectional prefix (0), as the
+    processor's own ``suffix`` argument would.
 
     Nothing is ever truncated: with ``max_length`` set, a longer sample raises (cutting would
     drop image tokens, which breaks the model, or the target, which leaves nothing to learn).
@@ -130,8 +138,22 @@ class CagulDataCollator:
             )
         self.image_token: str = image_token
         self.image_token_id: int = image_token_id
+        # Some processors (Gemma3) name a placeholder (begin-of-image) as their image token and
+        # expand it into the tokenizer's own image token: neither is a text token.
+        expanded = getattr(tokenizer, "image_token_id", None)
+        self.visual_token_ids: tuple[int, ...] = (image_token_id,) + (
+            (expanded,) if isinstance(expanded, int) and expanded != image_token_id else ()
+        )
 
     # ------------------------------------------------------------------ texts
+
+    @property
+    def _prefix_lm(self) -> bool:
+        """Whether the processor splits prefix and ``suffix`` (a prefix LM such as PaliGemma)."""
+        try:
+            return "suffix" in inspect.signature(self.processor.__call__).parameters
+        except (TypeError, ValueError):
+            return False
 
     @property
     def tokenizer(self) -> Any:
@@ -258,11 +280,19 @@ class CagulDataCollator:
         is_target = (positions >= starts) & (positions < ends)
         labels = torch.where(is_target, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
         query_mask = (
-            (positions < starts) & attention_mask.bool() & (input_ids != self.image_token_id)
+            (positions < starts)
+            & attention_mask.bool()
+            & ~torch.isin(input_ids, torch.tensor(self.visual_token_ids))
         )
         forget = torch.tensor([feature[SPLIT_COLUMN] == FORGET_SPLIT for feature in features])
 
         output: dict[str, torch.Tensor] = dict(batch)
+        if "token_type_ids" in output and self._prefix_lm:
+            # A prefix LM (PaliGemma) attends bidirectionally within the prefix (type 0) and
+            # causally in the suffix (type 1). The processor marks all of our text as prefix,
+            # which would let the prompt see the answer: mark the target as the suffix, exactly
+            # as the processor's own ``suffix`` argument does.
+            output["token_type_ids"] = is_target.to(output["token_type_ids"].dtype)
         output["labels"] = labels
         output["query_mask"] = query_mask
         output["cagul_forget"] = forget
@@ -419,6 +449,67 @@ class CagulDataCollator:
                 f"max_length={self.max_length}; truncating it {cut}, so the collator never "
                 "truncates. Raise max_length, or shorten the question and answer."
             )
+
+
+@dataclass
+class UnlearningDataCollator:
+    """Batches for fine-tuning: every row's target is its true answer, forget rows flagged.
+
+    What supervised fine-tuning and the fine-tuning unlearning baselines (`hf_cagul.baselines`)
+    need from the data contract: the prompt and target of `CagulDataCollator`, but the target
+    is always the row's ``answer`` (gradient ascent and NPO push it down on forget rows).
+
+    **Output**: the processor's tensors and ``labels`` as in `CagulDataCollator`, plus
+    ``forget`` ``(batch,)`` bool; with ``with_refusals``, also ``refusal``: the forget rows
+    alone, same photos, with a refusal (or their ``forget_target``) as the target, as a nested
+    batch with its own ``labels`` (the preferred answers of IdkPO).
+
+    Args:
+        processor: The VLM's processor.
+        max_length: Longest accepted sample, in tokens; None: no limit.
+        refusals: Refusals for the ``refusal`` batch (rows without a ``forget_target``).
+        seed: Seed of the refusal choice.
+        augment: Applied to each photo once per batch (both encodings of a row share it).
+        with_refusals: Add the ``refusal`` batch of the forget rows.
+    """
+
+    processor: Any
+    max_length: int | None = None
+    refusals: Sequence[str] = DEFAULT_REFUSALS
+    seed: int = 0
+    augment: Callable[[Image.Image], Image.Image] | None = None
+    with_refusals: bool = False
+    _collate: CagulDataCollator = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._collate = CagulDataCollator(
+            self.processor, max_length=self.max_length, refusals=self.refusals, seed=self.seed
+        )
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        """Collate raw rows into model inputs plus ``labels``, ``forget`` (and ``refusal``)."""
+        if self.augment is not None:
+            features = [
+                {**feature, IMAGE_COLUMN: self.augment(load_image(feature[IMAGE_COLUMN]))}
+                if IMAGE_COLUMN in feature
+                else feature
+                for feature in features
+            ]
+        batch = self._strip(
+            self._collate([{**row, SPLIT_COLUMN: RETAIN_SPLIT} for row in features])
+        )
+        forget_rows = [row for row in features if row.get(SPLIT_COLUMN) == FORGET_SPLIT]
+        batch["forget"] = torch.tensor([row.get(SPLIT_COLUMN) == FORGET_SPLIT for row in features])
+        if self.with_refusals and forget_rows:
+            batch["refusal"] = self._strip(self._collate(forget_rows))
+        return batch
+
+    @staticmethod
+    def _strip(batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Drop what only CAGUL uses (the query mask, its forget flags)."""
+        return {
+            key: value for key, value in batch.items() if key not in ("query_mask", "cagul_forget")
+        }
 
 
 def _common_prefix(first: Sequence[int], second: Sequence[int]) -> int:

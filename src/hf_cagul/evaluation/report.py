@@ -45,8 +45,24 @@ _KNOWN_SECTIONS = (
     "discriminator",
     "robustness",
     "ablation",
+    "comparison",
     "timings",
 )
+
+COMPARISON_COLUMNS: dict[str, str] = {
+    "forget_keyword": "forget keyword acc. (lower better)",
+    "forget_rougeL": "forget ROUGE-L (lower better)",
+    "forget_quality": "forget quality (higher better)",
+    "retain_keyword": "retain keyword acc.",
+    "forget_visual_keyword": "visual-question acc., forget photos",
+    "model_utility": "model utility",
+    "mia_auc": "MIA AUC (0.5 best)",
+    "fit_seconds": "fit time (s)",
+    "peak_memory_mb": "peak fit memory (MiB)",
+    "trainable_parameters": "trainable params",
+    "base_weights_modified": "base weights modified",
+}
+"""Columns of the ``comparison`` section (metric key -> header), after ``method``."""
 _STAGE1_KEYS = ("forget_keyword_accuracy", "threshold", "memorised")
 
 
@@ -241,6 +257,8 @@ def _markdown(
         section("Robustness", _generic(metrics["robustness"], "probe"))
     if "ablation" in metrics:
         section("Ablation", _generic(metrics["ablation"], "variant"))
+    if "comparison" in metrics:
+        section("Comparison with fine-tuning baselines", comparison_markdown(metrics["comparison"]))
     if "timings" in metrics:
         section("Timings", _timings(metrics["timings"]))
     for key, value in metrics.items():
@@ -297,6 +315,14 @@ def _generic(value: Any, key_header: str) -> list[str]:
         columns = _union_keys(value)
         return _table(columns, [[item.get(column) for column in columns] for item in value])
     return [format_value(value)]
+
+
+def comparison_markdown(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The comparison rows (``method`` + `COMPARISON_COLUMNS` keys) as a markdown table."""
+    return _table(
+        ["method", *COMPARISON_COLUMNS.values()],
+        [[row.get("method"), *(row.get(key) for key in COMPARISON_COLUMNS)] for row in rows],
+    )
 
 
 def _stage1(stage1: Any) -> list[str]:

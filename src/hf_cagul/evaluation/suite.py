@@ -8,7 +8,10 @@ Splits it reads (a `datasets.DatasetDict`; missing splits skip their metrics):
 
 Rows may carry ``kind`` ("private" facts vs "visual" questions; all rows count as private
 without it), ``keywords`` (default: the answer's words), ``paraphrased_answer`` and
-``perturbed_answers`` (for probability and truth ratio).
+``perturbed_answers`` (for probability and truth ratio; rows without perturbed answers are
+left out of those two), ``task`` (``"generation"``, ``"multiple_choice"`` with ``options`` and
+``correct_option``, ``"fill_blank"``: see `hf_cagul.evaluation.tasks`; all rows are generation
+rows without it).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 import torch
 from datasets import Dataset, DatasetDict
 
+from hf_cagul.data.benchmarks import select_where
 from hf_cagul.evaluation.generation import generate_answers, keyword_accuracy
 from hf_cagul.evaluation.metrics import (
     fiubench_truth_ratio,
@@ -31,19 +35,17 @@ from hf_cagul.evaluation.metrics import (
     truth_ratio_score,
 )
 from hf_cagul.evaluation.scoring import answer_nlls, mean_nll, min_k_mia_auc
+from hf_cagul.evaluation.tasks import GENERATION_TASK, evenly_spread, rows_of_task, task_metrics
 from hf_cagul.model import CagulModel
 
 
 def rows_of_kind(dataset: Dataset, kind: str, limit: int | None = None) -> Dataset:
     """The rows of ``kind`` ("private" or "visual"), at most ``limit`` (evenly spread)."""
     if "kind" in dataset.column_names:
-        dataset = dataset.filter(lambda row: row["kind"] == kind)
+        dataset = select_where(dataset, "kind", lambda value: value == kind)
     elif kind != "private":
         return dataset.select([])
-    if limit is not None and len(dataset) > limit:
-        step = len(dataset) / limit
-        dataset = dataset.select([int(i * step) for i in range(limit)])
-    return dataset
+    return evenly_spread(dataset, limit)
 
 
 def keywords_of(dataset: Dataset) -> list[list[str]]:
@@ -78,7 +80,10 @@ def likelihood_metrics(
     form as TOFU's released code) with the ground-truth answer: this benchmark's small models
     never saw paraphrased answers, whose likelihood would measure wording, not knowledge.
     """
-    if len(dataset) == 0 or "perturbed_answers" not in dataset.column_names:
+    if "perturbed_answers" not in dataset.column_names:
+        return {}
+    dataset = select_where(dataset, "perturbed_answers", bool)
+    if len(dataset) == 0:
         return {}
     truth_tokens = answer_nlls(model, processor, dataset, batch_size=batch_size, progress=False)
     truth = mean_nll(truth_tokens)
@@ -129,19 +134,25 @@ def evaluate_model(
         batch_size: Generation and scoring batch size.
 
     Returns:
-        Flat metrics (``forget_keyword``, ``retain_rougeL``, ``model_utility``, ``mia_auc``...)
-        plus ``forget_truth_ratios`` (a list, for other models' forget quality).
+        Flat metrics (``forget_keyword``, ``retain_rougeL``, ``model_utility``, ``mia_auc``,
+        ``forget_multiple_choice_accuracy``, ``retain_fill_blank_accuracy``...) plus
+        ``forget_truth_ratios`` (a list, for other models' forget quality).
     """
     results: dict[str, Any] = {}
+    questions = {name: rows_of_task(splits[name], GENERATION_TASK) for name in splits}
     private = {
-        split: rows_of_kind(splits[split], "private", max_rows)
+        split: rows_of_kind(questions[split], "private", max_rows)
         for split in ("forget", "forget_heldout", "retain", "unseen")
         if split in splits
     }
     for split in ("forget", "forget_heldout", "retain"):
         if split not in splits:
             continue
-        visual = rows_of_kind(splits[split], "visual", max_rows)
+        for name, value in task_metrics(
+            model, processor, splits[split], batch_size, max_rows
+        ).items():
+            results[f"{split}_{name}"] = value
+        visual = rows_of_kind(questions[split], "visual", max_rows)
         for suffix, rows in (("", private[split]), ("_visual", visual)):
             for name, value in generation_metrics(model, processor, rows, batch_size).items():
                 results[f"{split}{suffix}_{name}"] = value

@@ -1,0 +1,326 @@
+"""Fine-tuning unlearning baselines, each a `Trainer` on the data contract of `hf_cagul.data`.
+
+With ``NLL`` the per-row mean token negative log-likelihood of the true answer (averaged over
+the rows of a batch), ``pi`` the model being unlearned and ``pi_ref`` the model before
+unlearning (see ``docs/comparison.md``):
+
+============  ==============================================================================
+GA            minimise ``-NLL_forget`` (Jang et al. 2023, arXiv 2210.01504; TOFU).
+GD            ``-NLL_forget + NLL_retain`` (Liu et al. 2022; TOFU's "grad diff").
+KL            ``-NLL_forget + KL(pi_ref || pi)`` on the retain answers' tokens (TOFU).
+NPO           ``(2/beta) E_forget[log(1 + (pi(y|x) / pi_ref(y|x))^beta)] + NLL_retain``
+              (Zhang et al. 2024, arXiv 2404.05868).
+IdkPO         DPO with a refusal preferred over the true answer on forget rows, plus
+              ``NLL_retain`` (Maini et al. 2024, TOFU; Rafailov et al. 2023).
+============  ==============================================================================
+
+The retain term is weighted by ``retain_weight`` and the forget term by ``forget_weight``.
+Reference outputs come from the same PEFT model with its adapter disabled (never a copy of the
+VLM); a fully fine-tuned model needs an explicit ``ref_model``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from hf_cagul.data import FORGET_SPLIT, IGNORE_INDEX, SPLIT_COLUMN, UnlearningDataCollator
+from hf_cagul.losses import answer_log_probs, dpo_loss, mean_answer_nll, npo_loss, token_kl
+from hf_cagul.training import ForgetRetainArguments, ForgetRetainTrainer
+
+__all__ = [
+    "BASELINES",
+    "GATrainer",
+    "GDTrainer",
+    "IdkPOTrainer",
+    "KLTrainer",
+    "NPOTrainer",
+    "UnlearningConfig",
+    "UnlearningTrainer",
+    "get_baseline_trainer",
+]
+
+
+@dataclass
+class UnlearningConfig(ForgetRetainArguments):
+    """`TrainingArguments` of the fine-tuning baselines.
+
+    Args:
+        forget_weight: Weight of the forget term (ascent, NPO or preference loss).
+        retain_weight: Weight of the retain term (NLL, or KL for the KL baseline).
+        beta: Inverse temperature of NPO and of IdkPO's DPO loss (0.1 in both papers).
+    """
+
+    forget_weight: float = field(default=1.0, metadata={"help": "Weight of the forget term."})
+    retain_weight: float = field(default=1.0, metadata={"help": "Weight of the retain term."})
+    beta: float = field(default=0.1, metadata={"help": "Inverse temperature of NPO and DPO."})
+    learning_rate: float = field(
+        default=1e-4, metadata={"help": "AdamW learning rate (LoRA adapters or full weights)."}
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("forget_weight", "retain_weight", "beta"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0.")
+        if self.beta == 0:
+            raise ValueError("beta must be > 0 (NPO and DPO divide by it or scale with it).")
+        super().__post_init__()
+
+
+@dataclass
+class _Step:
+    """One batch as the loss terms see it; reference outputs are computed on first use."""
+
+    trainer: UnlearningTrainer
+    model: nn.Module
+    inputs: dict[str, Any]
+    logits: torch.Tensor
+    labels: torch.Tensor
+    forget: torch.Tensor
+    refusal: dict[str, Any] | None
+
+    @cached_property
+    def nll(self) -> torch.Tensor:
+        """Per-row mean token NLL of the true answer."""
+        return mean_answer_nll(self.logits, self.labels)
+
+    @cached_property
+    def log_probs(self) -> torch.Tensor:
+        """Per-row summed log-probability of the true answer."""
+        return answer_log_probs(self.logits, self.labels)[0]
+
+    @cached_property
+    def reference_logits(self) -> torch.Tensor:
+        """Logits of the reference model on this batch."""
+        return self.trainer.reference_logits(self.model, self.inputs)
+
+    def reference_log_probs(self) -> torch.Tensor:
+        """Per-row summed log-probability of the true answer under the reference model."""
+        return answer_log_probs(self.reference_logits, self.labels)[0]
+
+
+class UnlearningTrainer(ForgetRetainTrainer):
+    """Base of the fine-tuning baselines: ``forget_weight * forget + retain_weight * retain``.
+
+    Subclasses define `forget_term` and, when they use retain rows, `retain_term`.
+
+    Args:
+        model: A model from `hf_cagul.baselines.prepare_model` (PEFT LoRA or full).
+        args: An `UnlearningConfig`.
+        train_dataset: Rows in the data contract; gradient ascent keeps the forget rows only.
+        processing_class: The VLM's processor, for the default `UnlearningDataCollator`.
+        data_collator: Optional; defaults to an `UnlearningDataCollator`.
+        ref_model: The model before unlearning, needed only by methods with a reference
+            (KL, NPO, IdkPO) when ``model`` is not a PEFT model.
+        **kwargs: Anything else `Trainer` accepts.
+    """
+
+    method: ClassVar[str] = ""
+    uses_retain: ClassVar[bool] = True
+    needs_reference: ClassVar[bool] = False
+    needs_refusals: ClassVar[bool] = False
+    # compute_loss returns a per-batch mean: Trainer divides it by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        args: UnlearningConfig,
+        train_dataset: Any = None,
+        processing_class: Any = None,
+        data_collator: Any = None,
+        ref_model: nn.Module | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(args, UnlearningConfig):
+            raise TypeError("`args` must be an UnlearningConfig (it carries the loss weights).")
+        if not any(parameter.requires_grad for parameter in model.parameters()):
+            raise ValueError(
+                "No parameter of the model is trainable: prepare it with "
+                "`hf_cagul.baselines.prepare_model(vlm)` (LoRA) or `prepare_model(vlm, full=True)`."
+            )
+        if self.needs_reference and ref_model is None and not hasattr(model, "disable_adapter"):
+            raise ValueError(
+                f"{self.method} compares the model with the model before unlearning. A PEFT "
+                "model provides it by disabling its adapter; a fully fine-tuned one needs "
+                "`ref_model=` (a frozen copy of the model before unlearning)."
+            )
+        if not self.uses_retain and train_dataset is not None and hasattr(train_dataset, "filter"):
+            train_dataset = train_dataset.filter(
+                lambda split: split == FORGET_SPLIT, input_columns=SPLIT_COLUMN
+            )
+        if data_collator is None:
+            if processing_class is None:
+                raise ValueError(
+                    "Pass `processing_class=processor` (the VLM's processor) or a data_collator."
+                )
+            data_collator = UnlearningDataCollator(
+                processing_class,
+                max_length=args.max_length,
+                augment=args.photo_augmentation(),
+                with_refusals=self.needs_refusals,
+            )
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            processing_class=processing_class,
+            data_collator=data_collator,
+            **kwargs,
+        )
+        self.ref_model = ref_model
+        if ref_model is not None:
+            ref_model.requires_grad_(False).eval()
+
+    @property
+    def needs_both_splits(self) -> bool:  # type: ignore[override]
+        """Gradient ascent trains on forget rows alone; the others need both splits."""
+        return self.uses_retain
+
+    @contextmanager
+    def _reference(self, model: nn.Module) -> Iterator[nn.Module]:
+        if self.ref_model is not None:
+            yield self.ref_model
+            return
+        peft_model: Any = self.accelerator.unwrap_model(model)
+        with peft_model.disable_adapter():
+            yield model
+
+    @torch.no_grad()
+    def reference_logits(self, model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+        """Logits of the model before unlearning (adapter disabled, or ``ref_model``)."""
+        with self._reference(model) as reference:
+            return reference(**inputs).logits
+
+    def forget_term(self, step: _Step) -> torch.Tensor:
+        """The forget loss of one batch (forget rows only)."""
+        raise NotImplementedError
+
+    def retain_term(self, step: _Step) -> torch.Tensor:
+        """The retain loss of one batch: mean answer NLL of the retain rows."""
+        return step.nll[~step.forget].mean()
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        """``forget_weight * forget_term + retain_weight * retain_term`` (each logged)."""
+        args = self.args
+        assert isinstance(args, UnlearningConfig)
+        inputs = dict(inputs)
+        forget = inputs.pop("forget").bool()
+        refusal = inputs.pop("refusal", None)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        step = _Step(self, model, inputs, outputs.logits, labels, forget, refusal)
+        zero = outputs.logits.new_zeros((), dtype=torch.float32)
+        forget_loss = self.forget_term(step) if bool(forget.any()) else zero
+        retain_loss = (
+            self.retain_term(step) if self.uses_retain and not bool(forget.all()) else zero
+        )
+        loss = args.forget_weight * forget_loss + args.retain_weight * retain_loss
+        self.record_terms(model, forget_loss=forget_loss, retain_loss=retain_loss)
+        return (loss, outputs) if return_outputs else loss
+
+
+class GATrainer(UnlearningTrainer):
+    """Gradient ascent: minimise ``-NLL`` of the true answers of the forget rows."""
+
+    method = "ga"
+    uses_retain = False
+
+    def forget_term(self, step: _Step) -> torch.Tensor:
+        """Minus the mean answer NLL of the forget rows."""
+        return -step.nll[step.forget].mean()
+
+
+class GDTrainer(GATrainer):
+    """Gradient difference: ascent on forget rows, descent (NLL) on retain rows."""
+
+    method = "gd"
+    uses_retain = True
+
+
+class KLTrainer(GATrainer):
+    """Ascent on forget rows, ``KL(pi_ref || pi)`` over the retain answers' tokens."""
+
+    method = "kl"
+    uses_retain = True
+    needs_reference = True
+
+    def retain_term(self, step: _Step) -> torch.Tensor:
+        """Mean per-token KL(reference || current) over the retain rows' answer tokens."""
+        rows = (step.labels[:, 1:] != IGNORE_INDEX) & ~step.forget.unsqueeze(1)
+        return token_kl(step.reference_logits[:, :-1][rows], step.logits[:, :-1][rows])
+
+
+class NPOTrainer(GDTrainer):
+    """Negative preference optimisation on forget rows, NLL on retain rows."""
+
+    method = "npo"
+    needs_reference = True
+
+    def forget_term(self, step: _Step) -> torch.Tensor:
+        """The NPO loss of the forget rows' true answers."""
+        args = self.args
+        assert isinstance(args, UnlearningConfig)
+        forget = step.forget
+        return npo_loss(step.log_probs[forget], step.reference_log_probs()[forget], args.beta)
+
+
+class IdkPOTrainer(GDTrainer):
+    """DPO toward a refusal ("I don't know") over the true answer on forget rows."""
+
+    method = "idkpo"
+    needs_reference = True
+    needs_refusals = True
+
+    def forget_term(self, step: _Step) -> torch.Tensor:
+        """The DPO loss with the refusal chosen and the true answer rejected."""
+        args = self.args
+        assert isinstance(args, UnlearningConfig)
+        if step.refusal is None:
+            raise ValueError(
+                "IdkPO needs the refusal batch of the forget rows: use an "
+                "`UnlearningDataCollator(..., with_refusals=True)`."
+            )
+        refusal = dict(step.refusal)
+        refusal_labels = refusal.pop("labels")
+        chosen = answer_log_probs(step.model(**refusal).logits, refusal_labels)[0]
+        reference_chosen = answer_log_probs(
+            self.reference_logits(step.model, refusal), refusal_labels
+        )[0]
+        forget = step.forget
+        return dpo_loss(
+            chosen,
+            step.log_probs[forget],
+            reference_chosen,
+            step.reference_log_probs()[forget],
+            args.beta,
+        )
+
+
+BASELINES: dict[str, type[UnlearningTrainer]] = {
+    trainer.method: trainer
+    for trainer in (GATrainer, GDTrainer, KLTrainer, NPOTrainer, IdkPOTrainer)
+}
+"""The baseline trainers by method name."""
+
+
+def get_baseline_trainer(method: str) -> type[UnlearningTrainer]:
+    """The trainer class of ``method`` (one of `BASELINES`, case-insensitive)."""
+    try:
+        return BASELINES[method.lower()]
+    except KeyError:
+        raise ValueError(
+            f"Unknown unlearning method {method!r}; choose one of {', '.join(BASELINES)}."
+        ) from None

@@ -1,0 +1,357 @@
+"""CAGUL against fine-tuning unlearning, on the same model, splits, seed and evaluation.
+
+`run_comparison` is the whole comparison on a model and benchmark of your own (``hf-cagul
+compare --model ... --benchmark ...``): the model before unlearning, CAGUL fitted with
+`fit_cagul_adapter`, then every baseline, each evaluated by the same suite.
+
+`compare_baselines` fits every baseline of `hf_cagul.baselines` on the frozen model (LoRA
+adapters, removed again afterwards, or a fully fine-tuned copy), evaluates each, and measures
+the fit: wall time, peak memory, trainable parameters, and whether the served model's base
+weights changed. `comparison_table` turns the results into one row per method;
+`write_comparison` writes it as markdown and CSV.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from datasets import Dataset, DatasetDict
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+
+from hf_cagul.baselines import BASELINES, UnlearningConfig, get_baseline_trainer, prepare_model
+from hf_cagul.config import CagulConfig
+from hf_cagul.data.benchmarks import training_set
+from hf_cagul.evaluation.report import COMPARISON_COLUMNS, comparison_markdown, write_report
+from hf_cagul.evaluation.suite import evaluate_model
+from hf_cagul.model import CagulModel, get_cagul_model
+from hf_cagul.profiling import FitMeasurement, measure, trainable_parameters, weights_digest
+from hf_cagul.trainer import CagulTrainer, CagulTrainingConfig
+
+__all__ = [
+    "BaselineSettings",
+    "CagulFitSettings",
+    "FitRecord",
+    "compare_baselines",
+    "comparison_table",
+    "fit_cagul_adapter",
+    "run_comparison",
+    "write_comparison",
+]
+
+
+@dataclass
+class BaselineSettings:
+    """How the baselines are fitted (the same budget for every method).
+
+    Args:
+        methods: Baselines to fit, from `hf_cagul.baselines.BASELINES`.
+        steps: Optimizer steps of each fit.
+        batch_size: Rows per step.
+        learning_rate: AdamW learning rate.
+        lora_r: LoRA rank (ignored with ``full``).
+        full: Fine-tune every weight of the language model instead of LoRA adapters.
+        beta: NPO's and IdkPO's inverse temperature.
+        augment_images: Perturb photos while fitting, as CAGUL's fit does in the demo.
+        seed: Seed of every fit.
+        use_cpu: Fit on the CPU even where an accelerator is available (as the demo does, so
+            that every method's fit time is measured on the same device).
+    """
+
+    methods: Sequence[str] = tuple(BASELINES)
+    steps: int = 300
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    lora_r: int = 16
+    full: bool = False
+    beta: float = 0.1
+    augment_images: bool = True
+    seed: int = 0
+    use_cpu: bool = False
+
+    def __post_init__(self) -> None:
+        for method in self.methods:
+            get_baseline_trainer(method)  # an unknown name fails here, before any fit
+        if self.steps <= 0 or self.batch_size <= 0:
+            raise ValueError(
+                f"steps and batch_size must be positive, got {self.steps}, {self.batch_size}."
+            )
+
+
+@dataclass
+class CagulFitSettings:
+    """How the CAGUL adapter is fitted (`CagulTrainer` on the frozen model).
+
+    Args:
+        steps: Optimizer steps.
+        batch_size: Rows per step.
+        learning_rate: AdamW learning rate of the adapter's modules.
+        token_ratio: Share of each flagged image's visual tokens rewritten.
+        token_selection: Which tokens: "lowest" attention (CAGUL), "random" or "highest".
+        attention_layer: Decoder layer whose attention ranks the tokens (None: default).
+        augment_images: Perturb photos while fitting.
+        seed: Seed of the adapter's initialisation and of the fit.
+        use_cpu: Fit on the CPU even where an accelerator is available.
+    """
+
+    steps: int = 500
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    token_ratio: float = 0.5
+    token_selection: Literal["lowest", "random", "highest"] = "lowest"
+    attention_layer: int | None = None
+    augment_images: bool = True
+    seed: int = 0
+    use_cpu: bool = False
+
+    def adapter_config(self) -> CagulConfig:
+        """The `CagulConfig` of the adapter these settings fit."""
+        return CagulConfig(
+            token_ratio=self.token_ratio,
+            token_selection=self.token_selection,
+            attention_layer=self.attention_layer,
+        )
+
+
+def fit_cagul_adapter(
+    vlm: PreTrainedModel, processor: Any, train: Dataset, settings: CagulFitSettings
+) -> CagulModel:
+    """A CAGUL adapter fitted with `CagulTrainer` on the frozen ``vlm`` (returned in eval mode)."""
+    torch.manual_seed(settings.seed)
+    model = get_cagul_model(vlm, settings.adapter_config())
+    return train_cagul_adapter(model, processor, train, settings)
+
+
+def train_cagul_adapter(
+    model: CagulModel, processor: Any, train: Dataset, settings: CagulFitSettings
+) -> CagulModel:
+    """Fit ``model``'s one active adapter with `CagulTrainer` (returned in eval mode).
+
+    Other adapters the model holds are left as they are (one adapter per forget request).
+    """
+    with tempfile.TemporaryDirectory() as output_dir:
+        CagulTrainer(
+            model=model,
+            args=CagulTrainingConfig(
+                output_dir=output_dir,
+                max_steps=settings.steps,
+                per_device_train_batch_size=settings.batch_size,
+                learning_rate=settings.learning_rate,
+                augment_images=settings.augment_images,
+                seed=settings.seed,
+                use_cpu=settings.use_cpu,
+                save_strategy="no",
+                logging_strategy="no",
+                report_to=[],
+                disable_tqdm=False,
+            ),
+            train_dataset=train,
+            processing_class=processor,
+        ).train()
+    model.eval()
+    return model
+
+
+@dataclass
+class FitRecord:
+    """How one method's fit went: its measurement, trainable parameters, weights modified."""
+
+    measurement: FitMeasurement = field(default_factory=FitMeasurement)
+    trainable_parameters: int = 0
+    base_weights_modified: bool = False
+
+    def as_metrics(self) -> dict[str, Any]:
+        """The record as comparison columns."""
+        return {
+            "fit_seconds": self.measurement.seconds,
+            "peak_memory_mb": self.measurement.peak_megabytes,
+            "trainable_parameters": self.trainable_parameters,
+            "base_weights_modified": self.base_weights_modified,
+        }
+
+
+def _fit_baseline(
+    method: str,
+    vlm: PreTrainedModel,
+    processor: Any,
+    train: Dataset,
+    splits: DatasetDict,
+    settings: BaselineSettings,
+    reference_truth_ratios: Sequence[float] | None,
+    max_rows: int,
+) -> tuple[dict[str, Any], FitRecord]:
+    """Fit ``method`` on ``vlm``, evaluate it, and leave ``vlm`` as it was."""
+    digest = weights_digest(vlm)
+    trainable: Any = copy.deepcopy(vlm) if settings.full else vlm
+    trainable = prepare_model(trainable, full=settings.full, lora_r=settings.lora_r)
+    record = FitRecord(trainable_parameters=trainable_parameters(trainable))
+    torch.manual_seed(settings.seed)
+    with tempfile.TemporaryDirectory() as output_dir:
+        trainer = get_baseline_trainer(method)(
+            trainable,
+            UnlearningConfig(
+                output_dir=output_dir,
+                max_steps=settings.steps,
+                per_device_train_batch_size=settings.batch_size,
+                learning_rate=settings.learning_rate,
+                beta=settings.beta,
+                augment_images=settings.augment_images,
+                seed=settings.seed,
+                use_cpu=settings.use_cpu,
+                save_strategy="no",
+                logging_strategy="no",
+                report_to=[],
+                disable_tqdm=False,
+            ),
+            train_dataset=train,
+            processing_class=processor,
+            ref_model=vlm if settings.full else None,
+        )
+        with measure() as record.measurement:
+            trainer.train()
+    trainable.eval()
+    results = evaluate_model(trainable, processor, splits, reference_truth_ratios, max_rows)
+    if settings.full:
+        record.base_weights_modified = weights_digest(trainable) != digest
+    else:
+        trainable.unload()  # removes the LoRA layers, leaving the base model
+        record.base_weights_modified = weights_digest(vlm) != digest
+    vlm.requires_grad_(False)
+    if weights_digest(vlm) != digest:
+        raise RuntimeError(f"Fitting {method} modified the stage-1 model's weights: a bug.")
+    return results, record
+
+
+def compare_baselines(
+    vlm: PreTrainedModel,
+    processor: Any,
+    train: Dataset,
+    splits: DatasetDict,
+    settings: BaselineSettings,
+    reference_truth_ratios: Sequence[float] | None = None,
+    max_rows: int = 200,
+) -> tuple[dict[str, dict[str, Any]], dict[str, FitRecord]]:
+    """Fit and evaluate every baseline of ``settings`` on the (bare, unwrapped) ``vlm``.
+
+    Each baseline starts from ``vlm`` as it is: LoRA adapters are removed after each fit, and
+    full fine-tuning works on a copy. ``vlm`` is checked bit-identical after every fit.
+
+    Args:
+        vlm: The stage-1 model (no CAGUL hooks: pass ``CagulModel.unload()``'s result).
+        processor: Its processor.
+        train: Forget and retain rows in the data contract.
+        splits: The benchmark the suite evaluates on.
+        settings: The budget and options shared by every baseline.
+        reference_truth_ratios: The gold model's forget truth ratios (for forget quality).
+        max_rows: Rows per split and kind for the evaluation.
+
+    Returns:
+        ``(results, records)``: per method, the evaluation suite's metrics and its `FitRecord`.
+    """
+    results: dict[str, dict[str, Any]] = {}
+    records: dict[str, FitRecord] = {}
+    for method in tqdm(settings.methods, desc="baselines"):
+        results[method], records[method] = _fit_baseline(
+            method, vlm, processor, train, splits, settings, reference_truth_ratios, max_rows
+        )
+    return results, records
+
+
+def comparison_table(
+    results: Mapping[str, Mapping[str, Any]], records: Mapping[str, FitRecord]
+) -> list[dict[str, Any]]:
+    """One row per method that has a `FitRecord`: ``method`` and the `COMPARISON_COLUMNS`."""
+    return [
+        {
+            "method": method,
+            **{
+                key: {**results[method], **record.as_metrics()}.get(key)
+                for key in COMPARISON_COLUMNS
+            },
+        }
+        for method, record in records.items()
+    ]
+
+
+def write_comparison(rows: Sequence[Mapping[str, Any]], output_dir: str | Path) -> list[Path]:
+    """Write ``rows`` as ``comparison.md`` (a markdown table) and ``comparison.csv``."""
+    directory = Path(output_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    columns = ["method", *COMPARISON_COLUMNS]
+    csv_path = directory / "comparison.csv"
+    with csv_path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({column: row.get(column) for column in columns} for row in rows)
+    markdown_path = directory / "comparison.md"
+    markdown_path.write_text("\n".join(comparison_markdown(rows)) + "\n", encoding="utf-8")
+    return [markdown_path, csv_path]
+
+
+def run_comparison(
+    vlm: PreTrainedModel,
+    processor: Any,
+    splits: DatasetDict,
+    output_dir: str | Path,
+    cagul: CagulFitSettings | None = None,
+    baselines: BaselineSettings | None = None,
+    max_rows: int = 200,
+    title: str = "CAGUL against fine-tuning unlearning",
+) -> dict[str, Any]:
+    """The comparison on your own model and benchmark; writes the report into ``output_dir``.
+
+    ``vlm`` must already know the forget set (for benchmarks like FIUBench: the model after
+    their stage-1 fine-tuning). It is evaluated as it is (``"base"``), then CAGUL is fitted on
+    it and evaluated, then every baseline (see `compare_baselines`).
+
+    Returns:
+        The metrics written to ``metrics.json``: ``results`` per method and ``comparison``
+        (the rows of ``comparison.md`` / ``comparison.csv``).
+    """
+    cagul = cagul or CagulFitSettings()
+    baselines = baselines or BaselineSettings(
+        steps=cagul.steps, batch_size=cagul.batch_size, seed=cagul.seed, use_cpu=cagul.use_cpu
+    )
+    train = training_set(splits)
+    results: dict[str, dict[str, Any]] = {
+        "base": evaluate_model(vlm, processor, splits, max_rows=max_rows)
+    }
+    digest = weights_digest(vlm)
+    with measure() as measurement:
+        model = fit_cagul_adapter(vlm, processor, train, cagul)
+    record = FitRecord(
+        measurement, model.get_nb_trainable_parameters()[0], weights_digest(vlm) != digest
+    )
+    results["cagul"] = evaluate_model(model, processor, splits, max_rows=max_rows)
+    model.save_pretrained(Path(output_dir) / "adapter")
+    baseline_results, records = compare_baselines(
+        model.unload(), processor, train, splits, baselines, max_rows=max_rows
+    )
+    results.update(baseline_results)
+    results = {
+        name: {key: value for key, value in values.items() if not isinstance(value, list)}
+        for name, values in results.items()
+    }
+    rows = comparison_table(results, {"cagul": record, **records})
+    metrics: dict[str, Any] = {
+        "title": title,
+        "settings": {
+            "cagul": dataclasses.asdict(cagul),
+            "baselines": dataclasses.asdict(baselines),
+            "max_rows": max_rows,
+            "training rows": len(train),
+        },
+        "results": results,
+        "comparison": rows,
+    }
+    write_report(output_dir, metrics)
+    write_comparison(rows, output_dir)
+    return metrics

@@ -1,0 +1,137 @@
+"""What every forget/retain trainer shares: `CagulTrainer` and the `hf_cagul.baselines`.
+
+`ForgetRetainArguments` holds the data options (sample length, balanced splits, photo
+augmentation); `ForgetRetainTrainer` validates datasets in the data contract before training,
+keeps their raw columns for the collator, draws forget and retain rows equally often, and logs
+the mean of each named loss term since the last log.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from hf_cagul.data import (
+    DATA_COLUMNS,
+    FORGET_SPLIT,
+    SPLIT_COLUMN,
+    PhotoAugmentation,
+    validate_dataset,
+)
+from hf_cagul.losses import half_per_class
+
+
+@dataclass
+class ForgetRetainArguments(TrainingArguments):
+    """`TrainingArguments` with the data options of forget/retain training.
+
+    Args:
+        max_length: Longest tokenised sample the collator accepts (``None``: no limit).
+        balance_splits: Sample forget and retain rows equally often (a weighted sampler with
+            replacement over a `datasets.Dataset`); each then weighs half of the training.
+        augment_images: Perturb each training photo with `PhotoAugmentation` (default
+            collator only).
+    """
+
+    max_length: int | None = field(
+        default=None, metadata={"help": "Longest tokenised sample accepted by the collator."}
+    )
+    balance_splits: bool = field(
+        default=True,
+        metadata={
+            "help": "Draw forget and retain rows equally often (with replacement): forget sets "
+            "are small, and the gate needs to see forget photos in most batches."
+        },
+    )
+    augment_images: bool = field(
+        default=False,
+        metadata={
+            "help": "Perturb photos (crop, shift, light, noise, JPEG) while fitting, so the "
+            "gate learns the people rather than the photos and flags new photos of them."
+        },
+    )
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={"help": "Keep False: the collator builds model inputs from the raw columns."},
+    )
+
+    def __post_init__(self) -> None:
+        # Frozen base weights leave the checkpointed inputs without gradients of their own:
+        # reentrant checkpointing would then drop the trainable modules' gradients.
+        if self.gradient_checkpointing and self.gradient_checkpointing_kwargs is None:
+            self.gradient_checkpointing_kwargs = {"use_reentrant": False}
+        super().__post_init__()
+
+    def photo_augmentation(self) -> PhotoAugmentation | None:
+        """The augmentation the default collator applies (``None`` unless ``augment_images``)."""
+        return PhotoAugmentation(seed=self.seed) if self.augment_images else None
+
+
+class ForgetRetainTrainer(Trainer):
+    """A `Trainer` over a dataset in the data contract of `hf_cagul.data`.
+
+    Subclasses implement ``compute_loss`` and report its terms with `record_terms`; the
+    datasets are validated at construction, and ``_get_train_sampler`` balances the splits
+    when the arguments ask for it.
+    """
+
+    needs_both_splits = True
+    """Whether the training set must hold forget and retain rows (gradient ascent needs none)."""
+
+    def __init__(
+        self, model: Any = None, args: Any = None, train_dataset: Any = None, **kwargs: Any
+    ) -> None:
+        if train_dataset is not None and hasattr(train_dataset, "column_names"):
+            validate_dataset(train_dataset, require_both_splits=self.needs_both_splits)
+        eval_dataset = kwargs.get("eval_dataset")
+        if eval_dataset is not None and hasattr(eval_dataset, "column_names"):
+            validate_dataset(eval_dataset, require_both_splits=False)
+        super().__init__(model=model, args=args, train_dataset=train_dataset, **kwargs)
+        self.model_accepts_loss_kwargs = False
+        self._loss_terms: dict[str, dict[str, list[float]]] = {
+            "train": defaultdict(list),
+            "eval": defaultdict(list),
+        }
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        """Balanced forget/retain sampling when asked (see ``balance_splits``)."""
+        dataset: Any = train_dataset if train_dataset is not None else self.train_dataset
+        args = self.args
+        assert isinstance(args, ForgetRetainArguments)
+        if not args.balance_splits or not hasattr(dataset, "column_names"):
+            return super()._get_train_sampler(train_dataset)
+        forget = torch.tensor([split == FORGET_SPLIT for split in dataset[SPLIT_COLUMN]])
+        if bool(forget.all()) or not bool(forget.any()):
+            return super()._get_train_sampler(train_dataset)
+        generator = torch.Generator().manual_seed(args.data_seed or args.seed)
+        return torch.utils.data.WeightedRandomSampler(
+            half_per_class(forget).tolist(),
+            num_samples=len(dataset),
+            replacement=True,
+            generator=generator,
+        )
+
+    def _set_signature_columns_if_needed(self) -> None:
+        # Even with remove_unused_columns=True, the collator's raw columns must survive.
+        if self._signature_columns is None:
+            self._signature_columns = list(DATA_COLUMNS)  # type: ignore[assignment]
+
+    def record_terms(self, model: torch.nn.Module, **terms: torch.Tensor) -> None:
+        """Remember the value of each loss term of one step, for the next `log`."""
+        split = "train" if model.training else "eval"
+        for name, value in terms.items():
+            self._loss_terms[split][name].append(float(value.detach()))
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the mean of each loss term since the last log to ``logs``."""
+        split = "eval" if any(key.startswith("eval_") for key in logs) else "train"
+        prefix = "eval_" if split == "eval" else ""
+        for name, values in self._loss_terms[split].items():
+            if values:
+                logs[f"{prefix}{name}"] = sum(values) / len(values)
+        self._loss_terms[split].clear()
+        super().log(logs, start_time)

@@ -1,0 +1,69 @@
+"""Fit a tiny adapter with `CagulTrainer`, in one process or under ``torchrun`` (CPU, gloo).
+
+``tests/test_distributed.py`` runs it twice, once as ``torchrun --nproc_per_node 2`` with half
+the per-device batch and once in-process with the whole batch, and compares the adapters::
+
+    python -m torch.distributed.run --nproc_per_node 2 tests/ddp_fit.py OUT --per-device-batch 2
+
+Run it from anywhere: it puts ``src/`` and ``tests/`` on the path itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+for entry in (TESTS, TESTS.parent / "src"):
+    if str(entry) not in sys.path:
+        sys.path.insert(0, str(entry))
+
+import torch  # noqa: E402
+from test_trainer import tiny_dataset, training_args  # noqa: E402
+
+from hf_cagul import CagulConfig, CagulTrainer, get_cagul_model  # noqa: E402
+from hf_cagul.tiny import tiny_vlm  # noqa: E402
+
+LOG_NAME = "log_history.json"
+"""Written next to the adapter: the Trainer's log history of the main process."""
+
+
+def fit(output_dir: Path, per_device_batch: int, steps: int, rows_per_split: int = 6) -> None:
+    """Fit the adapter of a tiny LLaVA for ``steps`` steps and save it to ``output_dir``.
+
+    Every process builds the same model, adapter and data (fixed seeds); the Trainer shards
+    the batches. The adapter and the log history are written by the main process only.
+    """
+    vlm, processor = tiny_vlm("llava")
+    torch.manual_seed(0)  # the adapter's initial weights
+    model = get_cagul_model(vlm, CagulConfig())
+    args = training_args(
+        output_dir,
+        max_steps=steps,
+        per_device_train_batch_size=per_device_batch,
+    )
+    trainer = CagulTrainer(
+        model=model,
+        args=args,
+        train_dataset=tiny_dataset(rows_per_split),
+        processing_class=processor,
+    )
+    trainer.train()
+    trainer.save_model(str(output_dir / "adapter"))
+    if trainer.is_world_process_zero():
+        (output_dir / LOG_NAME).write_text(json.dumps(trainer.state.log_history))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("output_dir", type=Path)
+    parser.add_argument("--per-device-batch", type=int, required=True)
+    parser.add_argument("--steps", type=int, default=3)
+    options = parser.parse_args()
+    fit(options.output_dir, options.per_device_batch, options.steps)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""hf-cagul fit / evaluate --benchmark / push, and --config run files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from benchmark_fixtures import write_mllmu
+from safetensors.torch import load_file
+
+from hf_cagul.cli import main
+from hf_cagul.config import CONFIG_NAME, WEIGHTS_NAME
+
+TINY_FIT = ["fit", "--tiny", "--benchmark", "synthetic", "--batch-size", "4", "--save-steps", "1"]
+
+
+def _state(checkpoint) -> dict:
+    return json.loads((checkpoint / "trainer_state.json").read_text())
+
+
+def test_fit_writes_checkpoints_and_the_adapter(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main([*TINY_FIT, "--output-dir", str(out), "--max-steps", "2"]) == 0
+    assert "Adapter written to" in capsys.readouterr().out
+    assert {p.name for p in (out / "adapter").iterdir()} >= {CONFIG_NAME, WEIGHTS_NAME}
+    assert _state(out / "checkpoint-2")["global_step"] == 2
+    # A second run into the same directory must say --resume, not overwrite silently.
+    assert main([*TINY_FIT, "--output-dir", str(out), "--max-steps", "3"]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+
+
+def test_fit_resume_reaches_the_uninterrupted_adapter(tmp_path, capsys) -> None:
+    # The augmentation stream is not part of a checkpoint: compare without it.
+    fit = [*TINY_FIT, "--max-steps", "3", "--no-augment-images", "--save-total-limit", "3"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert main([*fit, "--output-dir", str(straight)]) == 0
+    # A run killed after its second checkpoint leaves what `straight` had at that point.
+    shutil.copytree(straight / "checkpoint-2", resumed / "checkpoint-2")
+    assert main([*fit, "--output-dir", str(resumed), "--resume"]) == 0
+    assert f"Resuming from {resumed / 'checkpoint-2'}" in capsys.readouterr().out
+    assert _state(resumed / "checkpoint-3")["global_step"] == 3
+    expected = load_file(straight / "adapter" / WEIGHTS_NAME)
+    got = load_file(resumed / "adapter" / WEIGHTS_NAME)
+    assert expected.keys() == got.keys()
+    for name, tensor in expected.items():
+        assert got[name].allclose(tensor, atol=1e-6), name
+    assert not got["discriminator.head.bias"].allclose(
+        load_file(resumed / "checkpoint-2" / WEIGHTS_NAME)["discriminator.head.bias"]
+    )
+
+
+def test_config_file_sets_options_and_the_command_line_wins(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    run = tmp_path / "run.yaml"
+    run.write_text(
+        f"tiny: true\nbenchmark: synthetic\nmax_rows: 4\n"
+        f"fit:\n  output-dir: {out}\n  max_steps: 3\n  batch_size: 4\n  save_steps: 1\n"
+    )
+    assert main(["fit", "--config", str(run), "--max-steps", "1"]) == 0
+    assert _state(out / "checkpoint-1")["global_step"] == 1
+    assert not (out / "checkpoint-2").exists()
+
+    run.write_text("tiny: true\nfit:\n  max_rows: 4\n")
+    assert main(["fit", "--config", str(run)]) == 2
+    assert "`hf-cagul fit` has no option 'max_rows'" in capsys.readouterr().err
+    run.write_text("tiny: true\nmax_stepz: 4\n")
+    assert main(["fit", "--config", str(run)]) == 2
+    assert "unknown option 'max_stepz'" in capsys.readouterr().err
+    run.write_text("benchmark: tofu\n")
+    assert main(["fit", "--config", str(run)]) == 2
+    assert "benchmark='tofu' is not one of fiubench" in capsys.readouterr().err
+    run.write_text("tiny: true\n")
+    assert main(["fit", "--config", str(run), "--benchmark", "synthetic"]) == 2
+    assert "--output-dir required" in capsys.readouterr().err
+
+
+def test_evaluate_a_converted_benchmark_with_the_fitted_adapter(tmp_path, capsys) -> None:
+    data = write_mllmu(tmp_path / "mllmu")
+    out = tmp_path / "run"
+    fit = ["fit", "--tiny", "--benchmark", "mllmu", "--data", str(data), "--max-steps", "1"]
+    assert main([*fit, "--output-dir", str(out), "--batch-size", "2"]) == 0
+    capsys.readouterr()
+    args = ["evaluate", "--tiny", "--benchmark", "mllmu", "--data", str(data), "--max-rows", "4"]
+    assert main([*args, "--adapter", str(out / "adapter")]) == 0
+    results = json.loads(capsys.readouterr().out)
+    for key in ("forget_multiple_choice_accuracy", "retain_fill_blank_accuracy", "forget_keyword"):
+        assert 0.0 <= results[key] <= 1.0
+    assert main(["evaluate", "--tiny"]) == 2
+    assert "Pass --benchmark" in capsys.readouterr().err
+
+
+def test_push_uploads_an_adapter_directory_to_the_hub(tmp_path, fake_hub, capsys) -> None:
+    out = tmp_path / "run"
+    assert main([*TINY_FIT, "--output-dir", str(out), "--max-steps", "1"]) == 0
+    capsys.readouterr()
+    assert main(["push", str(out / "adapter"), "test-user/forget-adapter"]) == 0
+    assert "test-user/forget-adapter" in capsys.readouterr().out
+    files = fake_hub.files("test-user/forget-adapter")
+    assert {CONFIG_NAME, WEIGHTS_NAME, "README.md"} <= set(files)
+    assert files[WEIGHTS_NAME] == (out / "adapter" / WEIGHTS_NAME).read_bytes()
+    assert main(["push", str(tmp_path / "nowhere"), "test-user/x"]) == 2
+    assert "is not a local adapter directory" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["push", str(tmp_path / "empty"), "test-user/x"]) == 2
+    assert "is not a CAGUL adapter" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["fit", "evaluate"])
+def test_run_file_sections_for_other_commands_are_skipped(tmp_path, command, capsys) -> None:
+    from hf_cagul.cli import build_parser
+    from hf_cagul.runconfig import command_options, load_run_config, subcommands
+
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps({"benchmark": "clear", "fit": {"max_steps": 7}, "evaluate": {}}))
+    commands = subcommands(build_parser())
+    values = command_options(load_run_config(run), command, commands)
+    assert values == (
+        {"benchmark": "clear", "max_steps": 7} if command == "fit" else {"benchmark": "clear"}
+    )
