@@ -69,6 +69,19 @@ def _demo(args: argparse.Namespace) -> int:
     overrides["ablation"] = args.ablation
     overrides["compare"] = args.compare
     config = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
+    requests = getattr(args, "requests", 1)  # `compare` has no --requests
+    if requests < 1:
+        raise ValueError(f"--requests {requests}: give at least one forget request.")
+    if requests > 1:
+        from hf_cagul.continual import print_requests_table, run_continual
+
+        if args.ablation or args.compare:
+            raise ValueError(
+                "--ablation and --compare run with one request only; drop them or --requests."
+            )
+        continual_metrics, _ = run_continual(config, requests)
+        print_requests_table(continual_metrics, Path(config.output_dir))
+        return 0
     if args.compare:
         config.baselines = BaselineSettings(
             methods=tuple(args.methods),
@@ -389,6 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo_arguments(demo, default_dir="cagul-demo")
     demo.add_argument(
         "--compare", action="store_true", help="also fit and evaluate the fine-tuning baselines"
+    )
+    demo.add_argument(
+        "--requests",
+        type=int,
+        default=1,
+        help="successive forget requests, one adapter each, composed (default 1: one adapter)",
     )
     demo.set_defaults(handler=_demo)
 

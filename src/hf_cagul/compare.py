@@ -112,20 +112,31 @@ class CagulFitSettings:
     seed: int = 0
     use_cpu: bool = False
 
+    def adapter_config(self) -> CagulConfig:
+        """The `CagulConfig` of the adapter these settings fit."""
+        return CagulConfig(
+            token_ratio=self.token_ratio,
+            token_selection=self.token_selection,
+            attention_layer=self.attention_layer,
+        )
+
 
 def fit_cagul_adapter(
     vlm: PreTrainedModel, processor: Any, train: Dataset, settings: CagulFitSettings
 ) -> CagulModel:
     """A CAGUL adapter fitted with `CagulTrainer` on the frozen ``vlm`` (returned in eval mode)."""
     torch.manual_seed(settings.seed)
-    model = get_cagul_model(
-        vlm,
-        CagulConfig(
-            token_ratio=settings.token_ratio,
-            token_selection=settings.token_selection,
-            attention_layer=settings.attention_layer,
-        ),
-    )
+    model = get_cagul_model(vlm, settings.adapter_config())
+    return train_cagul_adapter(model, processor, train, settings)
+
+
+def train_cagul_adapter(
+    model: CagulModel, processor: Any, train: Dataset, settings: CagulFitSettings
+) -> CagulModel:
+    """Fit ``model``'s one active adapter with `CagulTrainer` (returned in eval mode).
+
+    Other adapters the model holds are left as they are (one adapter per forget request).
+    """
     with tempfile.TemporaryDirectory() as output_dir:
         CagulTrainer(
             model=model,

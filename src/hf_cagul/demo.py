@@ -158,19 +158,21 @@ def fit_cagul(
     selection: Literal["lowest", "random", "highest"],
 ) -> CagulModel:
     """Stage 2: a CAGUL adapter fitted on the frozen ``vlm`` (CPU, photos augmented)."""
-    return fit_cagul_adapter(
-        vlm,
-        processor,
-        dataset,
-        CagulFitSettings(
-            steps=config.cagul_steps,
-            batch_size=16,
-            learning_rate=config.cagul_learning_rate,
-            token_ratio=config.token_ratio,
-            token_selection=selection,
-            seed=config.seed,
-            use_cpu=True,
-        ),
+    return fit_cagul_adapter(vlm, processor, dataset, cagul_fit_settings(config, selection))
+
+
+def cagul_fit_settings(
+    config: DemoConfig, selection: Literal["lowest", "random", "highest"] = "lowest"
+) -> CagulFitSettings:
+    """How the demo fits each CAGUL adapter: CPU, batch 16, photos augmented."""
+    return CagulFitSettings(
+        steps=config.cagul_steps,
+        batch_size=16,
+        learning_rate=config.cagul_learning_rate,
+        token_ratio=config.token_ratio,
+        token_selection=selection,
+        seed=config.seed,
+        use_cpu=True,
     )
 
 

@@ -121,7 +121,9 @@ class CagulTrainer(ForgetRetainTrainer):
 
     Args:
         model: The `CagulModel` whose active adapter is fitted (trainable: build it with
-            `get_cagul_model` or ``CagulModel.from_pretrained(..., is_trainable=True)``).
+            `get_cagul_model`, `CagulModel.add_adapter` or ``from_pretrained(...,
+            is_trainable=True)``). Exactly one adapter must be active; the others are left
+            untouched.
         args: A `CagulTrainingConfig`.
         train_dataset: A `datasets.Dataset` in the data contract of `hf_cagul.data`; it is
             validated before training starts.
@@ -149,6 +151,12 @@ class CagulTrainer(ForgetRetainTrainer):
             )
         if not isinstance(args, CagulTrainingConfig):
             raise TypeError("`args` must be a CagulTrainingConfig (it carries the loss weights).")
+        if len(model.active_adapters) != 1:
+            raise ValueError(
+                f"CagulTrainer fits one adapter, but {len(model.active_adapters)} are active "
+                f"({model.active_adapters}). Call `model.set_adapter(name)` with the adapter to "
+                "fit, then `set_adapter([...])` again after training to compose them."
+            )
         quantized = _modules_without_backward(model.base_model)
         if quantized:
             raise ValueError(
@@ -277,7 +285,7 @@ class CagulTrainer(ForgetRetainTrainer):
         return cast(torch.Tensor, self.accelerator.reduce(values, reduction="sum")), processes
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Save the adapter only (config + safetensors + card), never the VLM.
+        """Save the fitted (active) adapter only, in ``output_dir`` itself; never the VLM.
 
         ``state_dict`` is the whole model's, gathered by Trainer under FSDP
         (``FULL_STATE_DICT``) or DeepSpeed ZeRO-3: the adapter's entries are taken from it.
@@ -302,7 +310,7 @@ class CagulTrainer(ForgetRetainTrainer):
             card = persistence.model_card(cagul.active_config, None, None)
             persistence.save_adapter(output_dir, cagul.active_config, adapter_state, card)
         else:
-            cagul.save_pretrained(output_dir)
+            cagul.save_adapter(output_dir)
         with open(os.path.join(output_dir, TRAINING_CONFIG_NAME), "w", encoding="utf-8") as f:
             f.write(self.args.to_json_string())
 

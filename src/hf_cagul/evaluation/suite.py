@@ -196,7 +196,11 @@ def discriminator_metrics(
     retain_photos: Dataset,
     batch_size: int = 32,
 ) -> dict[str, float]:
-    """ROC AUC, TPR and FPR of the gate on photos (one row per photo is enough)."""
+    """ROC AUC, TPR and FPR of the gate on photos (one row per photo is enough).
+
+    With several active adapters the gate is their composition: an image's score is the
+    highest probability any of them gives it (they must share one gate threshold).
+    """
     probabilities: list[float] = []
     labels: list[bool] = []
     for dataset, label in ((forget_photos, True), (retain_photos, False)):
@@ -204,9 +208,15 @@ def discriminator_metrics(
             generate_answers(
                 model, processor, dataset, batch_size=batch_size, max_new_tokens=1, progress=False
             )
-        probabilities += [trace.probability for trace in traces]
+        probabilities += [max(trace.probabilities.values()) for trace in traces]
         labels += [label] * len(traces)
-    threshold = model.active_config.gate_threshold
+    thresholds = {model.cagul_config[name].gate_threshold for name in model.active_adapters}
+    if len(thresholds) != 1:
+        raise ValueError(
+            f"The active adapters {model.active_adapters} use different gate thresholds "
+            f"{sorted(thresholds)}: measure each alone (`model.set_adapter(name)`)."
+        )
+    (threshold,) = thresholds
     return {
         "auc": roc_auc(probabilities, labels),
         **rates_at_threshold(probabilities, labels, threshold),
