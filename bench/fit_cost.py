@@ -31,7 +31,6 @@ from transformers import Trainer, TrainerCallback
 
 from hf_cagul import CagulConfig, CagulTrainer, CagulTrainingConfig, get_cagul_model
 from hf_cagul.baselines import BASELINES, UnlearningConfig, get_baseline_trainer, prepare_model
-from hf_cagul.data.synthetic import synthetic_benchmark
 from hf_cagul.demo import DemoConfig, teach
 from hf_cagul.evaluation.suite import generation_metrics, rows_of_kind
 from hf_cagul.profiling import measure, release_memory
@@ -182,14 +181,7 @@ def cost_part(steps: int, batch: int) -> None:
 def forget_part(max_steps: int, every: int) -> None:
     """Steps, fit time and peak memory until the forget set is forgotten, on a memorised model."""
     demo = DemoConfig.quick()
-    splits = synthetic_benchmark(
-        num_people=demo.people,
-        num_unknown=demo.unknown,
-        forget_fraction=demo.forget_fraction,
-        train_images=demo.train_images,
-        heldout_images=demo.heldout_images,
-        seed=demo.seed,
-    )
+    splits = demo.benchmark()
     train = concatenate_datasets([splits["forget"], splits["retain"]])
     vlm, processor = teach(demo, train, "stage 1")
     probe_rows = rows_of_kind(splits["forget"], "private", 32)

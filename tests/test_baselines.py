@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from run_settings import trainer_arguments
 from vlm_inputs import assert_identical, snapshot, tiny_dataset
 
 from hf_cagul.baselines import (
@@ -25,23 +26,15 @@ from hf_cagul.tiny import tiny_vlm
 
 
 def config(tmp_path, **overrides) -> UnlearningConfig:
+    # One batch holds the whole tiny dataset: every step sees forget and retain rows.
     values = {
-        "output_dir": str(tmp_path / "out"),
         "max_steps": 3,
-        # One batch holds the whole tiny dataset: every step sees forget and retain rows.
         "per_device_train_batch_size": 8,
         "balance_splits": False,
         "learning_rate": 5e-3,
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "report_to": [],
-        "use_cpu": True,
-        "seed": 0,
-        "data_seed": 0,
-        "disable_tqdm": True,
+        **overrides,
     }
-    values.update(overrides)
-    return UnlearningConfig(**values)
+    return UnlearningConfig(**trainer_arguments(tmp_path, **values))
 
 
 def base_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 from datasets import concatenate_datasets
+from run_settings import micro_demo
 
 from hf_cagul.baselines import BASELINES
 from hf_cagul.cli import main
 from hf_cagul.compare import BaselineSettings, compare_baselines
 from hf_cagul.data.synthetic import synthetic_benchmark
-from hf_cagul.demo import DemoConfig, run_demo
+from hf_cagul.demo import run_demo
 from hf_cagul.evaluation.report import COMPARISON_COLUMNS
 from hf_cagul.profiling import weights_digest
 from hf_cagul.tiny import tiny_vlm
@@ -22,14 +23,8 @@ from hf_cagul.tiny import tiny_vlm
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory) -> tuple[dict, Path]:
     output = tmp_path_factory.mktemp("compare")
-    config = DemoConfig(
-        output_dir=output,
-        people=3,
-        unknown=1,
-        forget_fraction=0.34,
-        train_images=2,
-        heldout_images=2,
-        stage1_steps=12,
+    config = micro_demo(
+        output,
         cagul_steps=4,
         max_eval_rows=4,
         gold=False,

@@ -7,28 +7,18 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from run_settings import micro_demo
 
 from hf_cagul import CagulModel
 from hf_cagul.cli import main
-from hf_cagul.demo import DemoConfig, run_demo
+from hf_cagul.demo import run_demo
 from hf_cagul.tiny import tiny_vlm
 
 
 @pytest.fixture(scope="module")
 def micro_run(tmp_path_factory) -> tuple[dict, Path]:
     output = tmp_path_factory.mktemp("demo")
-    config = DemoConfig(
-        output_dir=output,
-        people=3,
-        unknown=1,
-        forget_fraction=0.34,
-        train_images=2,
-        heldout_images=2,
-        stage1_steps=12,
-        cagul_steps=6,
-        max_eval_rows=8,
-        ablation=True,
-    )
+    config = micro_demo(output, ablation=True)
     return run_demo(config), output
 
 

@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 from datasets import Dataset
+from run_settings import trainer_arguments
 from transformers import TrainerCallback
 from vlm_inputs import assert_identical, image, snapshot, tiny_dataset
 
@@ -25,21 +26,7 @@ TRAINER_STATE_FILES = {
 
 
 def training_args(tmp_path, **overrides) -> CagulTrainingConfig:
-    values = {
-        "output_dir": str(tmp_path / "out"),
-        "max_steps": 4,
-        "per_device_train_batch_size": 4,
-        "learning_rate": 1e-2,
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "report_to": [],
-        "use_cpu": True,
-        "seed": 0,
-        "data_seed": 0,
-        "disable_tqdm": True,
-    }
-    values.update(overrides)
-    return CagulTrainingConfig(**values)
+    return CagulTrainingConfig(**trainer_arguments(tmp_path, **overrides))
 
 
 def make_trainer(tmp_path, family="llava", **overrides) -> tuple[CagulTrainer, CagulModel]:

@@ -48,7 +48,7 @@ def _demo(args: argparse.Namespace) -> int:
     """Run the embedded benchmark end to end and write the report (``compare``: with baselines)."""
     from transformers.utils import logging as transformers_logging
 
-    from hf_cagul.compare import BaselineSettings
+    from hf_cagul.compare import FitSettings
     from hf_cagul.demo import DemoConfig, print_summary, run_demo
 
     transformers_logging.set_verbosity_error()  # the demo's own progress bars say enough
@@ -83,25 +83,36 @@ def _demo(args: argparse.Namespace) -> int:
         print_requests_table(continual_metrics, Path(config.output_dir))
         return 0
     if args.compare:
-        config.baselines = BaselineSettings(
-            methods=tuple(args.methods),
-            steps=args.baseline_steps or config.cagul_steps,
-            learning_rate=args.baseline_learning_rate,
-            lora_r=args.lora_r,
-            full=args.full,
-            seed=config.seed,
-            use_cpu=True,  # as the demo's own fits: one device for every fit time
-        )
+        # As the demo's own fits: batch 16, and the CPU for every method's fit time.
+        demo_fit = FitSettings(steps=config.cagul_steps, seed=config.seed, use_cpu=True)
+        config.baselines = _baseline_settings(args, demo_fit)
     metrics = run_demo(config)
     print_summary(metrics, Path(config.output_dir))
     return 0
+
+
+def _baseline_settings(args: argparse.Namespace, fit: Any) -> Any:
+    """The baselines' settings from the command line, with the CAGUL fit's budget (``fit``):
+    its batch size, seed and device, and its steps unless ``--baseline-steps`` says otherwise."""
+    from hf_cagul.compare import BaselineSettings
+
+    return BaselineSettings(
+        methods=tuple(args.methods),
+        steps=args.baseline_steps or fit.steps,
+        batch_size=fit.batch_size,
+        learning_rate=args.baseline_learning_rate,
+        seed=fit.seed,
+        use_cpu=fit.use_cpu,
+        lora_r=args.lora_r,
+        full=args.full,
+    )
 
 
 def _compare(args: argparse.Namespace) -> int:
     """``hf-cagul compare``: on ``--model`` or ``--tiny`` and ``--benchmark``, else the demo."""
     if not (args.model or args.tiny or args.benchmark):
         return _demo(args)
-    from hf_cagul.compare import BaselineSettings, CagulFitSettings, run_comparison
+    from hf_cagul.compare import CagulFitSettings, run_comparison
 
     splits = load_splits(args)
     vlm, processor = load_vlm(args.model, args.processor, args.tiny, args.dtype, args.device)
@@ -112,15 +123,7 @@ def _compare(args: argparse.Namespace) -> int:
         learning_rate=args.cagul_learning_rate,
         seed=seed,
     )
-    baselines = BaselineSettings(
-        methods=tuple(args.methods),
-        steps=args.baseline_steps or cagul.steps,
-        batch_size=args.batch_size,
-        learning_rate=args.baseline_learning_rate,
-        lora_r=args.lora_r,
-        full=args.full,
-        seed=seed,
-    )
+    baselines = _baseline_settings(args, cagul)
     output_dir = args.output_dir or args.default_dir
     name = "the tiny VLM" if args.tiny else args.model
     run_comparison(

@@ -40,77 +40,95 @@ __all__ = [
     "BaselineSettings",
     "CagulFitSettings",
     "FitRecord",
+    "FitSettings",
     "compare_baselines",
     "comparison_table",
     "fit_cagul_adapter",
     "run_comparison",
+    "scalar_metrics",
     "write_comparison",
 ]
 
 
 @dataclass
-class BaselineSettings:
-    """How the baselines are fitted (the same budget for every method).
+class FitSettings:
+    """The budget every method of a comparison shares.
 
     Args:
-        methods: Baselines to fit, from `hf_cagul.baselines.BASELINES`.
-        steps: Optimizer steps of each fit.
+        steps: Optimizer steps of the fit.
         batch_size: Rows per step.
         learning_rate: AdamW learning rate.
-        lora_r: LoRA rank (ignored with ``full``).
-        full: Fine-tune every weight of the language model instead of LoRA adapters.
-        beta: NPO's and IdkPO's inverse temperature.
-        augment_images: Perturb photos while fitting, as CAGUL's fit does in the demo.
-        seed: Seed of every fit.
+        augment_images: Perturb photos while fitting (`PhotoAugmentation`).
+        seed: Seed of the fit (and of a fresh adapter's initialisation).
         use_cpu: Fit on the CPU even where an accelerator is available (as the demo does, so
             that every method's fit time is measured on the same device).
-    """
-
-    methods: Sequence[str] = tuple(BASELINES)
-    steps: int = 300
-    batch_size: int = 16
-    learning_rate: float = 1e-3
-    lora_r: int = 16
-    full: bool = False
-    beta: float = 0.1
-    augment_images: bool = True
-    seed: int = 0
-    use_cpu: bool = False
-
-    def __post_init__(self) -> None:
-        for method in self.methods:
-            get_baseline_trainer(method)  # an unknown name fails here, before any fit
-        if self.steps <= 0 or self.batch_size <= 0:
-            raise ValueError(
-                f"steps and batch_size must be positive, got {self.steps}, {self.batch_size}."
-            )
-
-
-@dataclass
-class CagulFitSettings:
-    """How the CAGUL adapter is fitted (`CagulTrainer` on the frozen model).
-
-    Args:
-        steps: Optimizer steps.
-        batch_size: Rows per step.
-        learning_rate: AdamW learning rate of the adapter's modules.
-        token_ratio: Share of each flagged image's visual tokens rewritten.
-        token_selection: Which tokens: "lowest" attention (CAGUL), "random" or "highest".
-        attention_layer: Decoder layer whose attention ranks the tokens (None: default).
-        augment_images: Perturb photos while fitting.
-        seed: Seed of the adapter's initialisation and of the fit.
-        use_cpu: Fit on the CPU even where an accelerator is available.
     """
 
     steps: int = 500
     batch_size: int = 16
     learning_rate: float = 1e-3
-    token_ratio: float = 0.5
-    token_selection: Literal["lowest", "random", "highest"] = "lowest"
-    attention_layer: int | None = None
     augment_images: bool = True
     seed: int = 0
     use_cpu: bool = False
+
+    def __post_init__(self) -> None:
+        if self.steps <= 0 or self.batch_size <= 0:
+            raise ValueError(
+                f"steps and batch_size must be positive, got {self.steps}, {self.batch_size}."
+            )
+
+    def training_arguments(self, output_dir: str) -> dict[str, Any]:
+        """`TrainingArguments` values of a fit with these settings (no checkpoints or logs)."""
+        return {
+            "output_dir": output_dir,
+            "max_steps": self.steps,
+            "per_device_train_batch_size": self.batch_size,
+            "learning_rate": self.learning_rate,
+            "augment_images": self.augment_images,
+            "seed": self.seed,
+            "use_cpu": self.use_cpu,
+            "save_strategy": "no",
+            "logging_strategy": "no",
+            "report_to": [],
+            "disable_tqdm": False,
+        }
+
+
+@dataclass
+class BaselineSettings(FitSettings):
+    """How the baselines are fitted (the same budget for every method), after `FitSettings`.
+
+    Args:
+        methods: Baselines to fit, from `hf_cagul.baselines.BASELINES`.
+        lora_r: LoRA rank (ignored with ``full``).
+        full: Fine-tune every weight of the language model instead of LoRA adapters.
+        beta: NPO's and IdkPO's inverse temperature.
+    """
+
+    methods: Sequence[str] = tuple(BASELINES)
+    lora_r: int = 16
+    full: bool = False
+    beta: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for method in self.methods:
+            get_baseline_trainer(method)  # an unknown name fails here, before any fit
+
+
+@dataclass
+class CagulFitSettings(FitSettings):
+    """How the CAGUL adapter is fitted (`CagulTrainer` on the frozen model), after `FitSettings`.
+
+    Args:
+        token_ratio: Share of each flagged image's visual tokens rewritten.
+        token_selection: Which tokens: "lowest" attention (CAGUL), "random" or "highest".
+        attention_layer: Decoder layer whose attention ranks the tokens (None: default).
+    """
+
+    token_ratio: float = 0.5
+    token_selection: Literal["lowest", "random", "highest"] = "lowest"
+    attention_layer: int | None = None
 
     def adapter_config(self) -> CagulConfig:
         """The `CagulConfig` of the adapter these settings fit."""
@@ -140,19 +158,7 @@ def train_cagul_adapter(
     with tempfile.TemporaryDirectory() as output_dir:
         CagulTrainer(
             model=model,
-            args=CagulTrainingConfig(
-                output_dir=output_dir,
-                max_steps=settings.steps,
-                per_device_train_batch_size=settings.batch_size,
-                learning_rate=settings.learning_rate,
-                augment_images=settings.augment_images,
-                seed=settings.seed,
-                use_cpu=settings.use_cpu,
-                save_strategy="no",
-                logging_strategy="no",
-                report_to=[],
-                disable_tqdm=False,
-            ),
+            args=CagulTrainingConfig(**settings.training_arguments(output_dir)),
             train_dataset=train,
             processing_class=processor,
         ).train()
@@ -197,20 +203,7 @@ def _fit_baseline(
     with tempfile.TemporaryDirectory() as output_dir:
         trainer = get_baseline_trainer(method)(
             trainable,
-            UnlearningConfig(
-                output_dir=output_dir,
-                max_steps=settings.steps,
-                per_device_train_batch_size=settings.batch_size,
-                learning_rate=settings.learning_rate,
-                beta=settings.beta,
-                augment_images=settings.augment_images,
-                seed=settings.seed,
-                use_cpu=settings.use_cpu,
-                save_strategy="no",
-                logging_strategy="no",
-                report_to=[],
-                disable_tqdm=False,
-            ),
+            UnlearningConfig(beta=settings.beta, **settings.training_arguments(output_dir)),
             train_dataset=train,
             processing_class=processor,
             ref_model=vlm if settings.full else None,
@@ -263,6 +256,11 @@ def compare_baselines(
             method, vlm, processor, train, splits, settings, reference_truth_ratios, max_rows
         )
     return results, records
+
+
+def scalar_metrics(results: Mapping[str, Any]) -> dict[str, Any]:
+    """``results`` without its per-row lists (truth ratios...): what tables and plots show."""
+    return {key: value for key, value in results.items() if not isinstance(value, list)}
 
 
 def comparison_table(
@@ -336,10 +334,7 @@ def run_comparison(
         model.unload(), processor, train, splits, baselines, max_rows=max_rows
     )
     results.update(baseline_results)
-    results = {
-        name: {key: value for key, value in values.items() if not isinstance(value, list)}
-        for name, values in results.items()
-    }
+    results = {name: scalar_metrics(values) for name, values in results.items()}
     rows = comparison_table(results, {"cagul": record, **records})
     metrics: dict[str, Any] = {
         "title": title,

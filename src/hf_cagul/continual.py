@@ -21,7 +21,6 @@ from datasets import Dataset, DatasetDict, concatenate_datasets
 from tqdm.auto import tqdm
 
 from hf_cagul.compare import train_cagul_adapter
-from hf_cagul.data.synthetic import synthetic_benchmark
 from hf_cagul.demo import MEMORISED, DemoConfig, cagul_fit_settings, one_row_per_photo, teach
 from hf_cagul.evaluation.report import write_report
 from hf_cagul.evaluation.suite import discriminator_metrics, generation_metrics, rows_of_kind
@@ -101,14 +100,7 @@ def run_continual(config: DemoConfig, requests: int) -> tuple[dict[str, Any], Ca
     config = with_enough_forget_people(config, requests)
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    splits = synthetic_benchmark(
-        num_people=config.people,
-        num_unknown=config.unknown,
-        forget_fraction=config.forget_fraction,
-        train_images=config.train_images,
-        heldout_images=config.heldout_images,
-        seed=config.seed,
-    )
+    splits = config.benchmark()
     groups = forget_groups(splits["forget"], requests)
     vlm, processor = teach(
         config, concatenate_datasets([splits["forget"], splits["retain"]]), "stage 1"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from datasets import Dataset, concatenate_datasets
+from datasets import Dataset, DatasetDict, concatenate_datasets
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
@@ -32,6 +32,7 @@ from hf_cagul.compare import (
     compare_baselines,
     comparison_table,
     fit_cagul_adapter,
+    scalar_metrics,
     write_comparison,
 )
 from hf_cagul.data import (
@@ -89,6 +90,17 @@ class DemoConfig:
         }
         values.update(overrides)
         return cls(**values)
+
+    def benchmark(self) -> DatasetDict:
+        """The synthetic benchmark of these settings (`synthetic_benchmark`)."""
+        return synthetic_benchmark(
+            num_people=self.people,
+            num_unknown=self.unknown,
+            forget_fraction=self.forget_fraction,
+            train_images=self.train_images,
+            heldout_images=self.heldout_images,
+            seed=self.seed,
+        )
 
     def baseline_settings(self) -> BaselineSettings:
         """The baselines' settings: ``baselines``, or CAGUL's budget (steps, batch, seed)."""
@@ -239,22 +251,11 @@ def _targets(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def _strip_lists(results: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in results.items() if not isinstance(value, list)}
-
-
 def run_demo(config: DemoConfig) -> dict[str, Any]:
     """Run the whole demo; returns the metrics it wrote to ``config.output_dir``."""
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    splits = synthetic_benchmark(
-        num_people=config.people,
-        num_unknown=config.unknown,
-        forget_fraction=config.forget_fraction,
-        train_images=config.train_images,
-        heldout_images=config.heldout_images,
-        seed=config.seed,
-    )
+    splits = config.benchmark()
     train = concatenate_datasets([splits["forget"], splits["retain"]])
 
     clock = time.perf_counter()
@@ -319,7 +320,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             "memorised": (evaluated["base"].get("forget_keyword") or 0.0) >= MEMORISED,
             "threshold": MEMORISED,
         },
-        "results": {name: _strip_lists(values) for name, values in evaluated.items()},
+        "results": {name: scalar_metrics(values) for name, values in evaluated.items()},
         "discriminator": gate,
         "robustness": probes,
     }
@@ -335,7 +336,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         )
         for selection, label in variants:
             variant = fit_cagul(config, bare, processor, train, selection)
-            ablation[label] = _strip_lists(
+            ablation[label] = scalar_metrics(
                 evaluate_model(variant, processor, splits, reference, config.max_eval_rows)
             )
             bare = variant.unload()
@@ -357,7 +358,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             config.max_eval_rows,
         )
         metrics["results"].update(
-            {name: _strip_lists(values) for name, values in baselines.items()}
+            {name: scalar_metrics(values) for name, values in baselines.items()}
         )
         metrics["comparison"] = comparison_table(
             metrics["results"], {"cagul": cagul_fit, **records}
