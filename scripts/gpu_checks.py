@@ -215,7 +215,9 @@ def launch_worker(config: str, work: Path, name: str) -> str:
         "--num_processes", str(torch.cuda.device_count()),
         str(Path(__file__).resolve()), "--worker", str(output),
     ]  # fmt: skip
-    environment = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
+    # The worker imports this checkout first, then whatever the parent could import.
+    paths = [str(ROOT / "src"), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "HF_HUB_OFFLINE": "1"}
     launched = subprocess.run(
         command,
         env=environment,
