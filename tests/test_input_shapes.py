@@ -31,6 +31,13 @@ from hf_cagul.tiny import TINY_FAMILIES, tiny_vlm
 
 families = pytest.mark.parametrize("family", TINY_FAMILIES)
 
+
+def skip_unless(family: str, flag: str, why: str) -> None:
+    """Skip the test for a family whose `VLMFamily` ``flag`` is False; ``why`` says why."""
+    if not getattr(get_family(family), flag):
+        pytest.skip(f"{family}: {why} (VLMFamily.{flag})")
+
+
 # Inputs with one entry per token: sliced with the text, unlike the images' inputs.
 TOKEN_INPUTS = (
     "input_ids",
@@ -292,12 +299,13 @@ def test_generate_continues_from_the_cache_of_an_adapted_prefill(family) -> None
 
 @families
 def test_forward_continuing_a_cache_matches_one_call(family) -> None:
-    if not get_family(family).causal_prompt:
-        pytest.skip(
-            f"{family}: the prompt is one bidirectional prefix, so its first part in a prefill "
-            "cannot see the rest as in one call (VLMFamily.causal_prompt); generate's "
-            "continuations of the answer are test_generate_continues_from_the_cache_..."
-        )
+    skip_unless(
+        family,
+        "causal_prompt",
+        "the prompt is one bidirectional prefix, so its first part in a prefill cannot see the "
+        "rest as in one call; generate's continuations of the answer are "
+        "test_generate_continues_from_the_cache_...",
+    )
     model, processor = wrapped(family)
     full = batch(
         processor, family, [("{image} who is this person ? tell me his name please", [image(1)])]
@@ -325,17 +333,18 @@ def test_forward_continuing_a_cache_matches_one_call(family) -> None:
 def test_a_new_image_in_a_cached_conversation_matches_one_call(family) -> None:
     # Every visual token is rewritten, so the selection (which in two calls ranks the second
     # image by the second call's text only) cannot differ from one call's.
-    if not get_family(family).causal_prompt:
-        pytest.skip(
-            f"{family}: every image comes first, before any text, in one bidirectional prefix "
-            "(VLMFamily.causal_prompt), so no image can follow a cached conversation"
-        )
-    if not get_family(family).new_images_continue_a_cache:
-        pytest.skip(
-            f"{family}: a call that continues a cache must pass every image of the "
-            "conversation again (its cross-attention states replace the cached ones), so it "
-            "cannot bring only its new image (VLMFamily.new_images_continue_a_cache)"
-        )
+    skip_unless(
+        family,
+        "causal_prompt",
+        "every image comes first, before any text, in one bidirectional prefix, so no image "
+        "can follow a cached conversation",
+    )
+    skip_unless(
+        family,
+        "new_images_continue_a_cache",
+        "a call that continues a cache must pass every image of the conversation again (its "
+        "cross-attention states replace the cached ones), so it cannot bring only its new image",
+    )
     model, processor = wrapped(family, token_ratio=1.0)
     two_images = [("{image} who is this ? and {image} who is that ?", [image(1), image(2)])]
     full = batch(processor, family, two_images)

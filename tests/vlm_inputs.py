@@ -33,6 +33,22 @@ def tokens_per_image(family: str, side: int = TINY_IMAGE_SIZE) -> int:
     return 2 * grid * grid + grid if family == "llava_next" else grid * grid
 
 
+def processor_keys(family: str) -> set[str]:
+    """The inputs a tiny VLM's processor returns for a batch with images."""
+    return {"input_ids", "attention_mask", "pixel_values"} | {
+        "llava": set(),
+        "qwen2_vl": {"image_grid_thw", "mm_token_type_ids"},
+        "idefics3": {"pixel_attention_mask"},
+        "llava_next": {"image_sizes"},
+        "qwen2_5_vl": {"image_grid_thw", "mm_token_type_ids"},
+        "smolvlm": {"pixel_attention_mask"},
+        "paligemma": {"token_type_ids"},
+        "gemma3": {"token_type_ids"},
+        "qwen3_vl": {"image_grid_thw", "mm_token_type_ids"},
+        "mllama": {"aspect_ratio_ids", "aspect_ratio_mask", "cross_attention_mask"},
+    }[family]
+
+
 def batch(
     processor: Any,
     family: str,

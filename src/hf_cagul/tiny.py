@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers
@@ -500,13 +500,16 @@ class TinyIdefics3Processor(_PerSampleImagesMixin, Idefics3Processor):
     """`Idefics3Processor` that also takes per-sample image lists (see `tiny_vlm`)."""
 
 
-class _ImagesOnlyQwenMixin(_PerSampleImagesMixin):
-    """Qwen*-VL processor without its video processor (which needs torchvision).
-
-    transformers' classes insist on a video processor. This mixin drops it and keeps everything
-    else: each ``<|image_pad|>`` becomes ``prod(image_grid_thw) // merge_size**2`` image tokens,
-    and ``mm_token_type_ids`` (which the model needs with ``image_grid_thw``) is returned.
+class _TokenizerInitMixin(_PerSampleImagesMixin):
+    """A processor built from its image processor and tokenizer alone, with the special tokens
+    of `special_tokens` (for a tiny vocabulary, and without the parts the original's
+    ``__init__`` adds: a video processor, extra tokens).
     """
+
+    special_tokens: ClassVar[Mapping[str, str]] = {}
+    """``name -> token``: each sets ``<name>_token`` and ``<name>_token_id``."""
+    image_processor_settings: ClassVar[tuple[str, ...]] = ()
+    """Attributes of the image processor the processor copies (as the original does)."""
 
     def __init__(
         self,
@@ -515,16 +518,31 @@ class _ImagesOnlyQwenMixin(_PerSampleImagesMixin):
         chat_template: str | None = None,
         **kwargs: Any,
     ) -> None:
-        self.image_token = "<|image_pad|>"
-        self.video_token = "<|video_pad|>"
-        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+        for setting in self.image_processor_settings:
+            setattr(self, setting, getattr(image_processor, setting))
+        for name, token in self.special_tokens.items():
+            setattr(self, f"{name}_token", token)
+            setattr(self, f"{name}_token_id", tokenizer.convert_tokens_to_ids(token))
         ProcessorMixin.__init__(
             self,  # type: ignore[arg-type]
             image_processor,
             tokenizer,
             chat_template=chat_template,
         )
+
+
+class _ImagesOnlyQwenMixin(_TokenizerInitMixin):
+    """Qwen*-VL processor without its video processor (which needs torchvision).
+
+    transformers' classes insist on a video processor. This mixin drops it and keeps everything
+    else: each ``<|image_pad|>`` becomes ``prod(image_grid_thw) // merge_size**2`` image tokens,
+    and ``mm_token_type_ids`` (which the model needs with ``image_grid_thw``) is returned.
+    """
+
+    special_tokens: ClassVar[Mapping[str, str]] = {
+        "image": "<|image_pad|>",
+        "video": "<|video_pad|>",
+    }
 
 
 class TinyQwen2VLProcessor(_ImagesOnlyQwenMixin, Qwen2VLProcessor):
@@ -542,18 +560,11 @@ class TinyQwen2VLProcessor(_ImagesOnlyQwenMixin, Qwen2VLProcessor):
 class TinyQwen3VLProcessor(_ImagesOnlyQwenMixin, Qwen3VLProcessor):
     """`Qwen3VLProcessor` for images only (no torchvision), as `TinyQwen2VLProcessor`."""
 
-    def __init__(
-        self,
-        image_processor: Any = None,
-        tokenizer: Any = None,
-        chat_template: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(image_processor, tokenizer, chat_template)
-        self.vision_start_token = "<|vision_start|>"
-        self.vision_end_token = "<|vision_end|>"
-        self.vision_start_token_id = tokenizer.convert_tokens_to_ids(self.vision_start_token)
-        self.vision_end_token_id = tokenizer.convert_tokens_to_ids(self.vision_end_token)
+    special_tokens: ClassVar[Mapping[str, str]] = {
+        **_ImagesOnlyQwenMixin.special_tokens,
+        "vision_start": "<|vision_start|>",
+        "vision_end": "<|vision_end|>",
+    }
 
 
 def _qwen3_vl_config(
@@ -1019,7 +1030,7 @@ class TinySmolVLMProcessor(_PerSampleImagesMixin, SmolVLMProcessor):
         return ProcessorMixin.apply_chat_template(self, conversation, *args, **kwargs)
 
 
-class TinyPaliGemmaProcessor(_PerSampleImagesMixin, PaliGemmaProcessor):
+class TinyPaliGemmaProcessor(_TokenizerInitMixin, PaliGemmaProcessor):
     """`PaliGemmaProcessor` for the tiny vocabulary.
 
     Four differences from transformers' class, none of which changes what the model sees for
@@ -1031,17 +1042,8 @@ class TinyPaliGemmaProcessor(_PerSampleImagesMixin, PaliGemmaProcessor):
     go to ``generate`` as they are. Also takes per-sample image lists.
     """
 
-    def __init__(
-        self,
-        image_processor: Any = None,
-        tokenizer: Any = None,
-        chat_template: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        self.image_seq_length = image_processor.image_seq_length
-        self.image_token = "<image>"
-        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+    special_tokens: ClassVar[Mapping[str, str]] = {"image": "<image>"}
+    image_processor_settings = ("image_seq_length",)
 
     def __call__(
         self, images: Any = None, text: Any = None, suffix: Any = None, **kwargs: Any

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -191,3 +192,70 @@ def check_both_splits(benchmark: str, rows: Mapping[str, list[dict[str, Any]]], 
     for split in (FORGET_SPLIT, RETAIN_SPLIT):
         if not rows.get(split):
             raise BenchmarkLayoutError(f"{benchmark}: the conversion found no {split} rows. {hint}")
+
+
+def _number_in(text: str) -> int:
+    digits = re.sub(r"\D", "", text)
+    return int(digits) if digits else 0
+
+
+def forget_percent(
+    benchmark: str, forget_split: str, forget_splits: Sequence[str], layout: str
+) -> int:
+    """The percentage ``forget_split`` names, from its digits (``"forget_10"``, ``"10"``: 10).
+
+    Raises:
+        BenchmarkLayoutError: If that is not the percentage of one of ``forget_splits``.
+    """
+    percent = _number_in(forget_split)
+    if percent not in {_number_in(name) for name in forget_splits}:
+        raise layout_error(
+            benchmark,
+            f"forget split {forget_split!r} is not one of {', '.join(forget_splits)}.",
+            layout,
+        )
+    return percent
+
+
+RowConverter = Callable[[dict[str, Any], str, str], list[dict[str, Any]]]
+"""``(parquet row, split, folder name) -> converted rows`` of one benchmark."""
+
+
+def convert_parquet_configs(
+    benchmark: str,
+    layout: str,
+    source: str | os.PathLike[str],
+    revision: str | None,
+    configs: Mapping[str, str],
+    convert: RowConverter,
+    hint: str,
+    variants: Sequence[str] = ("",),
+) -> DatasetDict:
+    """Splits from a benchmark published as one parquet folder per configuration.
+
+    Args:
+        benchmark: The benchmark's name, for errors.
+        layout: The published layout, for errors.
+        source: A local copy or a Hub dataset id (only the configurations' folders are fetched).
+        revision: Hub revision, for a Hub id.
+        configs: The configuration (folder name) of each split.
+        convert: Converts each parquet row of a split (it raises for a malformed row).
+        hint: What `check_both_splits` adds when a split comes out empty.
+        variants: Suffixes of the folder names to read, the first present one wins (``""``:
+            the configuration's own folder).
+
+    Raises:
+        BenchmarkLayoutError: If a configuration has no parquet folder, or a split no rows.
+    """
+    patterns = [f"{config}{suffix}/*" for config in configs.values() for suffix in variants]
+    root = resolve_source(source, allow_patterns=patterns, revision=revision)
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for split, config in configs.items():
+        directory = config_directory(root, [f"{config}{suffix}" for suffix in variants])
+        if directory is None:
+            raise layout_error(benchmark, f"{root} has no parquet files in {config}/.", layout)
+        rows[split] = []
+        for row in read_parquet_rows(directory):
+            rows[split] += convert(row, split, directory.name)
+    check_both_splits(benchmark, rows, hint)
+    return build_splits(rows)

@@ -17,20 +17,16 @@ determine; the exact parquet file names inside them do not matter.
 from __future__ import annotations
 
 import os
-import re
 from typing import Any
 
 from datasets import DatasetDict
 
 from hf_cagul.data.benchmarks._common import (
     as_list,
-    build_splits,
-    check_both_splits,
-    config_directory,
+    convert_parquet_configs,
+    forget_percent,
     layout_error,
     qa_row,
-    read_parquet_rows,
-    resolve_source,
 )
 from hf_cagul.data.schema import FORGET_SPLIT, RETAIN_SPLIT
 
@@ -49,18 +45,6 @@ perturbed_captions, perturbed_names); each row: image {bytes, path}, caption, na
 """
 
 _COLUMNS = ("image", "caption", "name")
-
-
-def _percent(forget_split: str) -> int:
-    digits = re.sub(r"\D", "", forget_split)
-    percent = int(digits) if digits else 0
-    if percent not in (1, 5, 10):
-        raise layout_error(
-            NAME,
-            f"forget split {forget_split!r} is not one of {', '.join(FORGET_SPLITS)}.",
-            LAYOUT,
-        )
-    return percent
 
 
 def _photo_rows(photo: dict[str, Any], split: str) -> list[dict[str, Any]]:
@@ -88,6 +72,18 @@ def _photo_rows(photo: dict[str, Any], split: str) -> list[dict[str, Any]]:
     ]
 
 
+def _checked_photo_rows(photo: dict[str, Any], split: str, folder: str) -> list[dict[str, Any]]:
+    missing = [column for column in _COLUMNS if column not in photo]
+    if missing:
+        raise layout_error(
+            NAME, f"{folder}/ rows lack {missing} (they have {sorted(photo)}).", LAYOUT
+        )
+    try:
+        return _photo_rows(photo, split)
+    except TypeError as err:
+        raise layout_error(NAME, f"a row of {folder}/ is malformed ({err}).", LAYOUT) from err
+
+
 def load_clear(
     source: str | os.PathLike[str],
     forget_split: str = DEFAULT_FORGET_SPLIT,
@@ -106,31 +102,9 @@ def load_clear(
         BenchmarkLayoutError: If a configuration folder is missing or its rows lack
             ``image``, ``caption`` or ``name`` (the message shows the layout).
     """
-    percent = _percent(forget_split)
+    percent = forget_percent(NAME, forget_split, FORGET_SPLITS, LAYOUT)
     configs = {FORGET_SPLIT: f"forget{percent:02d}", RETAIN_SPLIT: f"retain{100 - percent}"}
-    patterns = [
-        f"{config}{suffix}/*" for config in configs.values() for suffix in ("", "_perturbed")
-    ]
-    root = resolve_source(source, allow_patterns=patterns, revision=revision)
-    rows: dict[str, list[dict[str, Any]]] = {}
-    for split, config in configs.items():
-        directory = config_directory(root, [f"{config}_perturbed", config])
-        if directory is None:
-            raise layout_error(NAME, f"{root} has no parquet files in {config}/.", LAYOUT)
-        rows[split] = []
-        for photo in read_parquet_rows(directory):
-            missing = [column for column in _COLUMNS if column not in photo]
-            if missing:
-                raise layout_error(
-                    NAME,
-                    f"{directory.name}/ rows lack {missing} (they have {sorted(photo)}).",
-                    LAYOUT,
-                )
-            try:
-                rows[split] += _photo_rows(photo, split)
-            except TypeError as err:
-                raise layout_error(
-                    NAME, f"a row of {directory.name}/ is malformed ({err}).", LAYOUT
-                ) from err
-    check_both_splits(NAME, rows, "Both configurations need photos.")
-    return build_splits(rows)
+    hint = "Both configurations need photos."
+    return convert_parquet_configs(
+        NAME, LAYOUT, source, revision, configs, _checked_photo_rows, hint, ("_perturbed", "")
+    )

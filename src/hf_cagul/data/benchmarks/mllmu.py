@@ -20,7 +20,6 @@ code; a different local arrangement fails with this layout in the message.
 from __future__ import annotations
 
 import os
-import re
 from typing import Any
 
 from datasets import DatasetDict
@@ -28,13 +27,10 @@ from datasets import DatasetDict
 from hf_cagul.data.benchmarks._common import (
     FILL_BLANK_TASK,
     MULTIPLE_CHOICE_TASK,
-    build_splits,
-    check_both_splits,
-    config_directory,
+    convert_parquet_configs,
+    forget_percent,
     layout_error,
     qa_row,
-    read_parquet_rows,
-    resolve_source,
 )
 from hf_cagul.data.schema import FORGET_SPLIT, RETAIN_SPLIT
 
@@ -55,18 +51,6 @@ Ground_Truth}], Mask_Task [{Type, Question, Ground_Truth}]
 """
 
 _TASK_COLUMNS = ("Classification_Task", "Generation_Task", "Mask_Task")
-
-
-def _percent(forget_split: str) -> int:
-    digits = re.sub(r"\D", "", forget_split)
-    percent = int(digits) if digits else 0
-    if percent not in (5, 10, 15):
-        raise layout_error(
-            NAME,
-            f"forget split {forget_split!r} is not one of {', '.join(FORGET_SPLITS)}.",
-            LAYOUT,
-        )
-    return percent
 
 
 def _profile_rows(profile: dict[str, Any], split: str) -> list[dict[str, Any]]:
@@ -111,6 +95,23 @@ def _profile_rows(profile: dict[str, Any], split: str) -> list[dict[str, Any]]:
     return rows
 
 
+def _checked_profile_rows(profile: dict[str, Any], split: str, folder: str) -> list[dict[str, Any]]:
+    missing = [c for c in ("ID", "image") if c not in profile]
+    if missing or not any(column in profile for column in _TASK_COLUMNS):
+        raise layout_error(
+            NAME,
+            f"{folder}/ rows lack {missing or 'all of ' + ', '.join(_TASK_COLUMNS)} "
+            f"(they have {sorted(profile)}).",
+            LAYOUT,
+        )
+    try:
+        return _profile_rows(profile, split)
+    except (KeyError, TypeError, AttributeError) as err:
+        raise layout_error(
+            NAME, f"profile {profile['ID']} in {folder}/ is malformed ({err!r}).", LAYOUT
+        ) from err
+
+
 def load_mllmu(
     source: str | os.PathLike[str],
     forget_split: str = DEFAULT_FORGET_SPLIT,
@@ -134,31 +135,9 @@ def load_mllmu(
         BenchmarkLayoutError: If a configuration folder is missing or a row lacks the
             published columns (the message shows the layout).
     """
-    percent = _percent(forget_split)
+    percent = forget_percent(NAME, forget_split, FORGET_SPLITS, LAYOUT)
     configs = {FORGET_SPLIT: f"forget_{percent}", RETAIN_SPLIT: f"retain_{100 - percent}"}
-    root = resolve_source(
-        source, allow_patterns=[f"{name}/*" for name in configs.values()], revision=revision
+    hint = "Profiles need image-textual questions."
+    return convert_parquet_configs(
+        NAME, LAYOUT, source, revision, configs, _checked_profile_rows, hint
     )
-    rows: dict[str, list[dict[str, Any]]] = {}
-    for split, config in configs.items():
-        directory = config_directory(root, [config])
-        if directory is None:
-            raise layout_error(NAME, f"{root} has no parquet files in {config}/.", LAYOUT)
-        rows[split] = []
-        for profile in read_parquet_rows(directory):
-            missing = [c for c in ("ID", "image") if c not in profile]
-            if missing or not any(column in profile for column in _TASK_COLUMNS):
-                raise layout_error(
-                    NAME,
-                    f"{config}/ rows lack {missing or 'all of ' + ', '.join(_TASK_COLUMNS)} "
-                    f"(they have {sorted(profile)}).",
-                    LAYOUT,
-                )
-            try:
-                rows[split] += _profile_rows(profile, split)
-            except (KeyError, TypeError, AttributeError) as err:
-                raise layout_error(
-                    NAME, f"profile {profile['ID']} in {config}/ is malformed ({err!r}).", LAYOUT
-                ) from err
-    check_both_splits(NAME, rows, "Profiles need image-textual questions.")
-    return build_splits(rows)
