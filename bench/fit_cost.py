@@ -31,6 +31,7 @@ from transformers import Trainer, TrainerCallback
 
 from hf_cagul import CagulConfig, CagulTrainer, CagulTrainingConfig, get_cagul_model
 from hf_cagul.baselines import BASELINES, UnlearningConfig, get_baseline_trainer, prepare_model
+from hf_cagul.compare import BaselineSettings, CagulFitSettings
 from hf_cagul.demo import DemoConfig, teach
 from hf_cagul.evaluation.suite import generation_metrics, rows_of_kind
 from hf_cagul.profiling import measure, release_memory
@@ -208,38 +209,30 @@ def forget_part(max_steps: int, every: int) -> None:
         cleanup()
         release_memory()
 
-    arguments = {
-        "per_device_train_batch_size": 16,
-        "augment_images": True,
-        "report_to": [],
-        "save_strategy": "no",
-        "logging_strategy": "no",
-        "use_cpu": True,
-        "disable_tqdm": True,
-        "seed": 0,
-        "max_steps": max_steps,
-    }
+    # The comparison's budget (hf_cagul.compare): batch 16, photos augmented, on the CPU.
+    cagul_fit = CagulFitSettings(
+        steps=max_steps, learning_rate=demo.cagul_learning_rate, use_cpu=True
+    )
+    baseline_fit = BaselineSettings(steps=max_steps, use_cpu=True)
     torch.manual_seed(0)
-    cagul_model = get_cagul_model(vlm, CagulConfig())
+    cagul_model = get_cagul_model(vlm, cagul_fit.adapter_config())
     run(
         "cagul",
         lambda output_dir, _: CagulTrainer(
             model=cagul_model,
-            args=CagulTrainingConfig(
-                output_dir=output_dir, learning_rate=demo.cagul_learning_rate, **arguments
-            ),
+            args=CagulTrainingConfig(**cagul_fit.training_arguments(output_dir)),
             train_dataset=train,
             processing_class=processor,
         ),
         cagul_model.unload,
     )
     for method in BASELINES:
-        model: Any = prepare_model(vlm, lora_r=16)
+        model: Any = prepare_model(vlm, lora_r=baseline_fit.lora_r)
         run(
             method,
             lambda output_dir, _, model=model, method=method: get_baseline_trainer(method)(
                 model,
-                UnlearningConfig(output_dir=output_dir, learning_rate=1e-3, **arguments),
+                UnlearningConfig(**baseline_fit.training_arguments(output_dir)),
                 train_dataset=train,
                 processing_class=processor,
             ),
