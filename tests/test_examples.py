@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import runpy
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from benchmark_fixtures import write_fiubench
 from PIL import Image
 from transformers import pipeline
 
-from hf_cagul import CagulConfig, get_cagul_model
+from hf_cagul import CagulConfig, CagulModel, get_cagul_model
 from hf_cagul.cli import main
 from hf_cagul.data import CagulDataCollator
 from hf_cagul.tiny import tiny_vlm
@@ -93,3 +94,21 @@ def test_pipeline_on_the_hooked_vlm_answers_as_the_adapted_model() -> None:
     with model.disable_adapter():
         base = served()
     assert base != adapted
+
+
+def test_multi_process_fit_as_in_fit_multi_gpu(tmp_path) -> None:
+    """examples/fit_multi_gpu.md's command, with torchrun and 2 CPU processes (gloo)."""
+    output = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "-m", "hf_cagul.cli", "fit", "--tiny", "--benchmark", "synthetic",
+        "--max-steps", "2", "--batch-size", "2", "--save-steps", "2",
+        "--output-dir", str(output),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("Adapter written") == 1  # the main process alone writes it
+    vlm, _ = tiny_vlm("llava", seed=0)
+    loaded = CagulModel.from_pretrained(vlm, output / "adapter")
+    assert loaded.get_nb_trainable_parameters()[0] == 0  # loaded for inference
+    assert (output / "checkpoint-2" / "trainer_state.json").is_file()

@@ -313,6 +313,9 @@ def _fit(args: argparse.Namespace) -> int:
             **checkpointing,
             bf16=args.bf16,
             seed=args.seed,
+            # On the CPU, Trainer runs several processes (torchrun) as DDP over gloo only
+            # when told it is on the CPU.
+            use_cpu=vlm.device.type == "cpu",
             report_to=args.report_to,
             disable_tqdm=False,
         ),
@@ -324,9 +327,10 @@ def _fit(args: argparse.Namespace) -> int:
     elif args.resume:
         print(f"No checkpoint in {output_dir}: starting from scratch.")
     trainer.train(resume_from_checkpoint=checkpoint)
-    adapter = model.save_pretrained(output_dir / "adapter")
-    steps = trainer.state.global_step
-    print(f"Adapter written to {adapter} ({len(train)} training rows, {steps} steps)")
+    if trainer.is_world_process_zero():  # one writer under torchrun / accelerate launch
+        adapter = model.save_pretrained(output_dir / "adapter")
+        steps = trainer.state.global_step
+        print(f"Adapter written to {adapter} ({len(train)} training rows, {steps} steps)")
     return 0
 
 
