@@ -218,3 +218,22 @@ def test_unknown_method_and_bad_arguments(tmp_path) -> None:
         config(tmp_path, beta=0.0)
     with pytest.raises(ValueError, match="lora_r"):
         prepare_model(tiny_vlm("llava")[0], lora_r=0)
+
+
+def test_a_batch_without_forget_rows_is_a_zero_step_not_a_crash(tmp_path) -> None:
+    """Gradient ascent on a list dataset (no filtering) whose batch holds retain rows only."""
+    vlm, processor = tiny_vlm("llava")
+    model = prepare_model(vlm, lora_r=4)
+    retain_rows = [row for row in tiny_dataset() if row["split"] == "retain"]
+    before = {k: v.clone() for k, v in model.named_parameters() if v.requires_grad}
+    trainer = GATrainer(
+        model,
+        config(tmp_path, max_steps=1, per_device_train_batch_size=2, learning_rate=1e-2),
+        train_dataset=retain_rows,
+        processing_class=processor,
+    )
+    trainer.train()
+    logged = next(entry for entry in trainer.state.log_history if "forget_loss" in entry)
+    assert logged["forget_loss"] == 0 and logged["retain_loss"] == 0
+    after = dict(model.named_parameters())
+    assert all(torch.equal(before[name], after[name]) for name in before)

@@ -222,7 +222,9 @@ class UnlearningTrainer(ForgetRetainTrainer):
         labels = inputs.pop("labels")
         outputs = model(**inputs)
         step = _Step(self, model, inputs, outputs.logits, labels, forget, refusal)
-        zero = outputs.logits.new_zeros((), dtype=torch.float32)
+        # A batch without rows for a term (gradient ascent given only retain rows) still needs
+        # a loss in the graph: backward then gives zero gradients instead of failing.
+        zero = outputs.logits.float().sum() * 0.0
         forget_loss = self.forget_term(step) if bool(forget.any()) else zero
         retain_loss = (
             self.retain_term(step) if self.uses_retain and not bool(forget.all()) else zero
