@@ -31,7 +31,7 @@ from transformers import Trainer, TrainerCallback
 
 from hf_cagul import CagulConfig, CagulTrainer, CagulTrainingConfig, get_cagul_model
 from hf_cagul.baselines import BASELINES, UnlearningConfig, get_baseline_trainer, prepare_model
-from hf_cagul.compare import BaselineSettings, CagulFitSettings
+from hf_cagul.compare import BaselineSettings, CagulFitSettings, FitSettings
 from hf_cagul.demo import DemoConfig, teach
 from hf_cagul.evaluation.suite import generation_metrics, rows_of_kind
 from hf_cagul.profiling import measure, release_memory
@@ -122,27 +122,15 @@ def fit(trainer: Trainer) -> tuple[float, int]:
     return statistics.median(timer.durations[1:]), memory.peak_bytes
 
 
-def run_arguments(output_dir: str, steps: int, batch: int) -> dict[str, Any]:
-    """`TrainingArguments` every fit shares."""
-    return {
-        "output_dir": output_dir,
-        "max_steps": steps,
-        "per_device_train_batch_size": batch,
-        "report_to": [],
-        "save_strategy": "no",
-        "logging_strategy": "no",
-        "use_cpu": True,
-        "disable_tqdm": True,
-        "seed": 0,
-    }
-
-
 def cost_part(steps: int, batch: int) -> None:
     """Seconds per step and peak memory on the small-real LLaVA."""
     rows = pretokenised(steps * batch)
     results: dict[str, tuple[float, int, int]] = {}
     with tempfile.TemporaryDirectory() as output_dir:
-        arguments = run_arguments(output_dir, steps, batch)
+        # Pre-tokenised batches: no photos to augment; the learning rate does not change a
+        # step's cost.
+        budget = FitSettings(steps=steps, batch_size=batch, augment_images=False, use_cpu=True)
+        arguments = budget.training_arguments(output_dir)
         for method in BASELINES:
             model = prepare_model(small_real_llava(), lora_r=16)
             trainer = get_baseline_trainer(method)(

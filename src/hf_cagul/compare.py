@@ -44,6 +44,7 @@ __all__ = [
     "compare_baselines",
     "comparison_table",
     "fit_cagul_adapter",
+    "measured_cagul_fit",
     "run_comparison",
     "scalar_metrics",
     "write_comparison",
@@ -184,6 +185,20 @@ class FitRecord:
         }
 
 
+def measured_cagul_fit(
+    vlm: PreTrainedModel, processor: Any, train: Dataset, settings: CagulFitSettings
+) -> tuple[CagulModel, FitRecord]:
+    """`fit_cagul_adapter`, with the fit's time, peak memory, trainable parameters, and whether
+    it modified ``vlm``'s weights (a digest before and after)."""
+    digest = weights_digest(vlm)
+    with measure() as measurement:
+        model = fit_cagul_adapter(vlm, processor, train, settings)
+    record = FitRecord(
+        measurement, model.get_nb_trainable_parameters()[0], weights_digest(vlm) != digest
+    )
+    return model, record
+
+
 def _fit_baseline(
     method: str,
     vlm: PreTrainedModel,
@@ -216,8 +231,9 @@ def _fit_baseline(
         record.base_weights_modified = weights_digest(trainable) != digest
     else:
         trainable.unload()  # removes the LoRA layers, leaving the base model
-        record.base_weights_modified = weights_digest(vlm) != digest
     vlm.requires_grad_(False)
+    # LoRA leaves every base tensor as it was (base_weights_modified stays False): checked here,
+    # as the full copy's reference is.
     if weights_digest(vlm) != digest:
         raise RuntimeError(f"Fitting {method} modified the stage-1 model's weights: a bug.")
     return results, record
@@ -267,16 +283,11 @@ def comparison_table(
     results: Mapping[str, Mapping[str, Any]], records: Mapping[str, FitRecord]
 ) -> list[dict[str, Any]]:
     """One row per method that has a `FitRecord`: ``method`` and the `COMPARISON_COLUMNS`."""
-    return [
-        {
-            "method": method,
-            **{
-                key: {**results[method], **record.as_metrics()}.get(key)
-                for key in COMPARISON_COLUMNS
-            },
-        }
-        for method, record in records.items()
-    ]
+    rows = []
+    for method, record in records.items():
+        values = {**results[method], **record.as_metrics()}
+        rows.append({"method": method, **{key: values.get(key) for key in COMPARISON_COLUMNS}})
+    return rows
 
 
 def write_comparison(rows: Sequence[Mapping[str, Any]], output_dir: str | Path) -> list[Path]:
@@ -322,12 +333,7 @@ def run_comparison(
     results: dict[str, dict[str, Any]] = {
         "base": evaluate_model(vlm, processor, splits, max_rows=max_rows)
     }
-    digest = weights_digest(vlm)
-    with measure() as measurement:
-        model = fit_cagul_adapter(vlm, processor, train, cagul)
-    record = FitRecord(
-        measurement, model.get_nb_trainable_parameters()[0], weights_digest(vlm) != digest
-    )
+    model, record = measured_cagul_fit(vlm, processor, train, cagul)
     results["cagul"] = evaluate_model(model, processor, splits, max_rows=max_rows)
     model.save_pretrained(Path(output_dir) / "adapter")
     baseline_results, records = compare_baselines(

@@ -28,10 +28,10 @@ from transformers import PreTrainedModel, Trainer, TrainingArguments
 from hf_cagul.compare import (
     BaselineSettings,
     CagulFitSettings,
-    FitRecord,
     compare_baselines,
     comparison_table,
     fit_cagul_adapter,
+    measured_cagul_fit,
     scalar_metrics,
     write_comparison,
 )
@@ -46,7 +46,6 @@ from hf_cagul.evaluation.probes import run_probes
 from hf_cagul.evaluation.report import AttentionHeatmap, write_report
 from hf_cagul.evaluation.suite import discriminator_metrics, evaluate_model, rows_of_kind
 from hf_cagul.model import CagulModel
-from hf_cagul.profiling import measure, weights_digest
 from hf_cagul.tiny import tiny_vlm
 
 MEMORISED = 0.9
@@ -267,13 +266,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         gold, _ = teach(config, splits["retain"], "gold (retain only)")
         timings["gold model (retain only)"] = time.perf_counter() - clock
 
-    digest = weights_digest(vlm)
-    with measure() as measurement:
-        model = fit_cagul(config, vlm, processor, train, "lowest")
-    timings["CAGUL fit"] = measurement.seconds
-    cagul_fit = FitRecord(
-        measurement, model.get_nb_trainable_parameters()[0], weights_digest(vlm) != digest
-    )
+    model, cagul_fit = measured_cagul_fit(vlm, processor, train, cagul_fit_settings(config))
+    timings["CAGUL fit"] = cagul_fit.measurement.seconds
 
     clock = time.perf_counter()
     evaluated: dict[str, dict[str, Any]] = {}
@@ -347,13 +341,14 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         timings["ablation"] = time.perf_counter() - clock
     if config.compare:
         clock = time.perf_counter()
-        metrics["settings"]["baselines"] = dataclasses.asdict(config.baseline_settings())
+        baseline_settings = config.baseline_settings()
+        metrics["settings"]["baselines"] = dataclasses.asdict(baseline_settings)
         baselines, records = compare_baselines(
             bare,
             processor,
             train,
             splits,
-            config.baseline_settings(),
+            baseline_settings,
             reference,
             config.max_eval_rows,
         )

@@ -17,6 +17,7 @@ __all__ = [
     "dpo_loss",
     "half_per_class",
     "mean_answer_nll",
+    "mean_nll",
     "npo_loss",
     "token_kl",
 ]
@@ -45,7 +46,11 @@ def mean_answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
     Rows without an answer token get 0 (they carry no loss).
     """
-    log_probs, counts = answer_log_probs(logits, labels)
+    return mean_nll(*answer_log_probs(logits, labels))
+
+
+def mean_nll(log_probs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Per-row mean token NLL from `answer_log_probs`'s output (0 for rows without tokens)."""
     return -log_probs / counts.clamp_min(1)
 
 

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from hf_cagul.data import FORGET_SPLIT, IGNORE_INDEX, SPLIT_COLUMN, UnlearningDataCollator
-from hf_cagul.losses import answer_log_probs, dpo_loss, mean_answer_nll, npo_loss, token_kl
+from hf_cagul.losses import answer_log_probs, dpo_loss, mean_nll, npo_loss, token_kl
 from hf_cagul.training import ForgetRetainArguments, ForgetRetainTrainer
 
 __all__ = [
@@ -86,14 +86,20 @@ class _Step:
     refusal: dict[str, Any] | None
 
     @cached_property
+    def answer(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row summed log-probability of the true answer and its token count (one
+        log-softmax over the batch, shared by every term)."""
+        return answer_log_probs(self.logits, self.labels)
+
+    @property
     def nll(self) -> torch.Tensor:
         """Per-row mean token NLL of the true answer."""
-        return mean_answer_nll(self.logits, self.labels)
+        return mean_nll(*self.answer)
 
-    @cached_property
+    @property
     def log_probs(self) -> torch.Tensor:
         """Per-row summed log-probability of the true answer."""
-        return answer_log_probs(self.logits, self.labels)[0]
+        return self.answer[0]
 
     @cached_property
     def reference_logits(self) -> torch.Tensor:
