@@ -62,6 +62,10 @@ def adapter_gradients(output: Path) -> None:
     assert (processes > 1) == bool(sharded), "FSDP2 did not shard the VLM"
     if rank == 0:
         save_file(gradients, str(output))
+    # Every process leaves together with its process group destroyed: a process exiting with
+    # gloo's threads alive can abort ("terminate called without an active exception").
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":

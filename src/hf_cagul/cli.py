@@ -331,6 +331,11 @@ def _fit(args: argparse.Namespace) -> int:
         adapter = model.save_pretrained(output_dir / "adapter")
         steps = trainer.state.global_step
         print(f"Adapter written to {adapter} ({len(train)} training rows, {steps} steps)")
+    # Under torchrun every process leaves together, with its process group destroyed: exiting
+    # with gloo's threads alive can abort a process ("terminate called without an active
+    # exception").
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
     return 0
 
 
