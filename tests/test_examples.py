@@ -100,7 +100,7 @@ def test_multi_process_fit_as_in_fit_multi_gpu(tmp_path) -> None:
     """examples/fit_multi_gpu.md's command, with torchrun and 2 CPU processes (gloo)."""
     output = tmp_path / "run"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "hf_cagul.cli", "fit", "--tiny", "--benchmark", "synthetic",
         "--max-steps", "2", "--batch-size", "2", "--save-steps", "2",
         "--output-dir", str(output),
