@@ -5,6 +5,14 @@ the per-device batch and once in-process with the whole batch, and compares the 
 
     python -m torch.distributed.run --nproc_per_node 2 tests/ddp_fit.py OUT --per-device-batch 2
 
+With ``--deepspeed VLM_DIR`` it fits under ``accelerate launch`` with the ZeRO-3 config, on
+the CPU (DeepSpeed's CPU accelerator, gloo), the tiny LLaVA saved in ``VLM_DIR`` partitioned by
+``from_pretrained`` as it loads::
+
+    DS_ACCELERATOR=cpu accelerate launch --config_file examples/accelerate_deepspeed_zero3.yaml \
+        --mixed_precision no --num_processes 2 tests/ddp_fit.py OUT --per-device-batch 2 \
+        --deepspeed VLM_DIR
+
 Run it from anywhere: it puts ``src/`` and ``tests/`` on the path itself.
 """
 
@@ -22,28 +30,45 @@ for entry in (TESTS, TESTS.parent / "src"):
 
 import torch  # noqa: E402
 from test_trainer import tiny_dataset, training_args  # noqa: E402
+from transformers import AutoModelForImageTextToText  # noqa: E402
 
-from hf_cagul import CagulConfig, CagulTrainer, get_cagul_model  # noqa: E402
+from hf_cagul import CagulConfig, CagulModel, CagulTrainer, get_cagul_model  # noqa: E402
 from hf_cagul.tiny import tiny_vlm  # noqa: E402
 
 LOG_NAME = "log_history.json"
 """Written next to the adapter: the Trainer's log history of the main process."""
 
 
-def fit(output_dir: Path, per_device_batch: int, steps: int, rows_per_split: int = 6) -> None:
+def fit(
+    output_dir: Path,
+    per_device_batch: int,
+    steps: int,
+    rows_per_split: int = 6,
+    deepspeed_vlm: Path | None = None,
+) -> None:
     """Fit the adapter of a tiny LLaVA for ``steps`` steps and save it to ``output_dir``.
 
     Every process builds the same model, adapter and data (fixed seeds); the Trainer shards
     the batches. The adapter and the log history are written by the main process only.
+    ``deepspeed_vlm``: launched with a DeepSpeed ZeRO-3 config; that saved copy of the tiny
+    LLaVA is loaded after the training config, so ``from_pretrained`` partitions it.
     """
-    vlm, processor = tiny_vlm("llava")
-    torch.manual_seed(0)  # the adapter's initial weights
-    model = get_cagul_model(vlm, CagulConfig())
+    vlm, processor = tiny_vlm("llava")  # before the config: never under ZeRO-3's init
+    # DeepSpeed on the CPU: accelerate sets DeepSpeed's process group up only when not told
+    # to use the CPU, and with a named backend (it has no GPU to pick NCCL for).
+    placement = {"use_cpu": False, "ddp_backend": "gloo"} if deepspeed_vlm else {}
     args = training_args(
         output_dir,
         max_steps=steps,
         per_device_train_batch_size=per_device_batch,
+        **placement,
     )
+    if deepspeed_vlm is not None:
+        vlm = AutoModelForImageTextToText.from_pretrained(deepspeed_vlm)
+        whole = [name for name, p in vlm.named_parameters() if not hasattr(p, "ds_id")]
+        assert not whole, f"ZeRO-3 did not partition {whole} while loading"
+    torch.manual_seed(0)  # the adapter's initial weights
+    model = get_cagul_model(vlm, CagulConfig())
     trainer = CagulTrainer(
         model=model,
         args=args,
@@ -51,6 +76,8 @@ def fit(output_dir: Path, per_device_batch: int, steps: int, rows_per_split: int
         processing_class=processor,
     )
     trainer.train()
+    if deepspeed_vlm is not None:
+        refuses_partitioned_save(model, output_dir / "partial")
     trainer.save_model(str(output_dir / "adapter"))
     if trainer.is_world_process_zero():
         (output_dir / LOG_NAME).write_text(json.dumps(trainer.state.log_history))
@@ -58,13 +85,30 @@ def fit(output_dir: Path, per_device_batch: int, steps: int, rows_per_split: int
     trainer.accelerator.end_training()  # no-op in one process; see tests/fsdp_step.py
 
 
+def refuses_partitioned_save(model: CagulModel, directory: Path) -> None:
+    """``save_pretrained`` of an adapter spread over processes is refused, naming the fix."""
+    try:
+        model.save_pretrained(directory)
+    except ValueError as error:
+        assert "trainer.save_model" in str(error), error
+    else:
+        raise AssertionError("save_pretrained wrote an adapter this process holds part of")
+    assert not directory.exists()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output_dir", type=Path)
     parser.add_argument("--per-device-batch", type=int, required=True)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--deepspeed", type=Path, metavar="VLM_DIR", help="under ZeRO-3")
     options = parser.parse_args()
-    fit(options.output_dir, options.per_device_batch, options.steps)
+    fit(
+        options.output_dir,
+        options.per_device_batch,
+        options.steps,
+        deepspeed_vlm=options.deepspeed,
+    )
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from hf_cagul import CagulConfig, get_cagul_model
-from hf_cagul.cli import main
+from hf_cagul.cli import load_vlm, main
 from hf_cagul.tiny import tiny_vlm
 
 
@@ -54,6 +56,8 @@ def test_evaluate_a_saved_model_with_and_without_adapter(tmp_path, capsys) -> No
     model = get_cagul_model(vlm, CagulConfig())
     model.save_pretrained(tmp_path / "adapter")
 
+    # Saving imports DeepSpeed where it is installed, and its logger writes to stdout.
+    capsys.readouterr()
     common = ["evaluate", "--model", str(tmp_path / "vlm"), "--dataset", str(tmp_path / "bench")]
     assert main([*common, "--max-rows", "4"]) == 0
     bare = json.loads(capsys.readouterr().out)
@@ -74,3 +78,17 @@ def test_evaluate_refuses_a_dataset_without_forget_split(tmp_path, capsys) -> No
     args = ["evaluate", "--model", "unused", "--dataset", str(tmp_path / "bench")]
     assert main(args) == 2
     assert "'forget' split" in capsys.readouterr().err
+
+
+def test_device_map_is_refused_for_the_tiny_vlm_and_under_zero3(tmp_path) -> None:
+    """``--device map`` places the model itself: not for the tiny VLM, nor under ZeRO-3."""
+    with pytest.raises(ValueError, match="not with --tiny"):
+        load_vlm(None, tiny=True, device="map")
+    pytest.importorskip("deepspeed", reason="pip install deepspeed (part of hf_cagul[dev])")
+    from transformers.integrations import HfDeepSpeedConfig
+
+    # What a CagulTrainingConfig made under `accelerate launch` with a ZeRO-3 config holds.
+    live = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}})
+    with pytest.raises(ValueError, match="DeepSpeed ZeRO-3, which partitions"):
+        load_vlm(str(tmp_path), device="map")
+    del live
