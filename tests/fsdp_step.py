@@ -22,6 +22,7 @@ for entry in (TESTS, TESTS.parent / "src"):
         sys.path.insert(0, str(entry))
 
 import torch  # noqa: E402
+from ddp_fit import refuses_partitioned_save  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from test_trainer import make_trainer  # noqa: E402
 from torch.distributed.fsdp import fully_shard  # noqa: E402
@@ -45,6 +46,7 @@ def adapter_gradients(output: Path) -> None:
             if type(layer).__name__ in ("LlamaDecoderLayer", "CLIPEncoderLayer"):
                 fully_shard(layer)
         fully_shard(model)
+        refuses_partitioned_save(model, output.parent / f"partial-{rank}")
     share = len(ROWS) // processes
     rows = [trainer.train_dataset[i] for i in ROWS[rank * share : (rank + 1) * share]]
     model.train()

@@ -37,6 +37,7 @@ from typing import Any, cast
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.utils.hooks import RemovableHandle
 from transformers import PreTrainedModel
 
@@ -432,6 +433,17 @@ class CagulModel(nn.Module):
                 " Add one with `add_adapter` or `load_adapter`."
             )
 
+    def _check_whole(self, adapter_name: str) -> None:
+        """Refuse to save an adapter whose weights are spread over processes (ZeRO-3, FSDP)."""
+        for parameter in self.cagul_adapters[adapter_name].parameters():
+            if hasattr(parameter, "ds_id") or isinstance(parameter, DTensor):
+                raise ValueError(
+                    f"Adapter {adapter_name!r} is partitioned over the training processes "
+                    "(DeepSpeed ZeRO-3 or FSDP), so this process holds only part of it. Save it "
+                    "with `trainer.save_model(directory)` on every process: the Trainer gathers "
+                    "it and the main process writes it."
+                )
+
     def _check_new_name(self, adapter_name: str) -> None:
         _check_adapter_name(adapter_name)
         if adapter_name in self.cagul_adapters:
@@ -592,6 +604,7 @@ class CagulModel(nn.Module):
         """
         name = self.active_adapter if adapter_name is None else adapter_name
         self._check_known(name)
+        self._check_whole(name)
         config = self.cagul_config[name]
         card = persistence.model_card(config, repo_id, evaluation)
         return persistence.save_adapter(
