@@ -15,6 +15,7 @@ import argparse
 
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import get_last_checkpoint
 
 from hf_cagul import CagulConfig, CagulTrainer, CagulTrainingConfig, get_cagul_model
@@ -32,35 +33,41 @@ parser.add_argument("--max-steps", type=int, default=1000)
 parser.add_argument("--tiny", action="store_true", help="tiny offline LLaVA instead of --model")
 args = parser.parse_args()
 
+on_gpu = torch.cuda.is_available() and not args.tiny
+# The training config first: under `accelerate launch` with a DeepSpeed ZeRO-3 config,
+# from_pretrained partitions the VLM as it loads only once the config exists, and under
+# several processes the config selects each process's GPU, which "cuda" then names.
+training_config = CagulTrainingConfig(
+    output_dir=args.output_dir,
+    max_steps=args.max_steps,
+    per_device_train_batch_size=2 if args.tiny else 8,
+    gradient_accumulation_steps=1 if args.tiny else 2,
+    bf16=on_gpu,
+    augment_images=True,
+    save_steps=100,
+    save_total_limit=2,
+    logging_steps=10,
+    report_to=[],
+)
 if args.tiny:
     vlm, processor = tiny_vlm("llava")
 else:  # 7B in bfloat16: about 14 GB of weights, frozen; only the adapter trains.
-    vlm = AutoModelForImageTextToText.from_pretrained(
-        args.model, dtype=torch.bfloat16, device_map="cuda"
-    )
+    placement = {} if is_deepspeed_zero3_enabled() else {"device_map": "cuda"}
+    vlm = AutoModelForImageTextToText.from_pretrained(args.model, dtype=torch.bfloat16, **placement)
     processor = AutoProcessor.from_pretrained(args.model)
 
 splits = load_fiubench(args.data, args.forget_split)
 model = get_cagul_model(vlm, CagulConfig(token_ratio=0.5))
 print(f"trainable parameters: {model.get_nb_trainable_parameters()[0]:,d}")
 
-on_gpu = torch.cuda.is_available() and not args.tiny
 trainer = CagulTrainer(
     model=model,
-    args=CagulTrainingConfig(
-        output_dir=args.output_dir,
-        max_steps=args.max_steps,
-        per_device_train_batch_size=2 if args.tiny else 8,
-        gradient_accumulation_steps=1 if args.tiny else 2,
-        bf16=on_gpu,
-        augment_images=True,
-        save_steps=100,
-        save_total_limit=2,
-        logging_steps=10,
-        report_to=[],
-    ),
+    args=training_config,
     train_dataset=training_set(splits),  # generation questions of forget + retain faces
     processing_class=processor,
 )
 trainer.train(resume_from_checkpoint=get_last_checkpoint(args.output_dir))
-print(f"adapter saved to {model.save_pretrained(f'{args.output_dir}/adapter')}")
+# On every process: under ZeRO-3 / FSDP the Trainer gathers the adapter; the main one writes it.
+trainer.save_model(f"{args.output_dir}/adapter")
+if trainer.is_world_process_zero():
+    print(f"adapter saved to {args.output_dir}/adapter")

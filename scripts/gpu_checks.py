@@ -204,18 +204,17 @@ def check_device_map(work: Path) -> str:
     return f"devices {devices}, adapter on {adapter_device}"
 
 
-def launch_worker(config: str, work: Path, name: str) -> str:
-    """``accelerate launch`` this script's worker with ``config``, one process per GPU."""
+def accelerate_launch(config: str, *arguments: str) -> subprocess.CompletedProcess[str]:
+    """``accelerate launch --config_file examples/<config>`` one process per GPU; must exit 0."""
     if importlib.util.find_spec("accelerate") is None:
         raise Skip("accelerate is not installed")
-    output = work / name
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", str(ROOT / "examples" / config),
         "--num_processes", str(torch.cuda.device_count()),
-        str(Path(__file__).resolve()), "--worker", str(output),
+        *arguments,
     ]  # fmt: skip
-    # The worker imports this checkout first, then whatever the parent could import.
+    # The launched processes import this checkout first, then whatever the parent could import.
     paths = [str(ROOT / "src"), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "HF_HUB_OFFLINE": "1"}
     launched = subprocess.run(
@@ -228,9 +227,23 @@ def launch_worker(config: str, work: Path, name: str) -> str:
     )
     if launched.returncode != 0:
         raise AssertionError(f"exit {launched.returncode}:\n{launched.stderr[-2500:]}")
-    files = sorted(path.name for path in (output / "adapter").iterdir())
+    return launched
+
+
+def saved_adapter_files(directory: Path) -> list[str]:
+    """The files of an adapter-only save in ``directory``, which must load on the tiny VLM."""
+    files = sorted(path.name for path in directory.iterdir())
     if WEIGHTS_NAME not in files or any(name.endswith((".bin", ".pt")) for name in files):
         raise AssertionError(f"unexpected checkpoint files: {files}")
+    CagulModel.from_pretrained(tiny_vlm(FAMILY)[0], directory)  # whole tensors, right shapes
+    return files
+
+
+def launch_worker(config: str, work: Path, name: str) -> str:
+    """``accelerate launch`` this script's worker with ``config``, one process per GPU."""
+    output = work / name
+    accelerate_launch(config, str(Path(__file__).resolve()), "--worker", str(output))
+    files = saved_adapter_files(output / "adapter")
     vlm, _ = tiny_vlm(FAMILY)
     loaded = CagulModel.from_pretrained(vlm, output / "adapter")
     torch.manual_seed(0)  # the worker's initial adapter
@@ -249,9 +262,20 @@ def check_fsdp(work: Path) -> str:
 
 
 def check_deepspeed(work: Path) -> str:
+    """The worker, then ``hf-cagul fit`` (config before model, adapter gathered to save)."""
     if importlib.util.find_spec("deepspeed") is None:
         raise Skip("deepspeed is not installed")
-    return launch_worker("accelerate_deepspeed_zero3.yaml", work, "deepspeed")
+    worker = launch_worker("accelerate_deepspeed_zero3.yaml", work, "deepspeed")
+    output = work / "deepspeed-cli"
+    fit = ["--tiny", "--benchmark", "synthetic", "--max-steps", "3", "--batch-size", "2"]
+    launched = accelerate_launch(
+        "accelerate_deepspeed_zero3.yaml",
+        *("-m", "hf_cagul.cli", "fit", *fit, "--save-steps", "3", "--bf16"),
+        *("--output-dir", str(output)),
+    )
+    if launched.stdout.count("Adapter written") != 1:
+        raise AssertionError(f"hf-cagul fit did not report one save:\n{launched.stdout[-1500:]}")
+    return f"{worker}; hf-cagul fit saved {saved_adapter_files(output / 'adapter')}"
 
 
 def check_bitsandbytes(bits: int) -> Callable[[Path], str]:

@@ -176,15 +176,24 @@ def load_vlm(
         device: Where the model goes: ``"auto"`` (the first GPU when there is one, else the
             CPU), a torch device such as ``"cuda:1"``, or ``"map"`` (``device_map="auto"``:
             spread over every GPU, for a model that does not fit on one).
+
+    Under DeepSpeed ZeRO-3 (a live `CagulTrainingConfig` from an ``accelerate launch`` with a
+    ZeRO-3 config) the VLM is partitioned while it loads and DeepSpeed places the partitions:
+    ``device`` is not applied, and ``"map"`` is refused.
     """
     import torch
+    from transformers.integrations import is_deepspeed_zero3_enabled
 
+    partitioned = is_deepspeed_zero3_enabled()
+    if device == "map" and (tiny or partitioned):
+        raise ValueError(
+            "--device map spreads a real model over GPUs by itself: not with --tiny, nor under "
+            "DeepSpeed ZeRO-3, which partitions the model over the processes (drop --device)."
+        )
     vlm: Any
     if tiny:
         from hf_cagul.tiny import tiny_vlm
 
-        if device == "map":
-            raise ValueError("--device map spreads a real model over GPUs; not with --tiny.")
         vlm, loaded_processor = tiny_vlm("llava", seed=0)
     elif model is None:
         raise ValueError("--model required (or --tiny for the tiny offline VLM).")
@@ -194,10 +203,18 @@ def load_vlm(
         device_map = {"device_map": "auto"} if device == "map" else {}
         vlm = AutoModelForImageTextToText.from_pretrained(model, dtype=dtype, **device_map)
         loaded_processor = load_processor(processor or model)
-    if device != "map":
-        target = device if device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
-        vlm = vlm.to(torch.device(target))
+    if device != "map" and not partitioned:
+        vlm = vlm.to(torch.device(resolve_device(device)))
     return vlm.eval(), loaded_processor
+
+
+def resolve_device(device: str) -> str:
+    """The torch device ``--device`` names: ``"auto"`` is the first GPU if any, else the CPU."""
+    import torch
+
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def load_splits(args: argparse.Namespace) -> Any:
@@ -288,37 +305,41 @@ def _fit(args: argparse.Namespace) -> int:
             "that run, or choose another --output-dir."
         )
     train = training_set(load_splits(args))
+    # Passed only when asked: TrainingArguments warns about the name whenever it is given.
+    checkpointing: dict[str, Any] = (
+        {"gradient_checkpointing": True} if args.gradient_checkpointing else {}
+    )
+    # The training config before the VLM: under `accelerate launch` with a DeepSpeed ZeRO-3
+    # config, from_pretrained partitions the VLM as it loads only once the config exists, and
+    # under torchrun the config picks each process's GPU, which "cuda" then means.
+    training_config = CagulTrainingConfig(
+        output_dir=str(output_dir),
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        learning_rate=args.learning_rate,
+        save_strategy="steps",
+        save_steps=args.save_steps,
+        save_total_limit=args.save_total_limit,
+        logging_steps=args.logging_steps,
+        augment_images=args.augment_images,
+        **checkpointing,
+        bf16=args.bf16,
+        seed=args.seed,
+        # On the CPU, Trainer runs several processes (torchrun) as DDP over gloo only when
+        # told it is on the CPU.
+        use_cpu=args.device != "map" and resolve_device(args.device) == "cpu",
+        report_to=args.report_to,
+        disable_tqdm=False,
+    )
     vlm, processor = load_vlm(args.model, args.processor, args.tiny, args.dtype, args.device)
     model = get_cagul_model(
         vlm,
         CagulConfig(token_ratio=args.token_ratio, attention_layer=args.attention_layer),
     )
-    # Passed only when asked: TrainingArguments warns about the name whenever it is given.
-    checkpointing: dict[str, Any] = (
-        {"gradient_checkpointing": True} if args.gradient_checkpointing else {}
-    )
     trainer = CagulTrainer(
         model=model,
-        args=CagulTrainingConfig(
-            output_dir=str(output_dir),
-            max_steps=args.max_steps,
-            per_device_train_batch_size=args.batch_size,
-            gradient_accumulation_steps=args.gradient_accumulation_steps,
-            learning_rate=args.learning_rate,
-            save_strategy="steps",
-            save_steps=args.save_steps,
-            save_total_limit=args.save_total_limit,
-            logging_steps=args.logging_steps,
-            augment_images=args.augment_images,
-            **checkpointing,
-            bf16=args.bf16,
-            seed=args.seed,
-            # On the CPU, Trainer runs several processes (torchrun) as DDP over gloo only
-            # when told it is on the CPU.
-            use_cpu=vlm.device.type == "cpu",
-            report_to=args.report_to,
-            disable_tqdm=False,
-        ),
+        args=training_config,
         train_dataset=train,
         processing_class=processor,
     )
@@ -327,8 +348,11 @@ def _fit(args: argparse.Namespace) -> int:
     elif args.resume:
         print(f"No checkpoint in {output_dir}: starting from scratch.")
     trainer.train(resume_from_checkpoint=checkpoint)
-    if trainer.is_world_process_zero():  # one writer under torchrun / accelerate launch
-        adapter = model.save_pretrained(output_dir / "adapter")
+    # On every process: under ZeRO-3 / FSDP the Trainer gathers the adapter first; the main
+    # process alone writes it.
+    adapter = output_dir / "adapter"
+    trainer.save_model(str(adapter))
+    if trainer.is_world_process_zero():
         steps = trainer.state.global_step
         print(f"Adapter written to {adapter} ({len(train)} training rows, {steps} steps)")
     # Under torchrun every process leaves together, with its process group destroyed: exiting
