@@ -205,6 +205,12 @@ def execution_device(module: nn.Module) -> torch.device:
     return device
 
 
+def is_partitioned(module: nn.Module) -> bool:
+    """Whether ``module``'s parameters are spread over processes, so that this process holds
+    only part of them: partitioned by DeepSpeed ZeRO-3, or sharded by FSDP2 (``DTensor``)."""
+    return any(hasattr(p, "ds_id") or isinstance(p, DTensor) for p in module.parameters())
+
+
 def _select(scores: torch.Tensor, config: CagulConfig, ordinal: int) -> torch.Tensor:
     """Indices of the tokens to rewrite among the ``scores`` of its sample's image ``ordinal``."""
     k = config.num_selected(len(scores))
@@ -435,14 +441,13 @@ class CagulModel(nn.Module):
 
     def _check_whole(self, adapter_name: str) -> None:
         """Refuse to save an adapter whose weights are spread over processes (ZeRO-3, FSDP)."""
-        for parameter in self.cagul_adapters[adapter_name].parameters():
-            if hasattr(parameter, "ds_id") or isinstance(parameter, DTensor):
-                raise ValueError(
-                    f"Adapter {adapter_name!r} is partitioned over the training processes "
-                    "(DeepSpeed ZeRO-3 or FSDP), so this process holds only part of it. Save it "
-                    "with `trainer.save_model(directory)` on every process: the Trainer gathers "
-                    "it and the main process writes it."
-                )
+        if is_partitioned(self.cagul_adapters[adapter_name]):
+            raise ValueError(
+                f"Adapter {adapter_name!r} is partitioned over the training processes "
+                "(DeepSpeed ZeRO-3 or FSDP), so this process holds only part of it. Save it "
+                "with `trainer.save_model(directory)` on every process: the Trainer gathers "
+                "it and the main process writes it."
+            )
 
     def _check_new_name(self, adapter_name: str) -> None:
         _check_adapter_name(adapter_name)

@@ -31,7 +31,7 @@ from hf_cagul import persistence
 from hf_cagul.config import WEIGHTS_NAME
 from hf_cagul.data import IGNORE_INDEX, CagulDataCollator
 from hf_cagul.losses import token_kl
-from hf_cagul.model import CagulModel, ImageTrace
+from hf_cagul.model import CagulModel, ImageTrace, is_partitioned
 from hf_cagul.training import ForgetRetainArguments, ForgetRetainTrainer
 
 TRAINING_CONFIG_NAME = "cagul_training_args.json"
@@ -296,9 +296,7 @@ class CagulTrainer(ForgetRetainTrainer):
         cagul = self.accelerator.unwrap_model(self.model)
         assert isinstance(cagul, CagulModel)
         adapter_state = _adapter_entries(state_dict or {}, cagul.active_adapter)
-        if not adapter_state and any(
-            hasattr(p, "ds_id") for p in cagul.active_adapter_module.parameters()
-        ):
+        if not adapter_state and is_partitioned(cagul.active_adapter_module):
             # Not a ValueError: Trainer reads that as "retry with a DeepSpeed checkpoint".
             raise RuntimeError(
                 "DeepSpeed ZeRO-3 partitions the adapter and did not gather it for saving: set "
