@@ -75,9 +75,7 @@ class CagulTrainingConfig(ForgetRetainArguments):
     )
 
     def __post_init__(self) -> None:
-        for name in ("forget_weight", "retain_weight", "discriminator_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 0.")
+        self.require_non_negative("forget_weight", "retain_weight", "discriminator_weight")
         if self.forget_weight == self.retain_weight == self.discriminator_weight == 0:
             raise ValueError("All three loss weights are 0: nothing would be trained.")
         if self.ddp_find_unused_parameters:
@@ -132,9 +130,6 @@ class CagulTrainer(ForgetRetainTrainer):
         **kwargs: Anything else `Trainer` accepts.
     """
 
-    # compute_loss returns a per-batch mean: Trainer divides it by the accumulation steps.
-    loss_is_scaled_for_ga = False
-
     def __init__(
         self,
         model: CagulModel,
@@ -170,14 +165,6 @@ class CagulTrainer(ForgetRetainTrainer):
                 "The adapter is frozen: load it with `CagulModel.from_pretrained(..., "
                 "is_trainable=True)` to continue fitting it."
             )
-        if data_collator is None:
-            if processing_class is None:
-                raise ValueError(
-                    "Pass `processing_class=processor` (the VLM's processor) or a data_collator."
-                )
-            data_collator = CagulDataCollator(
-                processing_class, max_length=args.max_length, augment=args.photo_augmentation()
-            )
         super().__init__(
             model=model,
             args=args,
@@ -206,6 +193,12 @@ class CagulTrainer(ForgetRetainTrainer):
                 "sharded VLM and no adapter: set `fsdp_state_dict_type: FULL_STATE_DICT` in the "
                 "accelerate config (see examples/accelerate_fsdp.yaml)."
             )
+
+    def default_collator(self, processing_class: Any, args: ForgetRetainArguments) -> Any:
+        """`CagulDataCollator` on the VLM's processor, with the arguments' data options."""
+        return CagulDataCollator(
+            processing_class, max_length=args.max_length, augment=args.photo_augmentation()
+        )
 
     def compute_loss(
         self,

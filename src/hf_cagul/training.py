@@ -66,6 +66,12 @@ class ForgetRetainArguments(TrainingArguments):
             self.gradient_checkpointing_kwargs = {"use_reentrant": False}
         super().__post_init__()
 
+    def require_non_negative(self, *names: str) -> None:
+        """Raise a `ValueError` naming the first of the fields ``names`` that is negative."""
+        for name in names:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0.")
+
     def photo_augmentation(self) -> PhotoAugmentation | None:
         """The augmentation the default collator applies (``None`` unless ``augment_images``)."""
         return PhotoAugmentation(seed=self.seed) if self.augment_images else None
@@ -74,28 +80,53 @@ class ForgetRetainArguments(TrainingArguments):
 class ForgetRetainTrainer(Trainer):
     """A `Trainer` over a dataset in the data contract of `hf_cagul.data`.
 
-    Subclasses implement ``compute_loss`` and report its terms with `record_terms`; the
-    datasets are validated at construction, and ``_get_train_sampler`` balances the splits
-    when the arguments ask for it.
+    Subclasses implement ``compute_loss`` (a per-batch mean) and `default_collator`, and
+    report the loss terms with `record_terms`; the datasets are validated at construction, and
+    ``_get_train_sampler`` balances the splits when the arguments ask for it.
     """
 
     needs_both_splits = True
     """Whether the training set must hold forget and retain rows (gradient ascent needs none)."""
+    # compute_loss returns a per-batch mean: Trainer divides it by the accumulation steps.
+    loss_is_scaled_for_ga = False
 
     def __init__(
-        self, model: Any = None, args: Any = None, train_dataset: Any = None, **kwargs: Any
+        self,
+        model: Any = None,
+        args: Any = None,
+        train_dataset: Any = None,
+        processing_class: Any = None,
+        data_collator: Any = None,
+        **kwargs: Any,
     ) -> None:
         if train_dataset is not None and hasattr(train_dataset, "column_names"):
             validate_dataset(train_dataset, require_both_splits=self.needs_both_splits)
         eval_dataset = kwargs.get("eval_dataset")
         if eval_dataset is not None and hasattr(eval_dataset, "column_names"):
             validate_dataset(eval_dataset, require_both_splits=False)
-        super().__init__(model=model, args=args, train_dataset=train_dataset, **kwargs)
+        if data_collator is None:
+            if processing_class is None:
+                raise ValueError(
+                    "Pass `processing_class=processor` (the VLM's processor) or a data_collator."
+                )
+            data_collator = self.default_collator(processing_class, args)
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            processing_class=processing_class,
+            data_collator=data_collator,
+            **kwargs,
+        )
         self.model_accepts_loss_kwargs = False
         self._loss_terms: dict[str, dict[str, list[float]]] = {
             "train": defaultdict(list),
             "eval": defaultdict(list),
         }
+
+    def default_collator(self, processing_class: Any, args: ForgetRetainArguments) -> Any:
+        """The collator used when none is passed, built on the VLM's processor."""
+        raise NotImplementedError
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         """Balanced forget/retain sampling when asked (see ``balance_splits``)."""

@@ -65,9 +65,7 @@ class UnlearningConfig(ForgetRetainArguments):
     )
 
     def __post_init__(self) -> None:
-        for name in ("forget_weight", "retain_weight", "beta"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 0.")
+        self.require_non_negative("forget_weight", "retain_weight", "beta")
         if self.beta == 0:
             raise ValueError("beta must be > 0 (NPO and DPO divide by it or scale with it).")
         super().__post_init__()
@@ -131,8 +129,6 @@ class UnlearningTrainer(ForgetRetainTrainer):
     uses_retain: ClassVar[bool] = True
     needs_reference: ClassVar[bool] = False
     needs_refusals: ClassVar[bool] = False
-    # compute_loss returns a per-batch mean: Trainer divides it by the accumulation steps.
-    loss_is_scaled_for_ga = False
 
     def __init__(
         self,
@@ -161,17 +157,6 @@ class UnlearningTrainer(ForgetRetainTrainer):
             train_dataset = train_dataset.filter(
                 lambda split: split == FORGET_SPLIT, input_columns=SPLIT_COLUMN
             )
-        if data_collator is None:
-            if processing_class is None:
-                raise ValueError(
-                    "Pass `processing_class=processor` (the VLM's processor) or a data_collator."
-                )
-            data_collator = UnlearningDataCollator(
-                processing_class,
-                max_length=args.max_length,
-                augment=args.photo_augmentation(),
-                with_refusals=self.needs_refusals,
-            )
         super().__init__(
             model=model,
             args=args,
@@ -183,6 +168,15 @@ class UnlearningTrainer(ForgetRetainTrainer):
         self.ref_model = ref_model
         if ref_model is not None:
             ref_model.requires_grad_(False).eval()
+
+    def default_collator(self, processing_class: Any, args: ForgetRetainArguments) -> Any:
+        """`UnlearningDataCollator` on the VLM's processor (with refusals for IdkPO)."""
+        return UnlearningDataCollator(
+            processing_class,
+            max_length=args.max_length,
+            augment=args.photo_augmentation(),
+            with_refusals=self.needs_refusals,
+        )
 
     @property
     def needs_both_splits(self) -> bool:  # type: ignore[override]
