@@ -328,7 +328,7 @@ def _fit(args: argparse.Namespace) -> int:
         seed=args.seed,
         # On the CPU, Trainer runs several processes (torchrun) as DDP over gloo only when
         # told it is on the CPU.
-        use_cpu=args.device != "map" and resolve_device(args.device) == "cpu",
+        use_cpu=resolve_device(args.device) == "cpu",
         report_to=args.report_to,
         disable_tqdm=False,
     )
