@@ -230,22 +230,20 @@ def accelerate_launch(config: str, *arguments: str) -> subprocess.CompletedProce
     return launched
 
 
-def saved_adapter_files(directory: Path) -> list[str]:
-    """The files of an adapter-only save in ``directory``, which must load on the tiny VLM."""
+def load_saved_adapter(directory: Path) -> tuple[list[str], CagulModel]:
+    """The files of an adapter-only save in ``directory``, and the adapter loaded on the tiny
+    VLM (so its tensors are whole, of the right shapes)."""
     files = sorted(path.name for path in directory.iterdir())
     if WEIGHTS_NAME not in files or any(name.endswith((".bin", ".pt")) for name in files):
         raise AssertionError(f"unexpected checkpoint files: {files}")
-    CagulModel.from_pretrained(tiny_vlm(FAMILY)[0], directory)  # whole tensors, right shapes
-    return files
+    return files, CagulModel.from_pretrained(tiny_vlm(FAMILY)[0], directory)
 
 
 def launch_worker(config: str, work: Path, name: str) -> str:
     """``accelerate launch`` this script's worker with ``config``, one process per GPU."""
     output = work / name
     accelerate_launch(config, str(Path(__file__).resolve()), "--worker", str(output))
-    files = saved_adapter_files(output / "adapter")
-    vlm, _ = tiny_vlm(FAMILY)
-    loaded = CagulModel.from_pretrained(vlm, output / "adapter")
+    files, loaded = load_saved_adapter(output / "adapter")
     torch.manual_seed(0)  # the worker's initial adapter
     fresh = get_cagul_model(tiny_vlm(FAMILY)[0], CagulConfig()).active_adapter_module
     moved = any(
@@ -275,7 +273,7 @@ def check_deepspeed(work: Path) -> str:
     )
     if launched.stdout.count("Adapter written") != 1:
         raise AssertionError(f"hf-cagul fit did not report one save:\n{launched.stdout[-1500:]}")
-    return f"{worker}; hf-cagul fit saved {saved_adapter_files(output / 'adapter')}"
+    return f"{worker}; hf-cagul fit saved {load_saved_adapter(output / 'adapter')[0]}"
 
 
 def check_bitsandbytes(bits: int) -> Callable[[Path], str]:
