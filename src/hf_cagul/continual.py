@@ -110,11 +110,11 @@ def run_continual(config: DemoConfig, requests: int) -> tuple[dict[str, Any], Ca
     results = {"stage 1": measure(vlm, processor, splits, groups, [], config.max_eval_rows)}
     model: CagulModel | None = None
     names: list[str] = []
+    fit = cagul_fit_settings(config)
+    adapter_config = fit.adapter_config()
     for request, group in enumerate(tqdm(groups, desc="forget requests"), start=1):
         clock = time.perf_counter()
         name = f"{ADAPTER_PREFIX}{request}"
-        fit = cagul_fit_settings(config)
-        adapter_config = fit.adapter_config()
         torch.manual_seed(config.seed + request)
         if model is None:
             model = get_cagul_model(vlm, adapter_config, adapter_name=name)
