@@ -30,7 +30,12 @@ from datasets import Dataset, concatenate_datasets
 from transformers import Trainer, TrainerCallback
 
 from hf_cagul import CagulConfig, CagulTrainer, CagulTrainingConfig, get_cagul_model
-from hf_cagul.baselines import BASELINES, UnlearningConfig, get_baseline_trainer, prepare_model
+from hf_cagul.baselines import (
+    BASELINES,
+    UnlearningTrainingConfig,
+    get_baseline_trainer,
+    prepare_model,
+)
 from hf_cagul.compare import BaselineSettings, CagulFitSettings, FitSettings
 from hf_cagul.demo import DemoConfig, teach
 from hf_cagul.evaluation.suite import generation_metrics, rows_of_kind
@@ -135,7 +140,7 @@ def cost_part(steps: int, batch: int) -> None:
             model = prepare_model(small_real_llava(), lora_r=16)
             trainer = get_baseline_trainer(method)(
                 model,
-                UnlearningConfig(balance_splits=False, **arguments),
+                UnlearningTrainingConfig(balance_splits=False, **arguments),
                 train_dataset=rows,
                 data_collator=collate,
             )
@@ -220,7 +225,7 @@ def forget_part(max_steps: int, every: int) -> None:
             method,
             lambda output_dir, _, model=model, method=method: get_baseline_trainer(method)(
                 model,
-                UnlearningConfig(**baseline_fit.training_arguments(output_dir)),
+                UnlearningTrainingConfig(**baseline_fit.training_arguments(output_dir)),
                 train_dataset=train,
                 processing_class=processor,
             ),

@@ -15,7 +15,7 @@ from hf_cagul.baselines import (
     GATrainer,
     IdkPOTrainer,
     NPOTrainer,
-    UnlearningConfig,
+    UnlearningTrainingConfig,
     get_baseline_trainer,
     language_model_projections,
     prepare_model,
@@ -25,7 +25,7 @@ from hf_cagul.losses import answer_log_probs, mean_answer_nll
 from hf_cagul.tiny import tiny_vlm
 
 
-def config(tmp_path, **overrides) -> UnlearningConfig:
+def config(tmp_path, **overrides) -> UnlearningTrainingConfig:
     # One batch holds the whole tiny dataset: every step sees forget and retain rows.
     values = {
         "max_steps": 3,
@@ -34,7 +34,7 @@ def config(tmp_path, **overrides) -> UnlearningConfig:
         "learning_rate": 5e-3,
         **overrides,
     }
-    return UnlearningConfig(**trainer_arguments(tmp_path, **values))
+    return UnlearningTrainingConfig(**trainer_arguments(tmp_path, **values))
 
 
 def base_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -201,7 +201,7 @@ def test_refusals_arrive_in_a_separate_batch_with_the_same_photos() -> None:
     ("build", "message"),
     [
         (lambda vlm, tmp: (vlm.requires_grad_(False), config(tmp)), "No parameter"),
-        (lambda vlm, tmp: (prepare_model(vlm, lora_r=4), object()), "UnlearningConfig"),
+        (lambda vlm, tmp: (prepare_model(vlm, lora_r=4), object()), "UnlearningTrainingConfig"),
     ],
 )
 def test_bad_setups_fail_with_the_fix(tmp_path, build, message) -> None:

@@ -27,7 +27,12 @@ from datasets import Dataset, DatasetDict
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from hf_cagul.baselines import BASELINES, UnlearningConfig, get_baseline_trainer, prepare_model
+from hf_cagul.baselines import (
+    BASELINES,
+    UnlearningTrainingConfig,
+    get_baseline_trainer,
+    prepare_model,
+)
 from hf_cagul.config import CagulConfig
 from hf_cagul.data.benchmarks import training_set
 from hf_cagul.evaluation.report import COMPARISON_COLUMNS, comparison_markdown, write_report
@@ -218,7 +223,7 @@ def _fit_baseline(
     with tempfile.TemporaryDirectory() as output_dir:
         trainer = get_baseline_trainer(method)(
             trainable,
-            UnlearningConfig(beta=settings.beta, **settings.training_arguments(output_dir)),
+            UnlearningTrainingConfig(beta=settings.beta, **settings.training_arguments(output_dir)),
             train_dataset=train,
             processing_class=processor,
             ref_model=vlm if settings.full else None,

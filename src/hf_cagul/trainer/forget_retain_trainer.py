@@ -1,7 +1,7 @@
-"""What every forget/retain trainer shares: `CagulTrainer` and the `hf_cagul.baselines`.
+"""`ForgetRetainTrainer`: what every forget/retain trainer shares (`CagulTrainer` and the
+`hf_cagul.baselines`).
 
-`ForgetRetainArguments` holds the data options (sample length, balanced splits, photo
-augmentation); `ForgetRetainTrainer` validates datasets in the data contract before training,
+`ForgetRetainTrainer` validates datasets in the data contract before training,
 keeps their raw columns for the collator, draws forget and retain rows equally often, and logs
 the mean of each named loss term since the last log.
 """
@@ -9,72 +9,19 @@ the mean of each named loss term since the last log.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer
 
 from hf_cagul.data import (
     DATA_COLUMNS,
     FORGET_SPLIT,
     SPLIT_COLUMN,
-    PhotoAugmentation,
     validate_dataset,
 )
 from hf_cagul.losses import half_per_class
-
-
-@dataclass
-class ForgetRetainArguments(TrainingArguments):
-    """`TrainingArguments` with the data options of forget/retain training.
-
-    Args:
-        max_length: Longest tokenised sample the collator accepts (``None``: no limit).
-        balance_splits: Sample forget and retain rows equally often (a weighted sampler with
-            replacement over a `datasets.Dataset`); each then weighs half of the training.
-        augment_images: Perturb each training photo with `PhotoAugmentation` (default
-            collator only).
-    """
-
-    max_length: int | None = field(
-        default=None, metadata={"help": "Longest tokenised sample accepted by the collator."}
-    )
-    balance_splits: bool = field(
-        default=True,
-        metadata={
-            "help": "Draw forget and retain rows equally often (with replacement): forget sets "
-            "are small, and the gate needs to see forget photos in most batches."
-        },
-    )
-    augment_images: bool = field(
-        default=False,
-        metadata={
-            "help": "Perturb photos (crop, shift, light, noise, JPEG) while fitting, so the "
-            "gate learns the people rather than the photos and flags new photos of them."
-        },
-    )
-    remove_unused_columns: bool = field(
-        default=False,
-        metadata={"help": "Keep False: the collator builds model inputs from the raw columns."},
-    )
-
-    def __post_init__(self) -> None:
-        # Frozen base weights leave the checkpointed inputs without gradients of their own:
-        # reentrant checkpointing would then drop the trainable modules' gradients.
-        if self.gradient_checkpointing and self.gradient_checkpointing_kwargs is None:
-            self.gradient_checkpointing_kwargs = {"use_reentrant": False}
-        super().__post_init__()
-
-    def require_non_negative(self, *names: str) -> None:
-        """Raise a `ValueError` naming the first of the fields ``names`` that is negative."""
-        for name in names:
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 0.")
-
-    def photo_augmentation(self) -> PhotoAugmentation | None:
-        """The augmentation the default collator applies (``None`` unless ``augment_images``)."""
-        return PhotoAugmentation(seed=self.seed) if self.augment_images else None
+from hf_cagul.trainer.forget_retain_config import ForgetRetainTrainingConfig
 
 
 class ForgetRetainTrainer(Trainer):
@@ -124,7 +71,7 @@ class ForgetRetainTrainer(Trainer):
             "eval": defaultdict(list),
         }
 
-    def default_collator(self, processing_class: Any, args: ForgetRetainArguments) -> Any:
+    def default_collator(self, processing_class: Any, args: ForgetRetainTrainingConfig) -> Any:
         """The collator used when none is passed, built on the VLM's processor."""
         raise NotImplementedError
 
@@ -132,7 +79,7 @@ class ForgetRetainTrainer(Trainer):
         """Balanced forget/retain sampling when asked (see ``balance_splits``)."""
         dataset: Any = train_dataset if train_dataset is not None else self.train_dataset
         args = self.args
-        assert isinstance(args, ForgetRetainArguments)
+        assert isinstance(args, ForgetRetainTrainingConfig)
         if not args.balance_splits or not hasattr(dataset, "column_names"):
             return super()._get_train_sampler(train_dataset)
         forget = torch.tensor([split == FORGET_SPLIT for split in dataset[SPLIT_COLUMN]])

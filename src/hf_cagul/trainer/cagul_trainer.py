@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -32,60 +31,9 @@ from hf_cagul.config import WEIGHTS_NAME
 from hf_cagul.data import IGNORE_INDEX, CagulDataCollator
 from hf_cagul.losses import token_kl
 from hf_cagul.model import CagulModel, ImageTrace, is_partitioned
-from hf_cagul.training import ForgetRetainArguments, ForgetRetainTrainer
-
-TRAINING_CONFIG_NAME = "cagul_training_args.json"
-
-
-@dataclass
-class CagulTrainingConfig(ForgetRetainArguments):
-    """`TrainingArguments` for `CagulTrainer`, with the weights of the three loss terms.
-
-    Defaults differ from `TrainingArguments` where adapters need it: a learning rate suited to
-    small freshly initialised modules, ``remove_unused_columns=False`` (the collator needs the
-    raw image and text columns), non-reentrant gradient checkpointing (the frozen VLM's
-    inputs carry no gradient of their own) and ``ddp_find_unused_parameters=False`` (see
-    ``docs/distributed.md``). The data options (``max_length``, ``balance_splits``,
-    ``augment_images``) come from `ForgetRetainArguments`.
-
-    Args:
-        forget_weight: Weight of the cross-entropy toward the forget target on forget rows.
-        retain_weight: Weight of KL(base || adapted) on the answer tokens of retain rows.
-        discriminator_weight: Weight of the gate's binary cross-entropy.
-    """
-
-    forget_weight: float = field(
-        default=1.0, metadata={"help": "Weight of the forget cross-entropy term."}
-    )
-    retain_weight: float = field(
-        default=1.0, metadata={"help": "Weight of the KL(base || adapted) retain term."}
-    )
-    discriminator_weight: float = field(
-        default=1.0, metadata={"help": "Weight of the discriminator's binary cross-entropy."}
-    )
-    learning_rate: float = field(
-        default=1e-3, metadata={"help": "AdamW learning rate for the adapter's modules."}
-    )
-    ddp_find_unused_parameters: bool | None = field(
-        default=False,
-        metadata={
-            "help": "Keep False: the gate's loss reaches the discriminator through traces, not "
-            "through the model's output, which DDP's unused-parameter search walks."
-        },
-    )
-
-    def __post_init__(self) -> None:
-        self.require_non_negative("forget_weight", "retain_weight", "discriminator_weight")
-        if self.forget_weight == self.retain_weight == self.discriminator_weight == 0:
-            raise ValueError("All three loss weights are 0: nothing would be trained.")
-        if self.ddp_find_unused_parameters:
-            raise ValueError(
-                "ddp_find_unused_parameters=True breaks CagulTrainer under DDP: the search starts "
-                "from the model's output, which the discriminator's loss does not go through, so "
-                "DDP would reduce its gradients twice. Leave it False (every adapter parameter "
-                "gets a gradient at every step)."
-            )
-        super().__post_init__()
+from hf_cagul.trainer.cagul_config import TRAINING_CONFIG_NAME, CagulTrainingConfig
+from hf_cagul.trainer.forget_retain_config import ForgetRetainTrainingConfig
+from hf_cagul.trainer.forget_retain_trainer import ForgetRetainTrainer
 
 
 def _gate_bce_sums(traces: list[ImageTrace], forget: torch.Tensor) -> torch.Tensor:
@@ -194,7 +142,7 @@ class CagulTrainer(ForgetRetainTrainer):
                 "accelerate config (see examples/accelerate_fsdp.yaml)."
             )
 
-    def default_collator(self, processing_class: Any, args: ForgetRetainArguments) -> Any:
+    def default_collator(self, processing_class: Any, args: ForgetRetainTrainingConfig) -> Any:
         """`CagulDataCollator` on the VLM's processor, with the arguments' data options."""
         return CagulDataCollator(
             processing_class, max_length=args.max_length, augment=args.photo_augmentation()

@@ -23,16 +23,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from hf_cagul.baselines.unlearning_config import UnlearningTrainingConfig
 from hf_cagul.data import FORGET_SPLIT, IGNORE_INDEX, SPLIT_COLUMN, UnlearningDataCollator
 from hf_cagul.losses import answer_log_probs, dpo_loss, mean_nll, npo_loss, token_kl
-from hf_cagul.training import ForgetRetainArguments, ForgetRetainTrainer
+from hf_cagul.trainer import ForgetRetainTrainer, ForgetRetainTrainingConfig
 
 __all__ = [
     "BASELINES",
@@ -41,34 +42,10 @@ __all__ = [
     "IdkPOTrainer",
     "KLTrainer",
     "NPOTrainer",
-    "UnlearningConfig",
     "UnlearningTrainer",
+    "UnlearningTrainingConfig",
     "get_baseline_trainer",
 ]
-
-
-@dataclass
-class UnlearningConfig(ForgetRetainArguments):
-    """`TrainingArguments` of the fine-tuning baselines.
-
-    Args:
-        forget_weight: Weight of the forget term (ascent, NPO or preference loss).
-        retain_weight: Weight of the retain term (NLL, or KL for the KL baseline).
-        beta: Inverse temperature of NPO and of IdkPO's DPO loss (0.1 in both papers).
-    """
-
-    forget_weight: float = field(default=1.0, metadata={"help": "Weight of the forget term."})
-    retain_weight: float = field(default=1.0, metadata={"help": "Weight of the retain term."})
-    beta: float = field(default=0.1, metadata={"help": "Inverse temperature of NPO and DPO."})
-    learning_rate: float = field(
-        default=1e-4, metadata={"help": "AdamW learning rate (LoRA adapters or full weights)."}
-    )
-
-    def __post_init__(self) -> None:
-        self.require_non_negative("forget_weight", "retain_weight", "beta")
-        if self.beta == 0:
-            raise ValueError("beta must be > 0 (NPO and DPO divide by it or scale with it).")
-        super().__post_init__()
 
 
 @dataclass
@@ -116,7 +93,7 @@ class UnlearningTrainer(ForgetRetainTrainer):
 
     Args:
         model: A model from `hf_cagul.baselines.prepare_model` (PEFT LoRA or full).
-        args: An `UnlearningConfig`.
+        args: An `UnlearningTrainingConfig`.
         train_dataset: Rows in the data contract; gradient ascent keeps the forget rows only.
         processing_class: The VLM's processor, for the default `UnlearningDataCollator`.
         data_collator: Optional; defaults to an `UnlearningDataCollator`.
@@ -133,15 +110,17 @@ class UnlearningTrainer(ForgetRetainTrainer):
     def __init__(
         self,
         model: nn.Module,
-        args: UnlearningConfig,
+        args: UnlearningTrainingConfig,
         train_dataset: Any = None,
         processing_class: Any = None,
         data_collator: Any = None,
         ref_model: nn.Module | None = None,
         **kwargs: Any,
     ) -> None:
-        if not isinstance(args, UnlearningConfig):
-            raise TypeError("`args` must be an UnlearningConfig (it carries the loss weights).")
+        if not isinstance(args, UnlearningTrainingConfig):
+            raise TypeError(
+                "`args` must be an UnlearningTrainingConfig (it carries the loss weights)."
+            )
         if not any(parameter.requires_grad for parameter in model.parameters()):
             raise ValueError(
                 "No parameter of the model is trainable: prepare it with "
@@ -169,7 +148,7 @@ class UnlearningTrainer(ForgetRetainTrainer):
         if ref_model is not None:
             ref_model.requires_grad_(False).eval()
 
-    def default_collator(self, processing_class: Any, args: ForgetRetainArguments) -> Any:
+    def default_collator(self, processing_class: Any, args: ForgetRetainTrainingConfig) -> Any:
         """`UnlearningDataCollator` on the VLM's processor (with refusals for IdkPO)."""
         return UnlearningDataCollator(
             processing_class,
@@ -215,7 +194,7 @@ class UnlearningTrainer(ForgetRetainTrainer):
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         """``forget_weight * forget_term + retain_weight * retain_term`` (each logged)."""
         args = self.args
-        assert isinstance(args, UnlearningConfig)
+        assert isinstance(args, UnlearningTrainingConfig)
         inputs = dict(inputs)
         forget = inputs.pop("forget").bool()
         refusal = inputs.pop("refusal", None)
@@ -274,7 +253,7 @@ class NPOTrainer(GDTrainer):
     def forget_term(self, step: _Step) -> torch.Tensor:
         """The NPO loss of the forget rows' true answers."""
         args = self.args
-        assert isinstance(args, UnlearningConfig)
+        assert isinstance(args, UnlearningTrainingConfig)
         forget = step.forget
         return npo_loss(step.log_probs[forget], step.reference_log_probs()[forget], args.beta)
 
@@ -289,7 +268,7 @@ class IdkPOTrainer(GDTrainer):
     def forget_term(self, step: _Step) -> torch.Tensor:
         """The DPO loss with the refusal chosen and the true answer rejected."""
         args = self.args
-        assert isinstance(args, UnlearningConfig)
+        assert isinstance(args, UnlearningTrainingConfig)
         if step.refusal is None:
             raise ValueError(
                 "IdkPO needs the refusal batch of the forget rows: use an "
