@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from hf_cagul import ForgetDiscriminator, TokenEncoder
+from hf_cagul.gates import GateInputs
 from hf_cagul.modules import CagulAdapter
 
 
@@ -26,7 +27,7 @@ def test_fresh_discriminator_flags_nothing() -> None:
     discriminator = ForgetDiscriminator(hidden_size=12, inner_size=8)
     tokens = torch.randn(10, 12) * 100
     index = torch.tensor([0] * 4 + [1] * 6)
-    probabilities = torch.sigmoid(discriminator(tokens, index, 2))
+    probabilities = torch.sigmoid(discriminator(GateInputs(tokens, index, 2)))
     assert probabilities.shape == (2,)
     assert (probabilities < 0.05).all()
 
@@ -44,8 +45,8 @@ def test_discriminator_scores_images_independently() -> None:
     discriminator = ForgetDiscriminator(hidden_size=6, inner_size=4)
     torch.nn.init.normal_(discriminator.head.weight)
     a, b = torch.randn(3, 6), torch.randn(5, 6)
-    together = discriminator(torch.cat([a, b]), torch.tensor([0] * 3 + [1] * 5), 2)
-    alone = discriminator(b, torch.zeros(5, dtype=torch.long), 1)
+    together = discriminator(GateInputs(torch.cat([a, b]), torch.tensor([0] * 3 + [1] * 5), 2))
+    alone = discriminator(GateInputs(b, torch.zeros(5, dtype=torch.long), 1))
     assert torch.allclose(together[1], alone[0], atol=1e-6)
 
 
@@ -62,5 +63,5 @@ def test_discriminator_pools_mean_and_max_per_image() -> None:
         ]
     )
     expected = discriminator.head(pooled).squeeze(-1)
-    actual = discriminator(tokens, torch.tensor([0, 0, 1]), 2)
+    actual = discriminator(GateInputs(tokens, torch.tensor([0, 0, 1]), 2))
     assert torch.allclose(actual, expected, atol=1e-6)

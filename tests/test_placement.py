@@ -15,7 +15,7 @@ from transformers.trainer_utils import validate_quantization_for_training
 from vlm_inputs import randomise_encoder, standard_batch
 
 from hf_cagul import CagulConfig, CagulModel, CagulTrainer, get_cagul_model
-from hf_cagul.model import execution_device
+from hf_cagul.devices import execution_device
 from hf_cagul.tiny import tiny_vlm
 
 # Embeddings, one decoder layer and the LM head wait on disk, the rest in memory: the

@@ -15,6 +15,8 @@ WEIGHTS_NAME = "cagul_adapter.safetensors"
 
 QUERY_TOKEN_CHOICES = ("prompt", "last")
 TOKEN_SELECTION_CHOICES = ("lowest", "random", "highest")
+DEFAULT_GATE = "visual_tokens"
+"""The paper's gate (`hf_cagul.gates.ForgetDiscriminator`); adapters saved without a gate use it."""
 # Written at injection; a saved adapter without them cannot be checked against a model.
 BOUND_FIELDS = ("family", "hidden_size", "image_token_id", "num_hidden_layers")
 
@@ -34,7 +36,8 @@ class CagulConfig:
 
     Args:
         base_model_name_or_path: Name or path of the VLM (filled in at injection).
-        revision: Revision of the VLM on the Hub, if known (filled in at injection).
+        revision: Commit of the VLM on the Hub, when it was loaded from there (filled in at
+            injection from the model config's ``_commit_hash``).
         family: VLM family key from `hf_cagul.families` (filled in at injection).
         hidden_size: Hidden size of the language model (filled in at injection).
         image_token_id: Id of the image placeholder token (filled in at injection).
@@ -49,6 +52,8 @@ class CagulConfig:
             ``"random"`` / ``"highest"`` for ablations.
         token_ratio: Fraction of each flagged image's visual tokens that the encoder rewrites.
         num_tokens: A fixed number of tokens to rewrite per image; overrides ``token_ratio``.
+        gate: Name of the gate design (a class registered in `hf_cagul.gates`):
+            ``"visual_tokens"`` is the paper's discriminator over the projected visual tokens.
         encoder_hidden_size: Width of the token encoder's hidden layer.
         discriminator_hidden_size: Width of the discriminator's hidden layer.
         gate_threshold: Probability above which the discriminator flags an image.
@@ -59,7 +64,7 @@ class CagulConfig:
         default=None, metadata={"help": "Name or path of the VLM (filled in at injection)."}
     )
     revision: str | None = field(
-        default=None, metadata={"help": "Hub revision of the VLM (filled in at injection)."}
+        default=None, metadata={"help": "Hub commit of the VLM (filled in at injection)."}
     )
     family: str | None = field(
         default=None, metadata={"help": "VLM family key from hf_cagul.families (filled in)."}
@@ -102,6 +107,13 @@ class CagulConfig:
     num_tokens: int | None = field(
         default=None,
         metadata={"help": "Fixed number of visual tokens to rewrite per image; overrides ratio."},
+    )
+    gate: str = field(
+        default=DEFAULT_GATE,
+        metadata={
+            "help": "Gate design, by its registered name (hf_cagul.gates): 'visual_tokens' is "
+            "the paper's discriminator over the projected visual tokens."
+        },
     )
     encoder_hidden_size: int = field(
         default=256, metadata={"help": "Hidden width of the token encoder."}

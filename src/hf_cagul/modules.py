@@ -1,9 +1,7 @@
-"""The two trainable modules of a CAGUL adapter: the forget discriminator and the token encoder.
+"""The trainable modules of a CAGUL adapter: a gate (`hf_cagul.gates`) and the token encoder.
 
 Both see the visual tokens exactly as the language model receives them (after the projector),
-so they work for any VLM family with the same code. Images carry different numbers of visual
-tokens, so the modules take the tokens of all images concatenated, with an index saying which
-image each token belongs to.
+so they work for any VLM family with the same code.
 """
 
 from __future__ import annotations
@@ -11,41 +9,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from hf_cagul.config import CagulConfig
+from hf_cagul.gates import ForgetDiscriminator, Gate, gate_class, segment_mean
 
-def _segment_mean(values: torch.Tensor, segment: torch.Tensor, num_segments: int) -> torch.Tensor:
-    """Mean of the rows of ``values`` per segment id (``segment[i]`` is row ``i``'s segment)."""
-    sums = values.new_zeros(num_segments, values.shape[-1]).index_add(0, segment, values)
-    counts = torch.bincount(segment, minlength=num_segments).clamp_min(1).to(values.dtype)
-    return sums / counts.unsqueeze(-1)
-
-
-class ForgetDiscriminator(nn.Module):
-    """Scores each image: does it show a subject of the forget set?
-
-    A token-wise MLP over the layer-normalised visual tokens, pooled per image by mean and by
-    max (a face covers a few tokens: the mean alone dilutes it among background tokens), then a
-    linear head. Returns one logit per image; ``sigmoid(logit) > gate_threshold`` flags it.
-    """
-
-    def __init__(self, hidden_size: int, inner_size: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(hidden_size)
-        self.token_mlp = nn.Sequential(nn.Linear(hidden_size, inner_size), nn.GELU())
-        self.head = nn.Linear(2 * inner_size, 1)
-        # Start undecided but closed: a fresh adapter leaves every image alone at threshold 0.5.
-        nn.init.zeros_(self.head.weight)
-        nn.init.constant_(self.head.bias, -4.0)
-
-    def forward(
-        self, tokens: torch.Tensor, image_index: torch.Tensor, num_images: int
-    ) -> torch.Tensor:
-        """Logits of shape ``(num_images,)`` from ``tokens`` ``(T, hidden)`` of all images."""
-        features = self.token_mlp(self.norm(tokens))
-        index = image_index.unsqueeze(-1).expand_as(features)
-        peak = features.new_full((num_images, features.shape[-1]), float("-inf"))
-        peak = peak.scatter_reduce(0, index, features, reduce="amax")
-        pooled = torch.cat([_segment_mean(features, image_index, num_images), peak], dim=-1)
-        return self.head(pooled).squeeze(-1)
+__all__ = ["CagulAdapter", "ForgetDiscriminator", "TokenEncoder"]
 
 
 class TokenEncoder(nn.Module):
@@ -74,16 +41,34 @@ class TokenEncoder(nn.Module):
 
 
 class CagulAdapter(nn.Module):
-    """One named adapter: a discriminator and an encoder for the same hidden size."""
+    """One named adapter: a gate and an encoder for the same hidden size.
 
-    def __init__(self, hidden_size: int, discriminator_size: int, encoder_size: int) -> None:
+    The gate is stored as ``discriminator`` (the key prefix of its weights in
+    ``cagul_adapter.safetensors``, whatever its design).
+
+    Args:
+        gate: The gate that flags images.
+        encoder: The encoder that rewrites the selected tokens of flagged images.
+    """
+
+    def __init__(self, gate: Gate, encoder: TokenEncoder) -> None:
         super().__init__()
-        self.discriminator = ForgetDiscriminator(hidden_size, discriminator_size)
-        self.encoder = TokenEncoder(hidden_size, encoder_size)
+        self.discriminator = gate
+        self.encoder = encoder
+
+    @classmethod
+    def from_config(cls, config: CagulConfig) -> CagulAdapter:
+        """Fresh modules for a bound ``config`` (its ``hidden_size`` is the model's).
+
+        Raises:
+            ValueError: If ``config.gate`` names no registered gate.
+        """
+        gate = gate_class(config.gate).from_config(config)
+        return cls(gate, TokenEncoder(config.hidden_size or 0, config.encoder_hidden_size))
 
     @staticmethod
     def image_context(
         tokens: torch.Tensor, image_index: torch.Tensor, num_images: int
     ) -> torch.Tensor:
         """Mean visual token of each image, shape ``(num_images, hidden)``."""
-        return _segment_mean(tokens, image_index, num_images)
+        return segment_mean(tokens, image_index, num_images)

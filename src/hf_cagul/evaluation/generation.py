@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hf_cagul.data import CagulDataCollator
-from hf_cagul.evaluation.scoring import input_device
+from hf_cagul.devices import input_device
 
 
 def keyword_match(generation: str, keywords: Sequence[str]) -> float:

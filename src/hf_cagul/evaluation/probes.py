@@ -18,8 +18,8 @@ from PIL import Image, ImageEnhance
 from tqdm.auto import tqdm
 
 from hf_cagul.data import load_image
+from hf_cagul.devices import input_device
 from hf_cagul.evaluation.generation import keyword_accuracy
-from hf_cagul.evaluation.scoring import input_device
 from hf_cagul.evaluation.suite import generation_metrics
 
 

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from hf_cagul.data import CagulDataCollator
 from hf_cagul.data.collator import IGNORE_INDEX
 from hf_cagul.data.schema import ANSWER_COLUMN, RETAIN_SPLIT, SPLIT_COLUMN
+from hf_cagul.devices import input_device
 from hf_cagul.evaluation.metrics import min_k_percent_score, roc_auc
 from hf_cagul.model import CagulModel
 
@@ -149,16 +150,6 @@ def _row_batches(data: Any, batch_size: int) -> Iterator[tuple[int, list[dict[st
         else:
             rows = [dict(data[index]) for index in range(start, stop)]
         yield start, rows
-
-
-def input_device(model: Any) -> torch.device:
-    """Where the model's input embeddings live (where the inputs must go)."""
-    get_embeddings = getattr(model, "get_input_embeddings", None)
-    embeddings = get_embeddings() if callable(get_embeddings) else None
-    weight = getattr(embeddings, "weight", None)
-    if isinstance(weight, torch.Tensor):
-        return weight.device
-    return next(model.parameters()).device
 
 
 def mean_nll(nlls: Sequence[torch.Tensor]) -> list[float]:

@@ -22,7 +22,9 @@ from typing import Any
 import torch
 from datasets import Dataset, DatasetDict
 
+from hf_cagul.data import CagulDataCollator
 from hf_cagul.data.benchmarks import select_where
+from hf_cagul.devices import input_device
 from hf_cagul.evaluation.generation import generate_answers, keyword_accuracy
 from hf_cagul.evaluation.metrics import (
     fiubench_truth_ratio,
@@ -203,13 +205,15 @@ def discriminator_metrics(
     """
     probabilities: list[float] = []
     labels: list[bool] = []
+    collator = CagulDataCollator(processor)
+    device = input_device(model)
     for dataset, label in ((forget_photos, True), (retain_photos, False)):
-        with model.trace() as traces:
-            generate_answers(
-                model, processor, dataset, batch_size=batch_size, max_new_tokens=1, progress=False
-            )
-        probabilities += [max(trace.probabilities.values()) for trace in traces]
-        labels += [label] * len(traces)
+        for start in range(0, len(dataset), batch_size):
+            rows = dataset[start : start + batch_size]
+            inputs = collator.prompts(rows["image"], rows["question"])
+            scores = model.gate_probabilities(**{k: v.to(device) for k, v in inputs.items()})
+            probabilities += scores.probabilities.max(dim=0).values.tolist()
+            labels += [label] * scores.probabilities.shape[1]
     thresholds = {model.cagul_config[name].gate_threshold for name in model.active_adapters}
     if len(thresholds) != 1:
         raise ValueError(

@@ -29,17 +29,20 @@ from torch import nn
 from hf_cagul import persistence
 from hf_cagul.config import WEIGHTS_NAME
 from hf_cagul.data import IGNORE_INDEX, CagulDataCollator
+from hf_cagul.devices import is_partitioned
 from hf_cagul.losses import token_kl
-from hf_cagul.model import CagulModel, ImageTrace, is_partitioned
+from hf_cagul.model import CagulModel
 from hf_cagul.trainer.cagul_config import TRAINING_CONFIG_NAME, CagulTrainingConfig
 from hf_cagul.trainer.forget_retain_config import ForgetRetainTrainingConfig
 from hf_cagul.trainer.forget_retain_trainer import ForgetRetainTrainer
 
 
-def _gate_bce_sums(traces: list[ImageTrace], forget: torch.Tensor) -> torch.Tensor:
-    """Summed gate BCE of the forget images and of the retain images: a ``(2,)`` tensor."""
-    logits = torch.stack([trace.logit for trace in traces])
-    labels = forget[[trace.sample for trace in traces]].to(device=logits.device)
+def _gate_bce_sums(logits: torch.Tensor, forget: torch.Tensor) -> torch.Tensor:
+    """Summed gate BCE of the forget images and of the retain images: a ``(2,)`` tensor.
+
+    ``logits`` are one gate's logits of the images of a batch, ``forget`` their labels.
+    """
+    labels = forget.to(device=logits.device)
     losses = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="none")
     return torch.stack([losses[labels].sum(), losses[~labels].sum()])
 
@@ -175,7 +178,7 @@ class CagulTrainer(ForgetRetainTrainer):
         if args.retain_weight > 0 and (distributed or bool(retain_rows.any())):
             with torch.no_grad(), cagul.disable_adapter():
                 base_logits = model(**inputs).logits[:, :-1][retain_rows]
-        with cagul.trace() as traces, cagul.force_gate(True):
+        with cagul.force_gate(True):
             outputs = model(**inputs, query_mask=query_mask)
         logits = outputs.logits[:, :-1]
         targets = labels[:, 1:]
@@ -191,8 +194,14 @@ class CagulTrainer(ForgetRetainTrainer):
             if base_logits is not None
             else zero
         )
-        gate_sums = _gate_bce_sums(traces, forget).float() if traces else zero.expand(2)
-        image_forget = forget[[trace.sample for trace in traces]].to(forget_rows.device)
+        gate_logits = outputs.get("gate_logits")
+        if gate_logits is None:  # a batch without images
+            gate_sums = zero.expand(2)
+            image_forget = forget.new_zeros(0).to(forget_rows.device)
+        else:
+            image_forget = forget[outputs["image_spans"][:, 0].to(forget.device)]
+            gate_sums = _gate_bce_sums(gate_logits[0], image_forget).float()
+            image_forget = image_forget.to(forget_rows.device)
         counts = torch.stack(
             [forget_rows.sum(), retain_rows.sum(), image_forget.sum(), (~image_forget).sum()]
         )
@@ -244,12 +253,8 @@ class CagulTrainer(ForgetRetainTrainer):
                 "`zero3_save_16bit_model: true` in the accelerate config (or "
                 "`stage3_gather_16bit_weights_on_model_save: true` in the DeepSpeed config)."
             )
-        if adapter_state:
-            # FSDP and ZeRO-3 shard the adapter too: Trainer hands over the gathered weights.
-            card = persistence.model_card(cagul.active_config, None, None)
-            persistence.save_adapter(output_dir, cagul.active_config, adapter_state, card)
-        else:
-            cagul.save_adapter(output_dir)
+        # FSDP and ZeRO-3 shard the adapter too: Trainer hands over the gathered weights.
+        cagul.save_adapter(output_dir, state_dict=adapter_state or None)
         with open(os.path.join(output_dir, TRAINING_CONFIG_NAME), "w", encoding="utf-8") as f:
             f.write(self.args.to_json_string())
 

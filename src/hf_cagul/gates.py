@@ -1,0 +1,166 @@
+"""Gates: which images show a subject to forget.
+
+A gate scores every image of a call with one logit; ``sigmoid(logit) > gate_threshold`` flags
+the image for rewriting, and an image no gate flags reaches the frozen model untouched. Each
+gate design is a `Gate` subclass registered under a name with `register_gate`, chosen by
+`CagulConfig.gate` and saved with the adapter; a new design is a new class, with no edit to the
+model, the trainer or the evaluation::
+
+    @register_gate
+    class MyGate(Gate):
+        name = "my-gate"
+
+        def __init__(self, config: CagulConfig) -> None:
+            super().__init__()
+            ...
+
+        def forward(self, inputs: GateInputs) -> torch.Tensor:
+            ...  # (num_images,) logits
+
+The paper's gate, `ForgetDiscriminator` (``"visual_tokens"``), reads the projected visual tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, TypeVar
+
+import torch
+from torch import nn
+
+from hf_cagul.config import DEFAULT_GATE, CagulConfig
+
+__all__ = [
+    "GATES",
+    "ForgetDiscriminator",
+    "Gate",
+    "GateInputs",
+    "gate_class",
+    "register_gate",
+    "segment_mean",
+]
+
+
+def segment_mean(values: torch.Tensor, segment: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """Mean of the rows of ``values`` per segment id (``segment[i]`` is row ``i``'s segment)."""
+    sums = values.new_zeros(num_segments, values.shape[-1]).index_add(0, segment, values)
+    counts = torch.bincount(segment, minlength=num_segments).clamp_min(1).to(values.dtype)
+    return sums / counts.unsqueeze(-1)
+
+
+@dataclass
+class GateInputs:
+    """What a gate reads about the images of one call.
+
+    Images carry different numbers of visual tokens, so the tokens of all images come
+    concatenated, with the image each belongs to.
+
+    Attributes:
+        tokens: ``(T, hidden)`` visual tokens of every image, as the language model receives
+            them (after the projector), in the dtype and on the device of the gate.
+        image_index: ``(T,)`` long tensor: the image (``0..num_images-1``) of each token.
+        num_images: Number of images in the call.
+    """
+
+    tokens: torch.Tensor
+    image_index: torch.Tensor
+    num_images: int
+
+
+class Gate(nn.Module):
+    """Base of every gate design: one logit per image (flagged when its sigmoid exceeds
+    `CagulConfig.gate_threshold`).
+
+    Subclasses set `name`, build themselves from a bound `CagulConfig` (its ``hidden_size`` is
+    the language model's) and implement `forward`. A fresh gate should start closed (every
+    probability below 0.5), so that a fresh adapter changes nothing.
+    """
+
+    name: ClassVar[str] = ""
+
+    def forward(self, inputs: GateInputs) -> torch.Tensor:
+        """Logits of shape ``(inputs.num_images,)``."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, config: CagulConfig) -> Gate:
+        """The gate of an adapter with ``config`` (bound to a model: ``hidden_size`` is set)."""
+        return cls(config)
+
+
+GATES: dict[str, type[Gate]] = {}
+"""Every registered gate class, by the name `CagulConfig.gate` gives it."""
+
+_G = TypeVar("_G", bound=type[Gate])
+
+
+def register_gate(gate: _G) -> _G:
+    """Class decorator: make ``gate`` selectable as ``CagulConfig(gate=gate.name)``.
+
+    Raises:
+        ValueError: If the class has no ``name`` or another class holds it.
+    """
+    if not gate.name:
+        raise ValueError(f"{gate.__name__} needs a class attribute `name` to be registered.")
+    if GATES.get(gate.name, gate) is not gate:
+        raise ValueError(
+            f"A gate named {gate.name!r} is already registered ({GATES[gate.name].__name__}); "
+            "give the new class another name."
+        )
+    GATES[gate.name] = gate
+    return gate
+
+
+def gate_class(name: str) -> type[Gate]:
+    """The gate class registered as ``name``.
+
+    Raises:
+        ValueError: If no gate has that name (it lists the known ones).
+    """
+    try:
+        return GATES[name]
+    except KeyError:
+        raise ValueError(
+            f"Unknown gate {name!r}; registered gates: {', '.join(sorted(GATES))}. A gate of "
+            "your own is registered with `hf_cagul.gates.register_gate` before the adapter is "
+            "built or loaded."
+        ) from None
+
+
+@register_gate
+class ForgetDiscriminator(Gate):
+    """The paper's gate: does the image show a subject of the forget set, from its visual tokens?
+
+    A token-wise MLP over the layer-normalised visual tokens, pooled per image by mean and by
+    max (a face covers a few tokens: the mean alone dilutes it among background tokens), then a
+    linear head.
+
+    Args:
+        hidden_size: Width of the visual tokens (the language model's hidden size).
+        inner_size: Width of the token-wise MLP.
+    """
+
+    name = DEFAULT_GATE
+
+    def __init__(self, hidden_size: int, inner_size: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden_size)
+        self.token_mlp = nn.Sequential(nn.Linear(hidden_size, inner_size), nn.GELU())
+        self.head = nn.Linear(2 * inner_size, 1)
+        # Start undecided but closed: a fresh adapter leaves every image alone at threshold 0.5.
+        nn.init.zeros_(self.head.weight)
+        nn.init.constant_(self.head.bias, -4.0)
+
+    @classmethod
+    def from_config(cls, config: CagulConfig) -> ForgetDiscriminator:
+        """A discriminator of width ``config.discriminator_hidden_size``."""
+        return cls(config.hidden_size or 0, config.discriminator_hidden_size)
+
+    def forward(self, inputs: GateInputs) -> torch.Tensor:
+        """Logits of shape ``(num_images,)`` from the visual tokens of all images."""
+        features = self.token_mlp(self.norm(inputs.tokens))
+        index = inputs.image_index.unsqueeze(-1).expand_as(features)
+        peak = features.new_full((inputs.num_images, features.shape[-1]), float("-inf"))
+        peak = peak.scatter_reduce(0, index, features, reduce="amax")
+        mean = segment_mean(features, inputs.image_index, inputs.num_images)
+        return self.head(torch.cat([mean, peak], dim=-1)).squeeze(-1)
