@@ -103,22 +103,25 @@ def _idefics_processor(
     )
 
 
-IDEFICS3 = TinyFamily(
-    name="idefics3",
-    placeholder="<image>",
-    tokens=_TOKENS,
-    chat_template=_CHAT_TEMPLATE,
-    build_config=partial(_idefics_config, Idefics3Config),
-    build_processor=partial(_idefics_processor, TinyIdefics3Processor, Idefics3ImageProcessorPil),
-    extra_inputs=frozenset({"pixel_attention_mask"}),
-)
+def _idefics_family(
+    name: str,
+    config_class: Callable[..., PretrainedConfig],
+    processor_class: type[ProcessorMixin],
+    image_processor_class: type[Any],
+) -> TinyFamily:
+    """An Idefics3-style spec: Idefics3 and SmolVLM differ only in their classes."""
+    return TinyFamily(
+        name=name,
+        placeholder="<image>",
+        tokens=_TOKENS,
+        chat_template=_CHAT_TEMPLATE,
+        build_config=partial(_idefics_config, config_class),
+        build_processor=partial(_idefics_processor, processor_class, image_processor_class),
+        extra_inputs=frozenset({"pixel_attention_mask"}),
+    )
 
-SMOLVLM = TinyFamily(
-    name="smolvlm",
-    placeholder="<image>",
-    tokens=_TOKENS,
-    chat_template=_CHAT_TEMPLATE,
-    build_config=partial(_idefics_config, SmolVLMConfig),
-    build_processor=partial(_idefics_processor, TinySmolVLMProcessor, SmolVLMImageProcessorPil),
-    extra_inputs=frozenset({"pixel_attention_mask"}),
+
+IDEFICS3 = _idefics_family(
+    "idefics3", Idefics3Config, TinyIdefics3Processor, Idefics3ImageProcessorPil
 )
+SMOLVLM = _idefics_family("smolvlm", SmolVLMConfig, TinySmolVLMProcessor, SmolVLMImageProcessorPil)

@@ -96,14 +96,19 @@ def _processor_settings(
     }
 
 
+def _image_sizes(image_size: int) -> dict[str, Any]:
+    """The image processor's resize and crop: CLIP's shortest edge, then a centre square."""
+    return {
+        "size": {"shortest_edge": image_size},
+        "crop_size": {"height": image_size, "width": image_size},
+    }
+
+
 def _llava_processor(
     config: PretrainedConfig, tokenizer: PreTrainedTokenizerFast, image_size: int, template: str
 ) -> ProcessorMixin:
     settings = _processor_settings(config, tokenizer, image_size, template)
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": image_size},
-        crop_size={"height": image_size, "width": image_size},
-    )
+    image_processor = CLIPImageProcessorPil(**_image_sizes(image_size))
     return TinyLlavaProcessor(image_processor=image_processor, **settings)
 
 
@@ -112,9 +117,7 @@ def _llava_next_processor(
 ) -> ProcessorMixin:
     settings = _processor_settings(config, tokenizer, image_size, template)
     image_processor = LlavaNextImageProcessorPil(
-        size={"shortest_edge": image_size},
-        crop_size={"height": image_size, "width": image_size},
-        image_grid_pinpoints=config.image_grid_pinpoints,
+        **_image_sizes(image_size), image_grid_pinpoints=config.image_grid_pinpoints
     )
     return TinyLlavaNextProcessor(image_processor=image_processor, **settings)
 

@@ -26,12 +26,10 @@ from hf_cagul.testing.processors import (
     TinyQwen2VLProcessor,
     TinyQwen3VLProcessor,
 )
-from hf_cagul.testing.spec import ConfigParts, TinyFamily
+from hf_cagul.testing.spec import ConfigBuilder, ConfigParts, TinyFamily
 from hf_cagul.testing.tokenizer import CHAT_CONTENT, TinyTokens
 
 __all__ = ["QWEN2_5_VL", "QWEN2_VL", "QWEN3_VL"]
-
-_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 
 _TOKENS = TinyTokens(
     pad="<|endoftext|>",
@@ -51,8 +49,6 @@ _CHAT_TEMPLATE = "".join(
         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
     ]
 )
-
-_EXTRA_INPUTS = frozenset({"image_grid_thw", "mm_token_type_ids"})
 
 _PATCHES = {"patch_size": 4, "spatial_merge_size": 2, "temporal_patch_size": 2}
 
@@ -186,32 +182,21 @@ def _qwen_processor(
     )
 
 
-QWEN2_VL = TinyFamily(
-    name="qwen2_vl",
-    placeholder=_PLACEHOLDER,
-    tokens=_TOKENS,
-    chat_template=_CHAT_TEMPLATE,
-    build_config=_qwen2_vl_config,
-    build_processor=partial(_qwen_processor, TinyQwen2VLProcessor),
-    extra_inputs=_EXTRA_INPUTS,
-)
+def _qwen_family(
+    name: str, build_config: ConfigBuilder, processor_class: type[ProcessorMixin]
+) -> TinyFamily:
+    """A Qwen*-VL spec: the three differ only in their config and processor class."""
+    return TinyFamily(
+        name=name,
+        placeholder="<|vision_start|><|image_pad|><|vision_end|>",
+        tokens=_TOKENS,
+        chat_template=_CHAT_TEMPLATE,
+        build_config=build_config,
+        build_processor=partial(_qwen_processor, processor_class),
+        extra_inputs=frozenset({"image_grid_thw", "mm_token_type_ids"}),
+    )
 
-QWEN2_5_VL = TinyFamily(
-    name="qwen2_5_vl",
-    placeholder=_PLACEHOLDER,
-    tokens=_TOKENS,
-    chat_template=_CHAT_TEMPLATE,
-    build_config=_qwen2_5_vl_config,
-    build_processor=partial(_qwen_processor, TinyQwen2_5_VLProcessor),
-    extra_inputs=_EXTRA_INPUTS,
-)
 
-QWEN3_VL = TinyFamily(
-    name="qwen3_vl",
-    placeholder=_PLACEHOLDER,
-    tokens=_TOKENS,
-    chat_template=_CHAT_TEMPLATE,
-    build_config=_qwen3_vl_config,
-    build_processor=partial(_qwen_processor, TinyQwen3VLProcessor),
-    extra_inputs=_EXTRA_INPUTS,
-)
+QWEN2_VL = _qwen_family("qwen2_vl", _qwen2_vl_config, TinyQwen2VLProcessor)
+QWEN2_5_VL = _qwen_family("qwen2_5_vl", _qwen2_5_vl_config, TinyQwen2_5_VLProcessor)
+QWEN3_VL = _qwen_family("qwen3_vl", _qwen3_vl_config, TinyQwen3VLProcessor)
