@@ -111,11 +111,11 @@ _GEMMA3_TOKENS = TinyTokens(
     extra=("<start_of_turn>", "<start_of_image>", "<end_of_image>"),
     words=("model",),  # the assistant's role name in Gemma's chat format
     # Gemma3Processor reads these tokenizer attributes.
-    named={
-        "boi_token": "<start_of_image>",
-        "eoi_token": "<end_of_image>",
-        "image_token": "<image_soft_token>",
-    },
+    named=(
+        ("boi_token", "<start_of_image>"),
+        ("eoi_token", "<end_of_image>"),
+        ("image_token", "<image_soft_token>"),
+    ),
 )
 
 _GEMMA3_CHAT_TEMPLATE = "".join(

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers
 from tokenizers import processors as tokenizer_processors
@@ -38,8 +38,8 @@ class TinyTokens:
         extra: More special tokens the family's prompts use (chat markers, image borders).
         words: Ordinary words the family's chat template writes beyond `TINY_WORDS` (Gemma3's
             ``model`` role).
-        named: ``attribute -> token`` set on the tokenizer as extra special tokens (attributes
-            the family's processor reads, e.g. Gemma3's ``boi_token``).
+        named: ``(attribute, token)`` pairs set on the tokenizer as extra special tokens
+            (attributes the family's processor reads, e.g. Gemma3's ``boi_token``).
         prefix_bos: Whether the tokenizer prepends ``bos`` (False where the processor writes it
             itself, as PaliGemma's does after the image tokens).
     """
@@ -51,7 +51,7 @@ class TinyTokens:
     image: str
     extra: tuple[str, ...] = ()
     words: tuple[str, ...] = ()
-    named: Mapping[str, str] = field(default_factory=dict)
+    named: tuple[tuple[str, str], ...] = ()
     prefix_bos: bool = True
 
     @property
