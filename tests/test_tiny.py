@@ -1,4 +1,4 @@
-"""Tests for `hf_cagul.tiny`: tiny offline VLMs and their processors."""
+"""Tests for `hf_cagul.testing`: tiny offline VLMs and their processors."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from PIL import Image
 from vlm_inputs import processor_keys, tokens_per_image
 
 from hf_cagul.families import get_family
-from hf_cagul.tiny import (
+from hf_cagul.testing import (
     TINY_FAMILIES,
     TINY_IMAGE_PLACEHOLDER,
     TINY_WORDS,
