@@ -7,8 +7,10 @@ least-attended visual tokens.
 
 from hf_cagul.config import CagulConfig
 from hf_cagul.families import supported_families
-from hf_cagul.model import CagulModel, ImageTrace, get_cagul_model
+from hf_cagul.gates import Gate, GateInputs, register_gate
+from hf_cagul.model import CagulModel, get_cagul_model
 from hf_cagul.modules import ForgetDiscriminator, TokenEncoder
+from hf_cagul.outputs import GateScores, ImageTrace
 from hf_cagul.trainer import CagulTrainer, CagulTrainingConfig
 from hf_cagul.version import __version__
 
@@ -18,9 +20,13 @@ __all__ = [
     "CagulTrainer",
     "CagulTrainingConfig",
     "ForgetDiscriminator",
+    "Gate",
+    "GateInputs",
+    "GateScores",
     "ImageTrace",
     "TokenEncoder",
     "__version__",
     "get_cagul_model",
+    "register_gate",
     "supported_families",
 ]
