@@ -104,10 +104,11 @@ class BenchmarkArguments:
         ``benchmark`` is named."""
         from hf_cagul.data.benchmarks import load_benchmark
 
-        if self.benchmark is None and dataset is not None:
-            return load_benchmark("synthetic", dataset)
-        require(self, "benchmark")
-        return load_benchmark(self.benchmark, self.data, self.forget_split, self.data_revision)
+        if self.benchmark is None:
+            if dataset is not None:
+                return load_benchmark("synthetic", dataset)
+            require(self, "benchmark")
+        return load_benchmark(str(self.benchmark), self.data, self.forget_split, self.data_revision)
 
 
 @dataclass

@@ -34,6 +34,7 @@ import argparse
 import dataclasses
 import difflib
 import os
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -63,19 +64,24 @@ class CommandParser(HfArgumentParser):
     """`HfArgumentParser` for ``hf-cagul``'s subcommands.
 
     On top of what `HfArgumentParser` does, fields marked ``metadata={"cli": False}`` are
-    left out, and every boolean option reads as a flag both ways: ``--bf16`` alone means
-    true (also for ``bool | None`` fields) and ``--no-bf16`` false, whatever the field's
-    default, since a subcommand may change that default with `set_defaults`.
+    left out; every boolean option reads as a flag both ways: ``--bf16`` alone means true
+    (also for ``bool | None`` fields) and ``--no-bf16`` false, whatever the field's default,
+    since a subcommand may change that default with `set_defaults`; and a field that takes a
+    string or a list of strings (``report_to``) takes one value or several.
     """
 
     @staticmethod
     def _parse_dataclass_field(parser: Any, field: dataclasses.Field[Any]) -> None:
         if not field.metadata.get(CLI_KEY, True):
             return
+        # HfArgumentParser narrows ``field.type`` to the one type argparse converts to.
+        members = typing.get_args(field.type)
         HfArgumentParser._parse_dataclass_field(parser, field)
+        action = parser._option_string_actions[f"--{field.name}"]
+        if str in members and list[str] in members:
+            action.nargs = "+"
         if field.type not in (bool, bool | None):
             return
-        action = parser._option_string_actions[f"--{field.name}"]
         action.nargs, action.const = "?", True
         negative = f"--no_{field.name}"
         if negative not in parser._option_string_actions:
