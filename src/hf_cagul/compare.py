@@ -126,7 +126,7 @@ class BaselineSettings:
     methods: list[str] = field(
         default_factory=lambda: list(BASELINES),
         metadata={
-            "help": "Fine-tuning baselines to fit (default: all).",
+            "help": "Fine-tuning baselines to fit.",
             "choices": sorted(BASELINES),
         },
     )

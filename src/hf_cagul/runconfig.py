@@ -84,14 +84,30 @@ class CommandParser(HfArgumentParser):
             return
         action.nargs, action.const = "?", True
         negative = f"--no_{field.name}"
-        if negative not in parser._option_string_actions:
+        help = f"Set --{field.name.replace('_', '-')} to false."
+        if negative in parser._option_string_actions:
+            parser._option_string_actions[negative].help = help
+        else:
             parser.add_argument(
                 negative,
                 f"--no-{field.name.replace('_', '-')}",
                 action="store_false",
                 dest=field.name,
-                help=f"Set --{field.name.replace('_', '-')} to false.",
+                help=help,
             )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default after its help, but for the ``--no-...`` negations."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if isinstance(action, argparse._StoreFalseAction):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build(args: argparse.Namespace, dtype: type[T], **values: Any) -> T:
