@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -200,9 +200,9 @@ _OWN_MODEL_FIT = {"cagul_steps": "steps", "cagul_learning_rate": "learning_rate"
 def _demo_config(args: argparse.Namespace) -> DemoConfig:
     """The `DemoConfig` of ``demo`` / ``compare``, with its adapter and baselines."""
     demo_defaults = {
-        name: DemoConfig.__dataclass_fields__[name].default
-        for name in _OWN_MODEL_FIT
-        if getattr(args, name) is None
+        item.name: item.default
+        for item in fields(DemoConfig)
+        if item.name in _OWN_MODEL_FIT and getattr(args, item.name) is None
     }
     return build(
         args,

@@ -196,17 +196,20 @@ def fit_cagul(
 
 
 def cagul_fit_settings(
-    config: DemoConfig, selection: Literal["lowest", "random", "highest"] = "lowest"
+    config: DemoConfig, selection: Literal["lowest", "random", "highest"] | None = None
 ) -> CagulFitSettings:
     """How the demo fits each CAGUL adapter: CPU, batch 16, photos augmented, ``config``'s
-    adapter with ``selection``."""
+    adapter (with ``selection`` as its ``token_selection`` when given: the ablation)."""
+    adapter = config.adapter
+    if selection is not None:
+        adapter = dataclasses.replace(adapter, token_selection=selection)
     return CagulFitSettings(
         steps=config.cagul_steps,
         batch_size=16,
         learning_rate=config.cagul_learning_rate,
         seed=config.seed,
         use_cpu=True,
-        adapter=dataclasses.replace(config.adapter, token_selection=selection),
+        adapter=adapter,
     )
 
 
