@@ -144,6 +144,9 @@ def test_run_file_keys_are_fields_or_their_aliases(tmp_path) -> None:
     assert fit.report_to == ["tensorboard"] and fit.forget_weight == 2
     assert fit.gate_threshold == 0.7
     assert _parse("compare", "--config", str(run)).batch_size == 4  # compare's own option
+    run.write_text("compare:\n  methods: npo\nfit:\n  learning_rate: 5e-4\n")
+    assert _parse("compare", "--config", str(run)).methods == ["npo"]
+    assert _parse("fit", "--config", str(run)).learning_rate == 5e-4  # YAML reads a string
     assert _parse("fit", "--report-to", "tensorboard", "wandb").report_to == [
         "tensorboard",
         "wandb",

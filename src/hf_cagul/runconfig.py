@@ -84,16 +84,16 @@ class CommandParser(HfArgumentParser):
             return
         action.nargs, action.const = "?", True
         negative = f"--no_{field.name}"
-        help = f"Set --{field.name.replace('_', '-')} to false."
+        negation_help = f"Set --{field.name.replace('_', '-')} to false."
         if negative in parser._option_string_actions:
-            parser._option_string_actions[negative].help = help
+            parser._option_string_actions[negative].help = negation_help
         else:
             parser.add_argument(
                 negative,
                 f"--no-{field.name.replace('_', '-')}",
                 action="store_false",
                 dest=field.name,
-                help=help,
+                help=negation_help,
             )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -222,8 +222,11 @@ def command_options(
             )
         values[known[name].dest] = value
     for dest, value in values.items():
-        choices = known[dest].choices
+        action = known[dest]
         items = value if isinstance(value, list) else [value]
+        if action.nargs == "+":  # `methods: ga` means the list of one, as `--methods ga`
+            values[dest] = value = items
+        choices = action.choices
         if choices is not None and any(item not in choices for item in items):
             raise ValueError(
                 f"{source}: {dest}={value!r} is not one of {', '.join(map(str, choices))}."
