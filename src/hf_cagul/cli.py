@@ -42,7 +42,8 @@ FIT_DEFAULTS: dict[str, Any] = {
     "report_to": "none",
     "disable_tqdm": False,
 }
-"""Where ``hf-cagul fit``'s defaults differ from `CagulTrainingConfig`'s."""
+"""``hf-cagul fit``'s defaults where a checkpointed run needs its own (``report_to`` too, so
+that no transformers release turns loggers on)."""
 
 
 @dataclass
