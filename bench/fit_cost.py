@@ -206,9 +206,10 @@ def forget_part(max_steps: int, every: int) -> None:
     cagul_fit = CagulFitSettings(
         steps=max_steps, learning_rate=demo.cagul_learning_rate, use_cpu=True
     )
-    baseline_fit = BaselineSettings(steps=max_steps, use_cpu=True)
+    baselines = BaselineSettings()
+    baseline_fit = baselines.budget(cagul_fit)
     torch.manual_seed(0)
-    cagul_model = get_cagul_model(vlm, cagul_fit.adapter_config())
+    cagul_model = get_cagul_model(vlm, cagul_fit.adapter)
     run(
         "cagul",
         lambda output_dir, _: CagulTrainer(
@@ -220,7 +221,7 @@ def forget_part(max_steps: int, every: int) -> None:
         cagul_model.unload,
     )
     for method in BASELINES:
-        model: Any = prepare_model(vlm, lora_r=baseline_fit.lora_r)
+        model: Any = prepare_model(vlm, lora_r=baselines.lora_r)
         run(
             method,
             lambda output_dir, _, model=model, method=method: get_baseline_trainer(method)(

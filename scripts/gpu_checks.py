@@ -265,7 +265,15 @@ def check_deepspeed(work: Path) -> str:
         raise Skip("deepspeed is not installed")
     worker = launch_worker("accelerate_deepspeed_zero3.yaml", work, "deepspeed")
     output = work / "deepspeed-cli"
-    fit = ["--tiny", "--benchmark", "synthetic", "--max-steps", "3", "--batch-size", "2"]
+    fit = [
+        "--tiny",
+        "--benchmark",
+        "synthetic",
+        "--max-steps",
+        "3",
+        "--per-device-train-batch-size",
+        "2",
+    ]
     launched = accelerate_launch(
         "accelerate_deepspeed_zero3.yaml",
         *("-m", "hf_cagul.cli", "fit", *fit, "--save-steps", "3", "--bf16"),

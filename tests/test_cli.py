@@ -92,3 +92,94 @@ def test_device_map_is_refused_for_the_tiny_vlm_and_under_zero3(tmp_path) -> Non
     with pytest.raises(ValueError, match="DeepSpeed ZeRO-3, which partitions"):
         load_vlm(str(tmp_path), device="map")
     del live
+
+
+def _parse(*argv: str):
+    from hf_cagul.cli import build_parser
+    from hf_cagul.runconfig import parse_args
+
+    return parse_args(build_parser(), list(argv))
+
+
+def test_a_new_cagul_config_field_is_a_fit_option_with_its_help(monkeypatch, capsys) -> None:
+    """Fields reach ``fit`` from the dataclass alone: none is listed by the CLI."""
+    from dataclasses import dataclass, field
+
+    from hf_cagul.runconfig import build
+
+    @dataclass
+    class GrownConfig(CagulConfig):
+        rewrite_strength: float = field(
+            default=0.25, metadata={"help": "How hard the encoder rewrites (a new field)."}
+        )
+
+    monkeypatch.setattr("hf_cagul.cli.CagulConfig", GrownConfig)
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    # The help formatter wraps lines: compare the words.
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--rewrite-strength REWRITE_STRENGTH How hard the encoder rewrites (a new field)." in (
+        help_text.replace("--rewrite_strength REWRITE_STRENGTH, ", "")
+    )
+    assert "(default: 0.25)" in help_text
+    # Filled in at injection: never options.
+    for name in ("family", "hidden_size", "num_hidden_layers", "cagul_version"):
+        assert f"--{name} " not in help_text, name
+    args = _parse("fit", "--rewrite-strength", "0.5", "--gate-threshold", "0.7")
+    config = build(args, GrownConfig)
+    assert config.rewrite_strength == 0.5 and config.gate_threshold == 0.7
+    assert config.family is None and config.cagul_version == CagulConfig().cagul_version
+
+
+def test_fit_sets_every_adapter_and_loss_option() -> None:
+    from hf_cagul.runconfig import build
+    from hf_cagul.trainer import CagulTrainingConfig
+
+    args = _parse(
+        "fit", "--output-dir", "unused", "--forget-weight", "2", "--retain_weight", "0.5",
+        "--discriminator-weight", "3", "--gate-threshold", "0.7", "--query-tokens", "last",
+        "--token-selection", "random", "--token-ratio", "0.25", "--attention-layer", "1",
+        "--batch-size", "4", "--max_steps", "7", "--no-augment-images", "--gradient-checkpointing",
+    )  # fmt: skip
+    adapter = build(args, CagulConfig)
+    assert (adapter.gate_threshold, adapter.query_tokens, adapter.token_selection) == (
+        0.7,
+        "last",
+        "random",
+    )
+    assert (adapter.token_ratio, adapter.attention_layer) == (0.25, 1)
+    training = build(args, CagulTrainingConfig, use_cpu=True)
+    assert (training.forget_weight, training.retain_weight, training.discriminator_weight) == (
+        2.0,
+        0.5,
+        3.0,
+    )
+    assert training.per_device_train_batch_size == 4 and training.max_steps == 7
+    assert training.augment_images is False and training.gradient_checkpointing is True
+    with pytest.raises(SystemExit):
+        _parse("fit", "--token-selection", "sideways")
+
+
+def test_fit_defaults_are_the_documented_ones() -> None:
+    """What ``hf-cagul fit`` gives `CagulTrainingConfig` when no option is passed."""
+    from hf_cagul.runconfig import build
+    from hf_cagul.trainer import CagulTrainingConfig
+
+    args = _parse("fit", "--output-dir", "out")
+    built = build(args, CagulTrainingConfig, use_cpu=True)
+    expected = CagulTrainingConfig(
+        output_dir="out",
+        max_steps=500,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        save_steps=100,
+        save_total_limit=2,
+        logging_steps=10,
+        augment_images=True,
+        seed=0,
+        report_to=[],
+        disable_tqdm=False,
+        use_cpu=True,
+    )
+    assert built.to_dict() == expected.to_dict()
+    assert build(args, CagulConfig) == CagulConfig()

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from hf_cagul.cli import main
 from hf_cagul.config import CONFIG_NAME, WEIGHTS_NAME
+from hf_cagul.trainer.cagul_config import TRAINING_CONFIG_NAME
 
 TINY_FIT = ["fit", "--tiny", "--benchmark", "synthetic", "--batch-size", "4", "--save-steps", "1"]
 
@@ -21,9 +22,14 @@ def _state(checkpoint) -> dict:
 
 def test_fit_writes_checkpoints_and_the_adapter(tmp_path, capsys) -> None:
     out = tmp_path / "run"
-    assert main([*TINY_FIT, "--output-dir", str(out), "--max-steps", "2"]) == 0
+    options = ["--gate-threshold", "0.7", "--query-tokens", "last", "--forget-weight", "2"]
+    assert main([*TINY_FIT, *options, "--output-dir", str(out), "--max-steps", "2"]) == 0
     assert "Adapter written to" in capsys.readouterr().out
     assert {p.name for p in (out / "adapter").iterdir()} >= {CONFIG_NAME, WEIGHTS_NAME}
+    saved = json.loads((out / "adapter" / CONFIG_NAME).read_text())
+    assert (saved["gate_threshold"], saved["query_tokens"]) == (0.7, "last")
+    training = json.loads((out / "adapter" / TRAINING_CONFIG_NAME).read_text())
+    assert training["forget_weight"] == 2 and training["per_device_train_batch_size"] == 4
     assert _state(out / "checkpoint-2")["global_step"] == 2
     # A second run into the same directory must say --resume, not overwrite silently.
     assert main([*TINY_FIT, "--output-dir", str(out), "--max-steps", "3"]) == 2
@@ -118,3 +124,48 @@ def test_run_file_sections_for_other_commands_are_skipped(tmp_path, command, cap
     assert values == (
         {"benchmark": "clear", "max_steps": 7} if command == "fit" else {"benchmark": "clear"}
     )
+
+
+def _parse(*argv: str):
+    from hf_cagul.cli import build_parser
+    from hf_cagul.runconfig import parse_args
+
+    return parse_args(build_parser(), list(argv))
+
+
+def test_run_file_keys_are_fields_or_their_aliases(tmp_path) -> None:
+    run = tmp_path / "run.yaml"
+    run.write_text(
+        "batch_size: 4\nreport-to: [tensorboard]\n"
+        "fit:\n  forget_weight: 2\n  gate-threshold: 0.7\n  per_device_train_batch_size: 2\n"
+    )
+    fit = _parse("fit", "--config", str(run))
+    assert fit.per_device_train_batch_size == 2  # the section wins over the top level
+    assert fit.report_to == ["tensorboard"] and fit.forget_weight == 2
+    assert fit.gate_threshold == 0.7
+    assert _parse("compare", "--config", str(run)).batch_size == 4  # compare's own option
+    run.write_text("compare:\n  methods: npo\nfit:\n  learning_rate: 5e-4\n")
+    assert _parse("compare", "--config", str(run)).methods == ["npo"]
+    assert _parse("fit", "--config", str(run)).learning_rate == 5e-4  # YAML reads a string
+    assert _parse("fit", "--report-to", "tensorboard", "wandb").report_to == [
+        "tensorboard",
+        "wandb",
+    ]
+    run.write_text("fit:\n  max_stepz: 4\n")
+    with pytest.raises(ValueError, match="has no option 'max_stepz' \\(did you mean max_steps"):
+        _parse("fit", "--config", str(run))
+    run.write_text("fit:\n  family: llava\n")  # filled in at injection, never an option
+    with pytest.raises(ValueError, match="has no option 'family'"):
+        _parse("fit", "--config", str(run))
+
+
+def test_the_quick_preset_sits_below_the_run_file_and_the_command_line(tmp_path) -> None:
+    from hf_cagul.demo import QUICK_PRESET, DemoConfig
+
+    run = tmp_path / "run.yaml"
+    run.write_text("people: 6\ndemo:\n  cagul_steps: 50\n  quick: true\n")
+    args = _parse("demo", "--config", str(run), "--cagul-steps", "70")
+    assert args.people == 6 and args.cagul_steps == 70
+    assert args.stage1_steps == QUICK_PRESET["stage1_steps"]  # the file turned it on
+    args = _parse("demo", "--config", str(run), "--quick", "false")
+    assert args.stage1_steps == DemoConfig().stage1_steps and args.people == 6

@@ -12,9 +12,9 @@ from run_settings import micro_demo
 
 from hf_cagul.baselines import BASELINES
 from hf_cagul.cli import main
-from hf_cagul.compare import BaselineSettings, compare_baselines
+from hf_cagul.compare import BaselineSettings, FitSettings, compare_baselines
 from hf_cagul.data.synthetic import synthetic_benchmark
-from hf_cagul.demo import run_demo
+from hf_cagul.demo import cagul_fit_settings, run_demo
 from hf_cagul.evaluation.report import COMPARISON_COLUMNS
 from hf_cagul.profiling import weights_digest
 from hf_cagul.tiny import tiny_vlm
@@ -29,7 +29,7 @@ def comparison(tmp_path_factory) -> tuple[dict, Path]:
         max_eval_rows=4,
         gold=False,
         compare=True,
-        baselines=BaselineSettings(steps=2, batch_size=4, lora_r=4),
+        baselines=BaselineSettings(baseline_steps=2, lora_r=4),
     )
     return run_demo(config), output
 
@@ -66,7 +66,8 @@ def test_the_table_is_written_as_markdown_csv_report_and_plot(comparison) -> Non
     assert "| npo |" in report
     assert (output / "leakage_vs_utility.png").is_file()
     saved = json.loads((output / "metrics.json").read_text())
-    assert saved["settings"]["baselines"]["steps"] == 2
+    assert saved["settings"]["baselines"]["budget"]["steps"] == 2
+    assert saved["settings"]["baselines"]["budget"]["batch_size"] == 16  # the demo's CAGUL fit
 
 
 def test_full_fine_tuning_is_reported_as_modifying_weights(tmp_path) -> None:
@@ -79,7 +80,8 @@ def test_full_fine_tuning_is_reported_as_modifying_weights(tmp_path) -> None:
         processor,
         train,
         splits,
-        BaselineSettings(methods=("gd",), steps=1, batch_size=4, full=True, augment_images=False),
+        BaselineSettings(methods=["gd"], full=True),
+        FitSettings(steps=1, batch_size=4, augment_images=False),
         max_rows=2,
     )
     assert records["gd"].base_weights_modified is True
@@ -105,8 +107,10 @@ def test_compare_command_parses_its_options(monkeypatch, tmp_path) -> None:
     assert status == 2
     config = seen["config"]
     assert config.compare and config.output_dir == Path("cagul-compare")
-    assert config.baselines.methods == ("ga", "npo")
-    assert config.baselines.steps == 7 and config.baselines.full
+    assert config.baselines.methods == ["ga", "npo"]
+    assert config.baselines.baseline_steps == 7 and config.baselines.full
+    budget = config.baselines.budget(cagul_fit_settings(config))
+    assert (budget.steps, budget.batch_size, budget.use_cpu) == (7, 16, True)
 
 
 def test_compare_on_your_own_model_and_benchmark(tmp_path) -> None:
@@ -129,6 +133,8 @@ def test_compare_on_your_own_model_and_benchmark(tmp_path) -> None:
             "4",
             "--max-rows",
             "2",
+            "--token-ratio",
+            "0.25",
             "--output-dir",
             str(output),
         ]
@@ -138,5 +144,10 @@ def test_compare_on_your_own_model_and_benchmark(tmp_path) -> None:
     assert [row["method"] for row in metrics["comparison"]] == ["cagul", "ga", "idkpo"]
     assert metrics["results"].keys() == {"base", "cagul", "ga", "idkpo"}
     assert metrics["settings"]["cagul"]["steps"] == 2
+    assert metrics["settings"]["cagul"]["batch_size"] == 4
+    # Not given: FitSettings' learning rate on your own model (the demo's is its own).
+    assert metrics["settings"]["cagul"]["learning_rate"] == FitSettings().learning_rate
+    assert metrics["settings"]["cagul"]["adapter"]["token_ratio"] == 0.25
+    assert metrics["settings"]["baselines"]["budget"]["steps"] == 1
     assert (output / "adapter" / "cagul_config.json").is_file()
     assert (output / "comparison.csv").is_file() and (output / "leakage_vs_utility.png").is_file()

@@ -1,10 +1,14 @@
-"""The ``hf-cagul`` command: ``inspect``, ``demo``, ``fit``, ``evaluate``, ``push``.
+"""The ``hf-cagul`` command: ``inspect``, ``demo``, ``compare``, ``fit``, ``evaluate``, ``push``.
 
-Subcommands that run on a model and a benchmark share their options and loaders, so a new one
-(``compare``, say) is built from the same parts: `add_config_argument` (``--config run.yaml``,
-read by `hf_cagul.runconfig.parse_args`), `add_model_arguments`, `add_benchmark_arguments`,
-then `load_vlm` and `load_splits` in its handler, and `hf_cagul.runconfig.require` for the
-options a run file may set.
+The options of ``demo``, ``compare``, ``fit`` and ``evaluate`` are the fields of the
+dataclasses they run with, parsed by `hf_cagul.runconfig.CommandParser` (a
+`transformers.HfArgumentParser`), with each field's help: ``fit`` takes every field of
+`CagulConfig` that is not filled in at injection and every field of `CagulTrainingConfig`
+(`TrainingArguments`); ``demo`` and ``compare`` those of `DemoConfig`, `CagulConfig` and
+`BaselineSettings`. The model and benchmark options several subcommands share are
+`ModelArguments` and `BenchmarkArguments`. Every such subcommand reads ``--config run.yaml``
+(`hf_cagul.runconfig.parse_args`); a handler builds its dataclasses with
+`hf_cagul.runconfig.build`.
 """
 
 from __future__ import annotations
@@ -13,12 +17,157 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from hf_cagul import persistence
-from hf_cagul.runconfig import add_config_argument, parse_args, require
+from hf_cagul.compare import BaselineSettings, CagulFitSettings, FitSettings
+from hf_cagul.config import CagulConfig
+from hf_cagul.data.benchmarks import BENCHMARK_NAMES
+from hf_cagul.demo import QUICK_PRESET, DemoConfig
+from hf_cagul.runconfig import CommandParser, add_config_argument, build, parse_args, require
+from hf_cagul.trainer import CagulTrainingConfig
 from hf_cagul.version import __version__
+
+FIT_DEFAULTS: dict[str, Any] = {
+    "output_dir": None,  # required: checkpoints and the adapter go there
+    "max_steps": 500,
+    "per_device_train_batch_size": 8,
+    "save_steps": 100,
+    "save_total_limit": 2,
+    "logging_steps": 10,
+    "augment_images": True,
+    "seed": 0,
+    "report_to": "none",
+    "disable_tqdm": False,
+}
+"""``hf-cagul fit``'s defaults where a checkpointed run needs its own (``report_to`` too, so
+that no transformers release turns loggers on)."""
+
+
+@dataclass
+class ModelArguments:
+    """The VLM a subcommand runs on (`load_vlm`)."""
+
+    model: str | None = field(default=None, metadata={"help": "VLM directory or Hub id."})
+    processor: str | None = field(
+        default=None, metadata={"help": "Processor directory or Hub id (default: --model)."}
+    )
+    tiny: bool = field(
+        default=False,
+        metadata={
+            "help": "Use hf_cagul.tiny's offline LLaVA instead of --model (CI, smoke tests)."
+        },
+    )
+    dtype: str = field(
+        default="auto", metadata={"help": "dtype to load the VLM in (bfloat16...; auto: its own)."}
+    )
+    device: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (GPU if any), a torch device (cuda:1), or map (device_map='auto')."
+        },
+    )
+
+    def load(self) -> tuple[Any, Any]:
+        """The VLM and its processor (`load_vlm`)."""
+        return load_vlm(self.model, self.processor, self.tiny, self.dtype, self.device)
+
+    def name(self) -> str:
+        """How reports name the model."""
+        return "the tiny VLM" if self.tiny else str(self.model)
+
+
+@dataclass
+class BenchmarkArguments:
+    """The benchmark a subcommand runs on (`hf_cagul.data.benchmarks.load_benchmark`)."""
+
+    benchmark: str | None = field(
+        default=None, metadata={"help": "Benchmark to load.", "choices": BENCHMARK_NAMES}
+    )
+    data: str | None = field(
+        default=None,
+        metadata={
+            "help": "Local copy or Hub dataset id (synthetic: a save_to_disk DatasetDict, or none)."
+        },
+    )
+    forget_split: str | None = field(
+        default=None,
+        metadata={
+            "help": "e.g. forget10 (FIUBench, CLEAR), forget_10 (MLLMU-Bench); default: 10%%."
+        },
+    )
+    data_revision: str | None = field(default=None, metadata={"help": "Hub revision of --data."})
+
+    def load(self, dataset: str | None = None) -> Any:
+        """The benchmark's splits, or the ``dataset`` saved with ``save_to_disk`` when no
+        ``benchmark`` is named."""
+        from hf_cagul.data.benchmarks import load_benchmark
+
+        if self.benchmark is None:
+            if dataset is not None:
+                return load_benchmark("synthetic", dataset)
+            require(self, "benchmark")
+        return load_benchmark(str(self.benchmark), self.data, self.forget_split, self.data_revision)
+
+
+@dataclass
+class FitArguments:
+    """``hf-cagul fit``'s own option."""
+
+    resume: bool = field(
+        default=False, metadata={"help": "Continue from the last checkpoint in --output-dir."}
+    )
+
+
+@dataclass
+class EvaluateArguments:
+    """``hf-cagul evaluate``'s own options."""
+
+    adapter: str | None = field(default=None, metadata={"help": "Adapter directory or Hub id."})
+    revision: str | None = field(default=None, metadata={"help": "Adapter revision on the Hub."})
+    dataset: str | None = field(
+        default=None, metadata={"help": "A DatasetDict saved with save_to_disk."}
+    )
+    max_rows: int = field(default=200, metadata={"help": "Evaluated rows per split and kind."})
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Also write report.md and plots there."}
+    )
+
+
+@dataclass
+class PresetArguments:
+    """``--quick`` of ``demo`` and ``compare``."""
+
+    quick: bool = field(
+        default=False,
+        metadata={"help": "The smoke-test preset (DemoConfig.quick): fewer people and steps."},
+    )
+
+
+@dataclass
+class RequestsArguments:
+    """``--requests`` of ``demo``."""
+
+    requests: int = field(
+        default=1,
+        metadata={
+            "help": "Successive forget requests, one adapter each, composed (1: one adapter)."
+        },
+    )
+
+
+@dataclass
+class ComparisonArguments:
+    """``hf-cagul compare``'s options on your own model and benchmark."""
+
+    batch_size: int = field(
+        default=8, metadata={"help": "Rows per step of every method (your own model)."}
+    )
+    max_rows: int = field(
+        default=200, metadata={"help": "Evaluated rows per split and kind (your own model)."}
+    )
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -44,97 +193,83 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+_OWN_MODEL_FIT = {"cagul_steps": "steps", "cagul_learning_rate": "learning_rate"}
+"""``compare`` options (`DemoConfig` fields) that default to the demo's on the demo, and to
+`FitSettings`' on your own model: those `CagulFitSettings` fields they set there."""
+
+
+def _demo_config(args: argparse.Namespace) -> DemoConfig:
+    """The `DemoConfig` of ``demo`` / ``compare``, with its adapter and baselines."""
+    demo_defaults = {
+        item.name: item.default
+        for item in fields(DemoConfig)
+        if item.name in _OWN_MODEL_FIT and getattr(args, item.name) is None
+    }
+    return build(
+        args,
+        DemoConfig,
+        adapter=build(args, CagulConfig),
+        baselines=build(args, BaselineSettings),
+        **demo_defaults,
+    )
+
+
 def _demo(args: argparse.Namespace) -> int:
     """Run the embedded benchmark end to end and write the report (``compare``: with baselines)."""
     from transformers.utils import logging as transformers_logging
 
-    from hf_cagul.compare import FitSettings
-    from hf_cagul.demo import DemoConfig, print_summary, run_demo
+    from hf_cagul.demo import print_summary, run_demo
 
     transformers_logging.set_verbosity_error()  # the demo's own progress bars say enough
-
-    overrides = {
-        key: value
-        for key, value in {
-            "output_dir": args.output_dir or args.default_dir,
-            "people": args.people,
-            "forget_fraction": args.forget_fraction,
-            "stage1_steps": args.stage1_steps,
-            "cagul_steps": args.cagul_steps,
-            "seed": args.seed,
-        }.items()
-        if value is not None
-    }
-    overrides["gold"] = not args.no_gold
-    overrides["ablation"] = args.ablation
-    overrides["compare"] = args.compare
-    config = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
+    config = _demo_config(args)
     requests = getattr(args, "requests", 1)  # `compare` has no --requests
     if requests < 1:
         raise ValueError(f"--requests {requests}: give at least one forget request.")
     if requests > 1:
         from hf_cagul.continual import print_requests_table, run_continual
 
-        if args.ablation or args.compare:
+        if config.ablation or config.compare:
             raise ValueError(
                 "--ablation and --compare run with one request only; drop them or --requests."
             )
         continual_metrics, _ = run_continual(config, requests)
         print_requests_table(continual_metrics, Path(config.output_dir))
         return 0
-    if args.compare:
-        # As the demo's own fits: batch 16, and the CPU for every method's fit time.
-        demo_fit = FitSettings(steps=config.cagul_steps, seed=config.seed, use_cpu=True)
-        config.baselines = _baseline_settings(args, demo_fit)
     metrics = run_demo(config)
     print_summary(metrics, Path(config.output_dir))
     return 0
 
 
-def _baseline_settings(args: argparse.Namespace, fit: Any) -> Any:
-    """The baselines' settings from the command line, with the CAGUL fit's budget (``fit``):
-    its batch size, seed and device, and its steps unless ``--baseline-steps`` says otherwise."""
-    from hf_cagul.compare import BaselineSettings
-
-    return BaselineSettings(
-        methods=tuple(args.methods),
-        steps=args.baseline_steps or fit.steps,
-        batch_size=fit.batch_size,
-        learning_rate=args.baseline_learning_rate,
-        seed=fit.seed,
-        use_cpu=fit.use_cpu,
-        lora_r=args.lora_r,
-        full=args.full,
-    )
-
-
 def _compare(args: argparse.Namespace) -> int:
     """``hf-cagul compare``: on ``--model`` or ``--tiny`` and ``--benchmark``, else the demo."""
-    if not (args.model or args.tiny or args.benchmark):
+    model_arguments = build(args, ModelArguments)
+    benchmark = build(args, BenchmarkArguments)
+    if not (model_arguments.model or model_arguments.tiny or benchmark.benchmark):
         return _demo(args)
-    from hf_cagul.compare import CagulFitSettings, run_comparison
+    from hf_cagul.compare import run_comparison
 
-    splits = load_splits(args)
-    vlm, processor = load_vlm(args.model, args.processor, args.tiny, args.dtype, args.device)
-    seed = args.seed if args.seed is not None else 0
+    splits = benchmark.load()
+    vlm, processor = model_arguments.load()
+    own = build(args, ComparisonArguments)
+    budget = {
+        fit_name: getattr(args, name)
+        for name, fit_name in _OWN_MODEL_FIT.items()
+        if getattr(args, name) is not None
+    }
     cagul = CagulFitSettings(
-        steps=args.cagul_steps or 500,
-        batch_size=args.batch_size,
-        learning_rate=args.cagul_learning_rate,
-        seed=seed,
+        batch_size=own.batch_size, seed=args.seed, adapter=build(args, CagulConfig), **budget
     )
-    baselines = _baseline_settings(args, cagul)
-    output_dir = args.output_dir or args.default_dir
-    name = "the tiny VLM" if args.tiny else args.model
+    output_dir = args.output_dir
     run_comparison(
         vlm,
         processor,
         splits,
         output_dir,
         cagul,
-        baselines,
-        args.max_rows,
-        title=f"CAGUL against fine-tuning unlearning: {name} on {args.benchmark or 'synthetic'}",
+        build(args, BaselineSettings),
+        own.max_rows,
+        title="CAGUL against fine-tuning unlearning: "
+        f"{model_arguments.name()} on {benchmark.benchmark or 'synthetic'}",
     )
     print(f"Comparison written to {output_dir}/comparison.md (and report.md, comparison.csv)")
     return 0
@@ -217,126 +352,67 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_splits(args: argparse.Namespace) -> Any:
-    """The benchmark of ``--benchmark`` / ``--data`` / ``--forget-split`` (or ``--dataset``)."""
-    from hf_cagul.data.benchmarks import load_benchmark
-
-    dataset = getattr(args, "dataset", None)
-    if args.benchmark is None and dataset is not None:
-        return load_benchmark("synthetic", dataset)
-    require(args, "benchmark")
-    return load_benchmark(args.benchmark, args.data, args.forget_split, args.data_revision)
-
-
 def _evaluate(args: argparse.Namespace) -> int:
     """Evaluate a VLM, with or without an adapter, on a benchmark."""
     from hf_cagul.evaluation.report import write_report
     from hf_cagul.evaluation.suite import evaluate_model
     from hf_cagul.model import CagulModel
 
-    if args.benchmark is None and args.dataset is None:
+    model_arguments = build(args, ModelArguments)
+    options = build(args, EvaluateArguments)
+    benchmark = build(args, BenchmarkArguments)
+    if benchmark.benchmark is None and options.dataset is None:
         raise ValueError(
             "Pass --benchmark (with --data) or --dataset (a DatasetDict saved with save_to_disk)."
         )
-    splits = load_splits(args)
-    vlm, processor = load_vlm(args.model, args.processor, args.tiny, args.dtype, args.device)
+    splits = benchmark.load(options.dataset)
+    vlm, processor = model_arguments.load()
     model: Any = vlm
-    if args.adapter:
-        model = CagulModel.from_pretrained(vlm, args.adapter, revision=args.revision)
-    results = evaluate_model(model, processor, splits, max_rows=args.max_rows)
+    if options.adapter:
+        model = CagulModel.from_pretrained(vlm, options.adapter, revision=options.revision)
+    results = evaluate_model(model, processor, splits, max_rows=options.max_rows)
     results.pop("forget_truth_ratios", None)
-    name = "cagul" if args.adapter else "base"
-    if args.output_dir:
-        title = f"Evaluation of {'the tiny VLM' if args.tiny else args.model}"
-        write_report(args.output_dir, {"title": title, "results": {name: results}})
+    name = "cagul" if options.adapter else "base"
+    if options.output_dir:
+        title = f"Evaluation of {model_arguments.name()}"
+        write_report(options.output_dir, {"title": title, "results": {name: results}})
     print(json.dumps(results, indent=2, sort_keys=True))
     return 0
-
-
-def _add_demo_arguments(parser: argparse.ArgumentParser, default_dir: str) -> None:
-    """Options of ``demo`` and ``compare``: the benchmark, the fits, and the baselines."""
-    from hf_cagul.baselines import BASELINES
-
-    parser.add_argument("--output-dir", type=Path, default=None, help=f"default: {default_dir}")
-    parser.add_argument("--quick", action="store_true", help="fewer people and steps (~2 min)")
-    parser.add_argument("--people", type=int, default=None, help="fictitious people taught")
-    parser.add_argument("--forget-fraction", type=float, default=None)
-    parser.add_argument("--stage1-steps", type=int, default=None)
-    parser.add_argument("--cagul-steps", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--no-gold", action="store_true", help="skip the retain-only model")
-    parser.add_argument(
-        "--ablation", action="store_true", help="also fit random / highest-attention selection"
-    )
-    baselines = parser.add_argument_group("fine-tuning baselines (with --compare)")
-    baselines.add_argument(
-        "--methods",
-        nargs="+",
-        choices=sorted(BASELINES),
-        default=list(BASELINES),
-        help="baselines to fit (default: all)",
-    )
-    baselines.add_argument(
-        "--baseline-steps", type=int, default=None, help="default: the CAGUL fit's steps"
-    )
-    baselines.add_argument("--baseline-learning-rate", type=float, default=1e-3)
-    baselines.add_argument("--lora-r", type=int, default=16, help="LoRA rank")
-    baselines.add_argument(
-        "--full", action="store_true", help="fine-tune the language model's full weights"
-    )
-    parser.set_defaults(default_dir=Path(default_dir))
 
 
 def _fit(args: argparse.Namespace) -> int:
     """Fit a CAGUL adapter on a benchmark with `CagulTrainer`; resumable from checkpoints."""
     from transformers.trainer_utils import get_last_checkpoint
 
-    from hf_cagul.config import CagulConfig
     from hf_cagul.data.benchmarks import training_set
     from hf_cagul.model import get_cagul_model
-    from hf_cagul.trainer import CagulTrainer, CagulTrainingConfig
+    from hf_cagul.trainer import CagulTrainer
 
+    model_arguments = build(args, ModelArguments)
+    resume = build(args, FitArguments).resume
     require(args, "output_dir")
     output_dir = Path(args.output_dir)
-    checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-    if checkpoint is not None and not args.resume:
+    checkpoint = args.resume_from_checkpoint
+    if checkpoint is None and output_dir.is_dir():
+        checkpoint = get_last_checkpoint(str(output_dir))
+    if checkpoint is not None and not (resume or args.resume_from_checkpoint):
         raise ValueError(
             f"{output_dir} already holds {Path(checkpoint).name}: pass --resume to continue "
             "that run, or choose another --output-dir."
         )
-    train = training_set(load_splits(args))
-    # Passed only when asked: TrainingArguments warns about the name whenever it is given.
-    checkpointing: dict[str, Any] = (
-        {"gradient_checkpointing": True} if args.gradient_checkpointing else {}
-    )
+    train = training_set(build(args, BenchmarkArguments).load())
     # The training config before the VLM: under `accelerate launch` with a DeepSpeed ZeRO-3
     # config, from_pretrained partitions the VLM as it loads only once the config exists, and
-    # under torchrun the config picks each process's GPU, which "cuda" then means.
-    training_config = CagulTrainingConfig(
-        output_dir=str(output_dir),
-        max_steps=args.max_steps,
-        per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        learning_rate=args.learning_rate,
-        save_strategy="steps",
-        save_steps=args.save_steps,
-        save_total_limit=args.save_total_limit,
-        logging_steps=args.logging_steps,
-        augment_images=args.augment_images,
-        **checkpointing,
-        bf16=args.bf16,
-        seed=args.seed,
-        # On the CPU, Trainer runs several processes (torchrun) as DDP over gloo only when
-        # told it is on the CPU.
-        use_cpu=resolve_device(args.device) == "cpu",
-        report_to=args.report_to,
-        disable_tqdm=False,
+    # under torchrun the config picks each process's GPU, which "cuda" then means. On the CPU,
+    # Trainer runs several processes (torchrun) as DDP over gloo only when told it is on the
+    # CPU.
+    training_config = build(
+        args,
+        CagulTrainingConfig,
+        use_cpu=args.use_cpu or resolve_device(model_arguments.device) == "cpu",
     )
-    vlm, processor = load_vlm(args.model, args.processor, args.tiny, args.dtype, args.device)
-    model = get_cagul_model(
-        vlm,
-        CagulConfig(token_ratio=args.token_ratio, attention_layer=args.attention_layer),
-    )
+    vlm, processor = model_arguments.load()
+    model = get_cagul_model(vlm, build(args, CagulConfig))
     trainer = CagulTrainer(
         model=model,
         args=training_config,
@@ -345,7 +421,7 @@ def _fit(args: argparse.Namespace) -> int:
     )
     if checkpoint is not None:
         print(f"Resuming from {checkpoint}")
-    elif args.resume:
+    elif resume:
         print(f"No checkpoint in {output_dir}: starting from scratch.")
     trainer.train(resume_from_checkpoint=checkpoint)
     # On every process: under ZeRO-3 / FSDP the Trainer gathers the adapter first; the main
@@ -378,40 +454,15 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_model_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """``--model``, ``--processor``, ``--tiny``, ``--dtype``, ``--device`` (for `load_vlm`)."""
-    parser.add_argument("--model", default=None, help="VLM directory or Hub id")
-    parser.add_argument("--processor", default=None, help="processor path (default: --model)")
-    parser.add_argument(
-        "--tiny",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="use hf_cagul.tiny's offline LLaVA instead of --model (CI, smoke tests)",
-    )
-    parser.add_argument("--dtype", default="auto", help="dtype to load the VLM in (bfloat16...)")
-    parser.add_argument(
-        "--device",
-        default="auto",
-        help="auto (GPU if any), a torch device (cuda:1), or map (device_map='auto')",
-    )
-
-
-def add_benchmark_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """``--benchmark``, ``--data``, ``--forget-split``, ``--data-revision``."""
-    from hf_cagul.data.benchmarks import BENCHMARK_NAMES
-
-    parser.add_argument("--benchmark", default=None, choices=BENCHMARK_NAMES)
-    parser.add_argument(
-        "--data",
-        default=None,
-        help="local copy or Hub dataset id (synthetic: a save_to_disk DatasetDict, or none)",
-    )
-    parser.add_argument(
-        "--forget-split",
-        default=None,
-        help="e.g. forget10 (FIUBench, CLEAR), forget_10 (MLLMU-Bench); default: 10%%",
-    )
-    parser.add_argument("--data-revision", default=None, help="Hub revision of --data")
+def _command(
+    commands: Any, name: str, dataclasses: Sequence[type], help: str, **defaults: Any
+) -> CommandParser:
+    """Subcommand ``name`` over ``dataclasses`` (`CommandParser`), with ``--config`` and
+    ``defaults``."""
+    parser: CommandParser = commands.add_parser(name, dataclass_types=dataclasses, help=help)
+    add_config_argument(parser)
+    parser.set_defaults(**defaults)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -420,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hf-cagul", description="CAGUL unlearning adapters for vision-language models."
     )
     parser.add_argument("--version", action="version", version=f"hf_cagul {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
     inspect = commands.add_parser(
         "inspect", help="show an adapter's configuration (local directory or Hub repo id)"
     )
@@ -432,83 +483,58 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print JSON")
     inspect.set_defaults(handler=_inspect)
 
-    demo = commands.add_parser(
-        "demo", help="teach a tiny VLM fictitious people, fit CAGUL, evaluate, write a report"
+    demo_options = [PresetArguments, DemoConfig, CagulConfig, BaselineSettings]
+    presets = {"quick": QUICK_PRESET}
+    _command(
+        commands,
+        "demo",
+        [*demo_options, RequestsArguments],
+        "teach a tiny VLM fictitious people, fit CAGUL, evaluate, write a report",
+        handler=_demo,
+        presets=presets,
     )
-    _add_demo_arguments(demo, default_dir="cagul-demo")
-    demo.add_argument(
-        "--compare", action="store_true", help="also fit and evaluate the fine-tuning baselines"
-    )
-    demo.add_argument(
-        "--requests",
-        type=int,
-        default=1,
-        help="successive forget requests, one adapter each, composed (default 1: one adapter)",
-    )
-    demo.set_defaults(handler=_demo)
-
-    compare = commands.add_parser(
+    compare = _command(
+        commands,
         "compare",
-        help="the demo's stage 1 once, then CAGUL and every fine-tuning baseline on the same "
+        [*demo_options, ModelArguments, BenchmarkArguments, ComparisonArguments],
+        "the demo's stage 1 once, then CAGUL and every fine-tuning baseline on the same "
         "splits, seed and evaluation: one table (markdown, CSV) and a leakage-vs-utility plot",
+        handler=_compare,
+        presets=presets,
+        output_dir=Path("cagul-compare"),
+        compare=True,
+        **dict.fromkeys(_OWN_MODEL_FIT),
     )
-    _add_demo_arguments(compare, default_dir="cagul-compare")
-    own = compare.add_argument_group(
-        "your own model and benchmark (instead of the demo's tiny VLM and synthetic people)"
+    demo_fit, own_fit = DemoConfig(), FitSettings()
+    compare.description = (
+        "On the demo's benchmark, or on --model / --tiny with --benchmark. --cagul-steps and "
+        f"--cagul-learning-rate default to the demo's ({demo_fit.cagul_steps}, "
+        f"{demo_fit.cagul_learning_rate}) there, to {own_fit.steps} and "
+        f"{own_fit.learning_rate} on your own model."
     )
-    add_config_argument(compare)
-    add_model_arguments(own)
-    add_benchmark_arguments(own)
-    own.add_argument("--batch-size", type=int, default=8, help="rows per step, every method")
-    own.add_argument("--cagul-learning-rate", type=float, default=1e-3)
-    own.add_argument("--max-rows", type=int, default=200, help="evaluated rows per split and kind")
-    compare.set_defaults(handler=_compare, compare=True)
-
-    evaluate = commands.add_parser(
-        "evaluate", help="evaluate a VLM (and an adapter) on a benchmark in the data contract"
+    _command(
+        commands,
+        "evaluate",
+        [ModelArguments, EvaluateArguments, BenchmarkArguments],
+        "evaluate a VLM (and an adapter) on a benchmark in the data contract",
+        handler=_evaluate,
     )
-    add_config_argument(evaluate)
-    add_model_arguments(evaluate)
-    evaluate.add_argument("--adapter", default=None, help="adapter directory or Hub id")
-    evaluate.add_argument("--revision", default=None, help="adapter revision on the Hub")
-    add_benchmark_arguments(evaluate)
-    evaluate.add_argument("--dataset", default=None, help="a DatasetDict saved with save_to_disk")
-    evaluate.add_argument("--max-rows", type=int, default=200, help="rows per split and kind")
-    evaluate.add_argument("--output-dir", default=None, help="also write report.md and plots")
-    evaluate.set_defaults(handler=_evaluate)
-
-    fit = commands.add_parser(
-        "fit", help="fit a CAGUL adapter on a benchmark (CagulTrainer; resumable)"
+    fit = _command(
+        commands,
+        "fit",
+        [ModelArguments, BenchmarkArguments, FitArguments, CagulConfig, CagulTrainingConfig],
+        "fit a CAGUL adapter on a benchmark (CagulTrainer; resumable)",
+        handler=_fit,
+        **FIT_DEFAULTS,
     )
-    add_config_argument(fit)
-    add_model_arguments(fit)
-    add_benchmark_arguments(fit)
-    fit.add_argument("--output-dir", default=None, help="checkpoints and the final adapter/")
     fit.add_argument(
-        "--resume",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="continue from the last checkpoint in --output-dir",
+        "--batch-size",
+        "--batch_size",
+        dest="per_device_train_batch_size",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="Alias of --per-device-train-batch-size.",
     )
-    fit.add_argument("--max-steps", type=int, default=500)
-    fit.add_argument("--batch-size", type=int, default=8, help="per device")
-    fit.add_argument("--gradient-accumulation-steps", type=int, default=1)
-    fit.add_argument("--learning-rate", type=float, default=1e-3)
-    fit.add_argument("--token-ratio", type=float, default=0.5, help="visual tokens rewritten")
-    fit.add_argument("--attention-layer", type=int, default=None, help="default: CagulConfig's")
-    fit.add_argument("--save-steps", type=int, default=100, help="checkpoint every N steps")
-    fit.add_argument("--save-total-limit", type=int, default=2, help="checkpoints kept")
-    fit.add_argument("--logging-steps", type=int, default=10)
-    fit.add_argument("--augment-images", action=argparse.BooleanOptionalAction, default=True)
-    fit.add_argument(
-        "--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False
-    )
-    fit.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False)
-    fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument(
-        "--report-to", nargs="*", default=[], help="Trainer loggers (tensorboard, wandb...)"
-    )
-    fit.set_defaults(handler=_fit)
 
     push = commands.add_parser("push", help="upload a saved adapter directory to the Hub")
     push.add_argument("adapter", help="adapter directory (save_pretrained / hf-cagul fit)")

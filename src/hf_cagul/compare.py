@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from datasets import Dataset, DatasetDict
@@ -56,6 +56,21 @@ __all__ = [
 ]
 
 
+def run_arguments(output_dir: str, seed: int, use_cpu: bool) -> dict[str, Any]:
+    """`TrainingArguments` values every in-process fit shares (the demo's, a comparison's):
+    seeded, no checkpoints, no logging, and a progress bar (transformers hides it when its
+    logging is quieter than warnings)."""
+    return {
+        "output_dir": output_dir,
+        "save_strategy": "no",
+        "logging_strategy": "no",
+        "report_to": [],
+        "use_cpu": use_cpu,
+        "seed": seed,
+        "disable_tqdm": False,
+    }
+
+
 @dataclass
 class FitSettings:
     """The budget every method of a comparison shares.
@@ -86,40 +101,67 @@ class FitSettings:
     def training_arguments(self, output_dir: str) -> dict[str, Any]:
         """`TrainingArguments` values of a fit with these settings (no checkpoints or logs)."""
         return {
-            "output_dir": output_dir,
+            **run_arguments(output_dir, self.seed, self.use_cpu),
             "max_steps": self.steps,
             "per_device_train_batch_size": self.batch_size,
             "learning_rate": self.learning_rate,
             "augment_images": self.augment_images,
-            "seed": self.seed,
-            "use_cpu": self.use_cpu,
-            "save_strategy": "no",
-            "logging_strategy": "no",
-            "report_to": [],
-            "disable_tqdm": False,
         }
 
 
 @dataclass
-class BaselineSettings(FitSettings):
-    """How the baselines are fitted (the same budget for every method), after `FitSettings`.
+class BaselineSettings:
+    """Which fine-tuning baselines a comparison fits, and how; their budget is CAGUL's
+    (`budget`), with their own steps and learning rate.
 
     Args:
         methods: Baselines to fit, from `hf_cagul.baselines.BASELINES`.
+        baseline_steps: Optimizer steps of each baseline's fit (``None``: the CAGUL fit's).
+        baseline_learning_rate: AdamW learning rate of the baselines.
         lora_r: LoRA rank (ignored with ``full``).
         full: Fine-tune every weight of the language model instead of LoRA adapters.
         beta: NPO's and IdkPO's inverse temperature.
     """
 
-    methods: Sequence[str] = tuple(BASELINES)
-    lora_r: int = 16
-    full: bool = False
-    beta: float = 0.1
+    methods: list[str] = field(
+        default_factory=lambda: list(BASELINES),
+        metadata={
+            "help": "Fine-tuning baselines to fit.",
+            "choices": sorted(BASELINES),
+        },
+    )
+    baseline_steps: int | None = field(
+        default=None, metadata={"help": "Optimizer steps of each baseline (default: CAGUL's)."}
+    )
+    baseline_learning_rate: float = field(
+        default=1e-3, metadata={"help": "AdamW learning rate of the baselines."}
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank of the baselines."})
+    full: bool = field(
+        default=False,
+        metadata={"help": "Fine-tune the language model's full weights instead of LoRA."},
+    )
+    beta: float = field(default=0.1, metadata={"help": "Inverse temperature of NPO and IdkPO."})
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         for method in self.methods:
             get_baseline_trainer(method)  # an unknown name fails here, before any fit
+
+    def budget(self, cagul: FitSettings) -> FitSettings:
+        """The baselines' budget: ``cagul``'s batch, augmentation, seed and device, with
+        ``baseline_steps`` (when set) and ``baseline_learning_rate``."""
+        shared = {item.name: getattr(cagul, item.name) for item in dataclasses.fields(FitSettings)}
+        return FitSettings(
+            **{
+                **shared,
+                "steps": self.baseline_steps or cagul.steps,
+                "learning_rate": self.baseline_learning_rate,
+            }
+        )
+
+    def record(self, budget: FitSettings) -> dict[str, Any]:
+        """These settings and their ``budget``, as a report's settings show them."""
+        return {**dataclasses.asdict(self), "budget": dataclasses.asdict(budget)}
 
 
 @dataclass
@@ -127,22 +169,10 @@ class CagulFitSettings(FitSettings):
     """How the CAGUL adapter is fitted (`CagulTrainer` on the frozen model), after `FitSettings`.
 
     Args:
-        token_ratio: Share of each flagged image's visual tokens rewritten.
-        token_selection: Which tokens: "lowest" attention (CAGUL), "random" or "highest".
-        attention_layer: Decoder layer whose attention ranks the tokens (None: default).
+        adapter: The `CagulConfig` of the adapter fitted.
     """
 
-    token_ratio: float = 0.5
-    token_selection: Literal["lowest", "random", "highest"] = "lowest"
-    attention_layer: int | None = None
-
-    def adapter_config(self) -> CagulConfig:
-        """The `CagulConfig` of the adapter these settings fit."""
-        return CagulConfig(
-            token_ratio=self.token_ratio,
-            token_selection=self.token_selection,
-            attention_layer=self.attention_layer,
-        )
+    adapter: CagulConfig = field(default_factory=CagulConfig)
 
 
 def fit_cagul_adapter(
@@ -150,7 +180,7 @@ def fit_cagul_adapter(
 ) -> CagulModel:
     """A CAGUL adapter fitted with `CagulTrainer` on the frozen ``vlm`` (returned in eval mode)."""
     torch.manual_seed(settings.seed)
-    model = get_cagul_model(vlm, settings.adapter_config())
+    model = get_cagul_model(vlm, settings.adapter)
     return train_cagul_adapter(model, processor, train, settings)
 
 
@@ -211,6 +241,7 @@ def _fit_baseline(
     train: Dataset,
     splits: DatasetDict,
     settings: BaselineSettings,
+    budget: FitSettings,
     reference_truth_ratios: Sequence[float] | None,
     max_rows: int,
 ) -> tuple[dict[str, Any], FitRecord]:
@@ -219,11 +250,11 @@ def _fit_baseline(
     trainable: Any = copy.deepcopy(vlm) if settings.full else vlm
     trainable = prepare_model(trainable, full=settings.full, lora_r=settings.lora_r)
     record = FitRecord(trainable_parameters=trainable_parameters(trainable))
-    torch.manual_seed(settings.seed)
+    torch.manual_seed(budget.seed)
     with tempfile.TemporaryDirectory() as output_dir:
         trainer = get_baseline_trainer(method)(
             trainable,
-            UnlearningTrainingConfig(beta=settings.beta, **settings.training_arguments(output_dir)),
+            UnlearningTrainingConfig(beta=settings.beta, **budget.training_arguments(output_dir)),
             train_dataset=train,
             processing_class=processor,
             ref_model=vlm if settings.full else None,
@@ -250,6 +281,7 @@ def compare_baselines(
     train: Dataset,
     splits: DatasetDict,
     settings: BaselineSettings,
+    budget: FitSettings,
     reference_truth_ratios: Sequence[float] | None = None,
     max_rows: int = 200,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, FitRecord]]:
@@ -263,7 +295,8 @@ def compare_baselines(
         processor: Its processor.
         train: Forget and retain rows in the data contract.
         splits: The benchmark the suite evaluates on.
-        settings: The budget and options shared by every baseline.
+        settings: Which baselines, and their options.
+        budget: The fit budget every baseline gets (`BaselineSettings.budget`).
         reference_truth_ratios: The gold model's forget truth ratios (for forget quality).
         max_rows: Rows per split and kind for the evaluation.
 
@@ -274,7 +307,15 @@ def compare_baselines(
     records: dict[str, FitRecord] = {}
     for method in tqdm(settings.methods, desc="baselines"):
         results[method], records[method] = _fit_baseline(
-            method, vlm, processor, train, splits, settings, reference_truth_ratios, max_rows
+            method,
+            vlm,
+            processor,
+            train,
+            splits,
+            settings,
+            budget,
+            reference_truth_ratios,
+            max_rows,
         )
     return results, records
 
@@ -324,16 +365,16 @@ def run_comparison(
 
     ``vlm`` must already know the forget set (for benchmarks like FIUBench: the model after
     their stage-1 fine-tuning). It is evaluated as it is (``"base"``), then CAGUL is fitted on
-    it and evaluated, then every baseline (see `compare_baselines`).
+    it and evaluated, then every baseline (see `compare_baselines`), each with the budget of
+    ``baselines.budget(cagul)``.
 
     Returns:
         The metrics written to ``metrics.json``: ``results`` per method and ``comparison``
         (the rows of ``comparison.md`` / ``comparison.csv``).
     """
     cagul = cagul or CagulFitSettings()
-    baselines = baselines or BaselineSettings(
-        steps=cagul.steps, batch_size=cagul.batch_size, seed=cagul.seed, use_cpu=cagul.use_cpu
-    )
+    baselines = baselines or BaselineSettings()
+    budget = baselines.budget(cagul)
     train = training_set(splits)
     results: dict[str, dict[str, Any]] = {
         "base": evaluate_model(vlm, processor, splits, max_rows=max_rows)
@@ -342,7 +383,7 @@ def run_comparison(
     results["cagul"] = evaluate_model(model, processor, splits, max_rows=max_rows)
     model.save_pretrained(Path(output_dir) / "adapter")
     baseline_results, records = compare_baselines(
-        model.unload(), processor, train, splits, baselines, max_rows=max_rows
+        model.unload(), processor, train, splits, baselines, budget, max_rows=max_rows
     )
     results.update(baseline_results)
     results = {name: scalar_metrics(values) for name, values in results.items()}
@@ -351,7 +392,7 @@ def run_comparison(
         "title": title,
         "settings": {
             "cagul": dataclasses.asdict(cagul),
-            "baselines": dataclasses.asdict(baselines),
+            "baselines": baselines.record(budget),
             "max_rows": max_rows,
             "training rows": len(train),
         },

@@ -61,23 +61,31 @@ class CagulConfig:
     """
 
     base_model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Name or path of the VLM (filled in at injection)."}
+        default=None,
+        metadata={"cli": False, "help": "Name or path of the VLM (filled in at injection)."},
     )
     revision: str | None = field(
-        default=None, metadata={"help": "Hub commit of the VLM (filled in at injection)."}
+        default=None,
+        metadata={"cli": False, "help": "Hub commit of the VLM (filled in at injection)."},
     )
     family: str | None = field(
-        default=None, metadata={"help": "VLM family key from hf_cagul.families (filled in)."}
+        default=None,
+        metadata={"cli": False, "help": "VLM family key from hf_cagul.families (filled in)."},
     )
     hidden_size: int | None = field(
-        default=None, metadata={"help": "Hidden size of the language model (filled in)."}
+        default=None,
+        metadata={"cli": False, "help": "Hidden size of the language model (filled in)."},
     )
     image_token_id: int | None = field(
-        default=None, metadata={"help": "Id of the image placeholder token (filled in)."}
+        default=None,
+        metadata={"cli": False, "help": "Id of the image placeholder token (filled in)."},
     )
     num_hidden_layers: int | None = field(
         default=None,
-        metadata={"help": "Number of decoder layers of the language model (filled in)."},
+        metadata={
+            "cli": False,
+            "help": "Number of decoder layers of the language model (filled in).",
+        },
     )
     attention_layer: int | None = field(
         default=None,
@@ -126,7 +134,8 @@ class CagulConfig:
         metadata={"help": "Discriminator probability above which an image is rewritten."},
     )
     cagul_version: str = field(
-        default=__version__, metadata={"help": "Version of hf_cagul that wrote this config."}
+        default=__version__,
+        metadata={"cli": False, "help": "Version of hf_cagul that wrote this config."},
     )
 
     def __post_init__(self) -> None:

@@ -28,7 +28,7 @@ from hf_cagul.model import CagulModel, get_cagul_model
 
 ADAPTER_PREFIX = "request-"
 # What run_demo does and this run does not.
-_SINGLE_ADAPTER_SETTINGS = ("gold", "ablation", "compare", "baselines")
+_SINGLE_ADAPTER_SETTINGS = ("gold", "ablation", "compare")
 _SHORT_HEADERS = {"retain_keyword": "retain", "gate_auc": "gate AUC"}
 
 
@@ -111,7 +111,7 @@ def run_continual(config: DemoConfig, requests: int) -> tuple[dict[str, Any], Ca
     model: CagulModel | None = None
     names: list[str] = []
     fit = cagul_fit_settings(config)
-    adapter_config = fit.adapter_config()
+    adapter_config = fit.adapter
     for request, group in enumerate(tqdm(groups, desc="forget requests"), start=1):
         clock = time.perf_counter()
         name = f"{ADAPTER_PREFIX}{request}"
@@ -143,11 +143,7 @@ def run_continual(config: DemoConfig, requests: int) -> tuple[dict[str, Any], Ca
         if key.startswith("forget_keyword") and value is not None
     ]
     stage1_accuracy = sum(stage1_forget) / len(stage1_forget)
-    settings = {
-        key: str(value) if isinstance(value, Path) else value
-        for key, value in dataclasses.asdict(config).items()
-        if key not in _SINGLE_ADAPTER_SETTINGS
-    }
+    settings = config.settings(*_SINGLE_ADAPTER_SETTINGS)
     metrics: dict[str, Any] = {
         "title": f"hf_cagul demo: {requests} successive forget requests in a tiny LLaVA",
         "settings": {**settings, "requests": requests},

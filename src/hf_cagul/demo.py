@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,9 +32,11 @@ from hf_cagul.compare import (
     comparison_table,
     fit_cagul_adapter,
     measured_cagul_fit,
+    run_arguments,
     scalar_metrics,
     write_comparison,
 )
+from hf_cagul.config import CagulConfig
 from hf_cagul.data import (
     CagulDataCollator,
     PhotoAugmentation,
@@ -46,49 +48,74 @@ from hf_cagul.evaluation.probes import run_probes
 from hf_cagul.evaluation.report import AttentionHeatmap, write_report
 from hf_cagul.evaluation.suite import discriminator_metrics, evaluate_model, rows_of_kind
 from hf_cagul.model import CagulModel
+from hf_cagul.runconfig import CLI_KEY, option_fields
 from hf_cagul.tiny import tiny_vlm
 
 MEMORISED = 0.9
 """Forget-set keyword accuracy a stage-1 model must reach to count as having memorised."""
 
 
+QUICK_PRESET: dict[str, Any] = {
+    "people": 8,
+    "unknown": 2,
+    "forget_fraction": 0.25,
+    "train_images": 4,
+    "heldout_images": 4,
+    "stage1_steps": 300,
+    "cagul_steps": 300,
+    "max_eval_rows": 64,
+}
+"""`DemoConfig.quick`'s values (``hf-cagul demo --quick``): a smoke test, about 80 s on 2 cores."""
+
+
 @dataclass
 class DemoConfig:
-    """Settings of the demo run (``hf-cagul demo --help`` lists them)."""
+    """Settings of the demo run (``hf-cagul demo --help`` lists them).
 
-    output_dir: Path = Path("cagul-demo")
-    people: int = 40
-    unknown: int = 4
-    forget_fraction: float = 0.1
-    train_images: int = 6
-    heldout_images: int = 8
-    stage1_steps: int = 2800
-    stage1_learning_rate: float = 1e-3
-    cagul_steps: int = 1000
-    cagul_learning_rate: float = 3e-3
-    token_ratio: float = 0.5
-    gold: bool = True
-    ablation: bool = False
-    max_eval_rows: int = 160
-    seed: int = 0
-    compare: bool = False
-    baselines: BaselineSettings | None = None
+    Args:
+        adapter: The `CagulConfig` of every adapter the demo fits (the ablation changes its
+            ``token_selection``).
+        baselines: The fine-tuning baselines fitted with ``compare``, on CAGUL's budget.
+    """
+
+    output_dir: Path = field(
+        default=Path("cagul-demo"), metadata={"help": "Where the report and adapter go."}
+    )
+    people: int = field(default=40, metadata={"help": "Fictitious people taught."})
+    unknown: int = field(default=4, metadata={"help": "People never taught (the unseen split)."})
+    forget_fraction: float = field(
+        default=0.1, metadata={"help": "Share of the taught people to forget."}
+    )
+    train_images: int = field(default=6, metadata={"help": "Training photos per person."})
+    heldout_images: int = field(default=8, metadata={"help": "Held-out photos per person."})
+    stage1_steps: int = field(
+        default=2800, metadata={"help": "Steps of stage 1 (full fine-tuning on everyone)."}
+    )
+    stage1_learning_rate: float = field(
+        default=1e-3, metadata={"help": "Learning rate of stage 1."}
+    )
+    cagul_steps: int = field(default=1000, metadata={"help": "Steps of each CAGUL fit."})
+    cagul_learning_rate: float = field(
+        default=3e-3, metadata={"help": "Learning rate of each CAGUL fit."}
+    )
+    gold: bool = field(
+        default=True, metadata={"help": "Also teach the retain-only (gold) reference model."}
+    )
+    ablation: bool = field(
+        default=False, metadata={"help": "Also fit random / highest-attention selection."}
+    )
+    max_eval_rows: int = field(default=160, metadata={"help": "Evaluated rows per split and kind."})
+    seed: int = field(default=0, metadata={"help": "Seed of the benchmark, models and fits."})
+    compare: bool = field(
+        default=False, metadata={"help": "Also fit and evaluate the fine-tuning baselines."}
+    )
+    adapter: CagulConfig = field(default_factory=CagulConfig, metadata={CLI_KEY: False})
+    baselines: BaselineSettings = field(default_factory=BaselineSettings, metadata={CLI_KEY: False})
 
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
-        """A smoke-test preset: fewer people, images and steps (about 80 s on 2 cores)."""
-        values: dict[str, Any] = {
-            "people": 8,
-            "unknown": 2,
-            "forget_fraction": 0.25,
-            "train_images": 4,
-            "heldout_images": 4,
-            "stage1_steps": 300,
-            "cagul_steps": 300,
-            "max_eval_rows": 64,
-        }
-        values.update(overrides)
-        return cls(**values)
+        """The smoke-test preset (`QUICK_PRESET`): fewer people, images and steps."""
+        return cls(**{**QUICK_PRESET, **overrides})
 
     def benchmark(self) -> DatasetDict:
         """The synthetic benchmark of these settings (`synthetic_benchmark`)."""
@@ -101,11 +128,21 @@ class DemoConfig:
             seed=self.seed,
         )
 
-    def baseline_settings(self) -> BaselineSettings:
-        """The baselines' settings: ``baselines``, or CAGUL's budget (steps, batch, seed)."""
-        if self.baselines is not None:
-            return self.baselines
-        return BaselineSettings(steps=self.cagul_steps, batch_size=16, seed=self.seed, use_cpu=True)
+    def settings(self, *leave_out: str) -> dict[str, Any]:
+        """The settings as a report shows them: every option of the run and of its adapter
+        (but the baselines, reported with their budget), without ``leave_out``."""
+        values = {
+            item.name: getattr(self, item.name)
+            for item in option_fields(DemoConfig)
+            if item.name not in leave_out
+        }
+        adapter = {
+            item.name: getattr(self.adapter, item.name) for item in option_fields(CagulConfig)
+        }
+        return {
+            key: str(value) if isinstance(value, Path) else value
+            for key, value in {**values, **adapter}.items()
+        }
 
 
 def _supervised_collator(processor: Any, seed: int) -> Any:
@@ -124,20 +161,6 @@ def _supervised_collator(processor: Any, seed: int) -> Any:
     return collate
 
 
-def _run_arguments(config: DemoConfig, output_dir: str) -> dict[str, Any]:
-    """`TrainingArguments` both stages share: CPU, seeded, no checkpoints, no logging, and a
-    progress bar (transformers hides it when its logging is quieter than warnings)."""
-    return {
-        "output_dir": output_dir,
-        "save_strategy": "no",
-        "logging_strategy": "no",
-        "report_to": [],
-        "use_cpu": True,
-        "seed": config.seed,
-        "disable_tqdm": False,
-    }
-
-
 def teach(config: DemoConfig, dataset: Dataset, description: str) -> tuple[PreTrainedModel, Any]:
     """Stage 1: a fresh tiny LLaVA fine-tuned on ``dataset`` (full weights)."""
     vlm, processor = tiny_vlm("llava", seed=config.seed, num_hidden_layers=4, hidden_size=128)
@@ -153,7 +176,7 @@ def teach(config: DemoConfig, dataset: Dataset, description: str) -> tuple[PreTr
                 lr_scheduler_type="cosine",
                 remove_unused_columns=False,
                 run_name=description,
-                **_run_arguments(config, output_dir),
+                **run_arguments(output_dir, config.seed, use_cpu=True),
             ),
             train_dataset=dataset,
             data_collator=_supervised_collator(processor, config.seed),
@@ -173,17 +196,20 @@ def fit_cagul(
 
 
 def cagul_fit_settings(
-    config: DemoConfig, selection: Literal["lowest", "random", "highest"] = "lowest"
+    config: DemoConfig, selection: Literal["lowest", "random", "highest"] | None = None
 ) -> CagulFitSettings:
-    """How the demo fits each CAGUL adapter: CPU, batch 16, photos augmented."""
+    """How the demo fits each CAGUL adapter: CPU, batch 16, photos augmented, ``config``'s
+    adapter (with ``selection`` as its ``token_selection`` when given: the ablation)."""
+    adapter = config.adapter
+    if selection is not None:
+        adapter = dataclasses.replace(adapter, token_selection=selection)
     return CagulFitSettings(
         steps=config.cagul_steps,
         batch_size=16,
         learning_rate=config.cagul_learning_rate,
-        token_ratio=config.token_ratio,
-        token_selection=selection,
         seed=config.seed,
         use_cpu=True,
+        adapter=adapter,
     )
 
 
@@ -304,11 +330,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
 
     metrics: dict[str, Any] = {
         "title": "hf_cagul demo: forgetting fictitious people in a tiny LLaVA",
-        "settings": {
-            key: str(value) if isinstance(value, Path) else value
-            for key, value in dataclasses.asdict(config).items()
-            if key != "baselines"
-        },
+        "settings": config.settings(),
         "stage1": {
             "forget_keyword_accuracy": evaluated["base"].get("forget_keyword"),
             "memorised": (evaluated["base"].get("forget_keyword") or 0.0) >= MEMORISED,
@@ -341,14 +363,15 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         timings["ablation"] = time.perf_counter() - clock
     if config.compare:
         clock = time.perf_counter()
-        baseline_settings = config.baseline_settings()
-        metrics["settings"]["baselines"] = dataclasses.asdict(baseline_settings)
+        budget = config.baselines.budget(cagul_fit_settings(config))
+        metrics["settings"]["baselines"] = config.baselines.record(budget)
         baselines, records = compare_baselines(
             bare,
             processor,
             train,
             splits,
-            baseline_settings,
+            config.baselines,
+            budget,
             reference,
             config.max_eval_rows,
         )

@@ -61,7 +61,9 @@ class _PerModel(Generic[_T]):
         return self._var.get().get(id(owner), self._default)
 
     def put(self, owner: object, value: _T) -> None:
-        self._var.set(MappingProxyType({**self._var.get(), id(owner): value}))
+        values = self._var.get()
+        if values.get(id(owner), self._default) is not value:  # decode steps put None on None
+            self._var.set(MappingProxyType({**values, id(owner): value}))
 
     @contextmanager
     def scoped(self, owner: object, value: _T) -> Iterator[_T]:

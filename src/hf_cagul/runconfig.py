@@ -1,4 +1,9 @@
-"""Run configuration files for ``hf-cagul`` subcommands: ``--config run.yaml``.
+"""The ``hf-cagul`` parsers: dataclass fields as options, and ``--config run.yaml`` run files.
+
+`CommandParser` is a `transformers.HfArgumentParser`: every field of its dataclasses is an
+option (``--max-steps`` or ``--max_steps``) with the field's ``metadata["help"]``, except
+fields marked ``metadata={"cli": False}`` (`CLI_KEY`), which a run fills in itself. A
+subcommand's handler builds its dataclasses from the parsed namespace with `build`.
 
 A run file is YAML (or JSON) whose keys are the subcommand's long options, with dashes or
 underscores (``max-steps`` or ``max_steps``). Top-level keys apply to every subcommand that
@@ -17,22 +22,102 @@ the top level. The command line wins over both::
       max_rows: 200
 
 Any subcommand gets this behaviour from `parse_args` once it has a ``--config`` option
-(`add_config_argument`); options a file may set must not be ``required=True`` in argparse:
-check them after parsing with `require`.
+(`add_config_argument`); options a file may set must not be required by the parser: check
+them after parsing with `require`. A subcommand may also name presets
+(``set_defaults(presets={"quick": {...}})``): a boolean option that, when true, brings its
+own defaults, below the run file's and the command line's values.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
 import os
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
+from transformers import HfArgumentParser
 
+CLI_KEY = "cli"
+"""Field metadata key: ``{"cli": False}`` keeps a field out of the command line."""
 CONFIG_DEST = "config"
-_NOT_OPTIONS = {"help", CONFIG_DEST, "handler", "command", "version"}
+PRESETS_DEST = "presets"
+_NOT_OPTIONS = {"help", CONFIG_DEST, PRESETS_DEST, "handler", "command", "version"}
+
+T = TypeVar("T")
+
+
+def option_fields(dtype: type) -> list[dataclasses.Field[Any]]:
+    """The fields of the dataclass ``dtype`` that are command-line options."""
+    return [
+        field
+        for field in dataclasses.fields(dtype)
+        if field.init and field.metadata.get(CLI_KEY, True)
+    ]
+
+
+class CommandParser(HfArgumentParser):
+    """`HfArgumentParser` for ``hf-cagul``'s subcommands.
+
+    On top of what `HfArgumentParser` does, fields marked ``metadata={"cli": False}`` are
+    left out; every boolean option reads as a flag both ways: ``--bf16`` alone means true
+    (also for ``bool | None`` fields) and ``--no-bf16`` false, whatever the field's default,
+    since a subcommand may change that default with `set_defaults`; and a field that takes a
+    string or a list of strings (``report_to``) takes one value or several.
+    """
+
+    @staticmethod
+    def _parse_dataclass_field(parser: Any, field: dataclasses.Field[Any]) -> None:
+        if not field.metadata.get(CLI_KEY, True):
+            return
+        # HfArgumentParser narrows ``field.type`` to the one type argparse converts to.
+        members = typing.get_args(field.type)
+        HfArgumentParser._parse_dataclass_field(parser, field)
+        action = parser._option_string_actions[f"--{field.name}"]
+        if str in members and list[str] in members:
+            action.nargs = "+"
+        if field.type not in (bool, bool | None):
+            return
+        action.nargs, action.const = "?", True
+        negative = f"--no_{field.name}"
+        negation_help = f"Set --{field.name.replace('_', '-')} to false."
+        if negative in parser._option_string_actions:
+            parser._option_string_actions[negative].help = negation_help
+        else:
+            parser.add_argument(
+                negative,
+                f"--no-{field.name.replace('_', '-')}",
+                action="store_false",
+                dest=field.name,
+                help=negation_help,
+            )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default after its help, but for the ``--no-...`` negations."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if isinstance(action, argparse._StoreFalseAction):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build(args: argparse.Namespace, dtype: type[T], **values: Any) -> T:
+    """An instance of the dataclass ``dtype`` from its options in ``args``, with ``values``.
+
+    Fields that are not options (``metadata={"cli": False}``) keep their defaults unless
+    ``values`` sets them.
+    """
+    options = {field.name: getattr(args, field.name) for field in option_fields(dtype)}
+    return dtype(**{**options, **values})
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
@@ -68,16 +153,29 @@ def load_run_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    return {
-        action.dest: action
-        for action in parser._actions
-        if action.dest not in _NOT_OPTIONS and action.option_strings
-    }
-
-
 def _normalise(key: Any) -> str:
-    return str(key).replace("-", "_")
+    return str(key).lstrip("-").replace("-", "_")
+
+
+def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """Every key a run file may use for ``parser``: each option's name and its aliases
+    (``batch_size`` for ``--batch-size``), without the ``--no-...`` negations."""
+    keys: dict[str, argparse.Action] = {}
+    for action in parser._actions:
+        if action.dest in _NOT_OPTIONS or not action.option_strings:
+            continue
+        if isinstance(action, argparse._StoreFalseAction):
+            continue
+        keys[action.dest] = action
+        for option in action.option_strings:
+            keys[_normalise(option)] = action
+    return keys
+
+
+def _unknown(key: Any, command: str, known: Mapping[str, Any]) -> str:
+    close = difflib.get_close_matches(_normalise(key), list(known), n=3)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    return f"{key!r}{hint}; `hf-cagul {command} --help` lists its options"
 
 
 def command_options(
@@ -86,7 +184,7 @@ def command_options(
     commands: Mapping[str, argparse.ArgumentParser],
     source: str = "the run file",
 ) -> dict[str, Any]:
-    """The options ``config`` sets for ``command``, validated against its parser.
+    """The options ``config`` sets for ``command``, by destination, validated against its parser.
 
     Args:
         config: The run file's mapping (`load_run_config`).
@@ -100,33 +198,36 @@ def command_options(
             it does not have, or a value outside an option's choices.
     """
     known = _options(commands[command])
-    everywhere = {dest for parser in commands.values() for dest in _options(parser)}
+    everywhere = {key for parser in commands.values() for key in _options(parser)}
     values: dict[str, Any] = {}
     for key, value in config.items():
         if key in commands:
             continue
-        dest = _normalise(key)
-        if dest not in everywhere:
+        name = _normalise(key)
+        if name not in everywhere:
             raise ValueError(
-                f"{source}: unknown option {key!r}; options of `hf-cagul {command}`: "
-                f"{', '.join(sorted(known))} (or a section named after a subcommand)."
+                f"{source}: unknown option {_unknown(key, command, known)} "
+                "(or use a section named after a subcommand)."
             )
-        if dest in known:
-            values[dest] = value
+        if name in known:
+            values[known[name].dest] = value
     section = config.get(command) or {}
     if not isinstance(section, dict):
         raise ValueError(f"{source}: section {command!r} must be a mapping of options.")
     for key, value in section.items():
-        dest = _normalise(key)
-        if dest not in known:
+        name = _normalise(key)
+        if name not in known:
             raise ValueError(
-                f"{source}: `hf-cagul {command}` has no option {key!r}; it has "
-                f"{', '.join(sorted(known))}."
+                f"{source}: `hf-cagul {command}` has no option {_unknown(key, command, known)}."
             )
-        values[dest] = value
+        values[known[name].dest] = value
     for dest, value in values.items():
-        choices = known[dest].choices
-        if choices is not None and value not in choices:
+        action = known[dest]
+        items = value if isinstance(value, list) else [value]
+        if action.nargs == "+":  # `methods: ga` means the list of one, as `--methods ga`
+            values[dest] = value = items
+        choices = action.choices
+        if choices is not None and any(item not in choices for item in items):
             raise ValueError(
                 f"{source}: {dest}={value!r} is not one of {', '.join(map(str, choices))}."
             )
@@ -142,22 +243,35 @@ def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """Parse ``argv``; with ``--config``, the file's options become the subcommand's defaults.
+    """Parse ``argv``; the run file's options and any preset become the subcommand's defaults.
 
-    The command line is parsed twice: once to find the subcommand and the file, then again
-    with the file's values as defaults, so every option given on the command line wins.
+    The command line is parsed again with each layer of defaults (the run file's, then the
+    presets its result turns on below them), so every option given on the command line wins,
+    then the run file, then the preset.
     """
     args = parser.parse_args(argv)
-    path = getattr(args, CONFIG_DEST, None)
-    if path is None:
-        return args
     commands = subcommands(parser)
-    values = command_options(load_run_config(path), args.command, commands, source=str(path))
-    commands[args.command].set_defaults(**values)
+    command = commands[args.command]
+    path = getattr(args, CONFIG_DEST, None)
+    values = (
+        {}
+        if path is None
+        else command_options(load_run_config(path), args.command, commands, source=str(path))
+    )
+    if values:
+        command.set_defaults(**values)
+        args = parser.parse_args(argv)
+    presets = getattr(args, PRESETS_DEST, None) or {}
+    chosen = [preset for flag, preset in presets.items() if getattr(args, flag)]
+    if not chosen:
+        return args
+    for preset in chosen:
+        command.set_defaults(**preset)
+    command.set_defaults(**values)
     return parser.parse_args(argv)
 
 
-def require(args: argparse.Namespace, *names: str) -> None:
+def require(args: Any, *names: str) -> None:
     """Raise a clear error for options that neither the command line nor the file set."""
     missing = [name for name in names if getattr(args, name, None) is None]
     if missing:
