@@ -96,3 +96,11 @@ def test_every_field_is_documented() -> None:
 
     for config_field in dataclasses.fields(CagulConfig):
         assert config_field.metadata.get("help"), config_field.name
+
+
+@pytest.mark.parametrize("name", ["activation_checkpointing", "gradient_checkpointing"])
+def test_checkpointing_is_non_reentrant_under_either_name(name, tmp_path) -> None:
+    from hf_cagul import CagulTrainingConfig
+
+    args = CagulTrainingConfig(output_dir=str(tmp_path), **{name: True})
+    assert args.gradient_checkpointing_kwargs == {"use_reentrant": False}

@@ -242,7 +242,7 @@ def _check(name: str, value: float | None, bound: float, at_least: bool) -> dict
 
 
 def _targets(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets for the default run, each with its measured value."""
+    """The project's targets for the default run, each with its measured value."""
     base, cagul = metrics["results"]["base"], metrics["results"]["cagul"]
 
     def relative(key: str) -> float | None:

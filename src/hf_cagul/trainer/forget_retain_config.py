@@ -51,8 +51,13 @@ class ForgetRetainTrainingConfig(TrainingArguments):
     def __post_init__(self) -> None:
         # Frozen base weights leave the checkpointed inputs without gradients of their own:
         # reentrant checkpointing would then drop the trainable modules' gradients.
-        if self.gradient_checkpointing and self.gradient_checkpointing_kwargs is None:
-            self.gradient_checkpointing_kwargs = {"use_reentrant": False}
+        # `activation_checkpointing*` are transformers' new names of `gradient_checkpointing*`.
+        names = ("activation_checkpointing", "gradient_checkpointing")
+        if any(getattr(self, name, None) for name in names) and all(
+            getattr(self, f"{name}_kwargs", None) is None for name in names
+        ):
+            name = next(name for name in names if hasattr(self, f"{name}_kwargs"))
+            setattr(self, f"{name}_kwargs", {"use_reentrant": False})
         super().__post_init__()
 
     def require_non_negative(self, *names: str) -> None:
