@@ -194,7 +194,7 @@ def test_refusals_arrive_in_a_separate_batch_with_the_same_photos() -> None:
     assert refusal["input_ids"].shape[0] == sum(row["split"] == "forget" for row in rows)
     first_forget = batch["forget"].tolist().index(True)
     assert torch.equal(refusal["pixel_values"][0], batch["pixel_values"][first_forget])
-    assert "query_mask" not in batch and "cagul_forget" not in refusal
+    assert "query_mask" not in batch and "forget" not in refusal
 
 
 @pytest.mark.parametrize(

@@ -53,7 +53,7 @@ ROWS: list[dict[str, Any]] = [
         "subject": "clara",
     },
 ]
-MODEL_KEYS_EXCLUDED = ("query_mask", "cagul_forget")
+MODEL_KEYS_EXCLUDED = ("query_mask", "forget")
 
 
 def _image(seed: int) -> Image.Image:
@@ -205,8 +205,8 @@ def _check_batch(
     query_mask = batch["query_mask"]
     assert input_ids.shape == attention.shape == labels.shape == query_mask.shape
     assert input_ids.shape[0] == len(features)
-    assert query_mask.dtype == torch.bool and batch["cagul_forget"].dtype == torch.bool
-    assert batch["cagul_forget"].tolist() == [row["split"] == "forget" for row in features]
+    assert query_mask.dtype == torch.bool and batch["forget"].dtype == torch.bool
+    assert batch["forget"].tolist() == [row["split"] == "forget" for row in features]
 
     image_token_id = model.config.image_token_id
     # The processor's placeholder, where it differs from the model's image token (Gemma3's
@@ -269,7 +269,7 @@ def test_collator_batch(family: str) -> None:
     _, processor = _vlm(family)
     collator = CagulDataCollator(processor)
     batch = _check_batch(family, collator, _features())
-    expected_keys = processor_keys(family) | {"labels", "query_mask", "cagul_forget"}
+    expected_keys = processor_keys(family) | {"labels", "query_mask", "forget"}
     assert set(batch) == expected_keys
 
 
