@@ -115,7 +115,7 @@ def test_npo_and_dpo_sum_over_rows_for_means_over_more_rows() -> None:
     dpo_args = (log_probs, reference, reference, log_probs)
     dpo_sum = dpo_loss(*dpo_args, beta=0.5, reduction="sum")
     assert float(dpo_sum) == pytest.approx(3 * float(dpo_loss(*dpo_args, beta=0.5)))
-    empty = torch.zeros(0, requires_grad=True)
+    empty = torch.zeros(0)
     assert float(npo_loss(empty, empty.detach(), beta=0.1, reduction="sum")) == 0
     with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum'"):
         npo_loss(log_probs, reference, beta=0.1, reduction="none")  # type: ignore[arg-type]
