@@ -184,11 +184,11 @@ class UnlearningTrainer(ForgetRetainTrainer):
         return super().reference_logits(model, inputs)
 
     def forget_term(self, step: _Step) -> Term:
-        """The forget loss of one batch (forget rows only)."""
+        """The forget loss of this process's forget rows: its sum over them, and their count."""
         raise NotImplementedError
 
     def retain_term(self, step: _Step) -> Term:
-        """The retain loss of one batch: the answer NLL of the retain rows, per row."""
+        """The answer NLL of the retain rows (a mean per row): summed over them, and their count."""
         retain = ~step.forget
         return step.nll[retain].sum(), retain.sum()
 
@@ -230,7 +230,7 @@ class GATrainer(UnlearningTrainer):
     uses_retain = False
 
     def forget_term(self, step: _Step) -> Term:
-        """Minus the answer NLL of the forget rows, per row."""
+        """Minus the answer NLL of the forget rows: summed over them, and their count."""
         return -step.nll[step.forget].sum(), step.forget.sum()
 
 
@@ -249,7 +249,7 @@ class KLTrainer(GATrainer):
     needs_reference = True
 
     def retain_term(self, step: _Step) -> Term:
-        """KL(reference || current) over the retain rows' answer tokens, per token."""
+        """KL(reference || current) summed over the retain rows' answer tokens, and their count."""
         rows = (step.labels[:, 1:] != IGNORE_INDEX) & ~step.forget.unsqueeze(1)
         kl = token_kl(step.reference_logits[:, :-1][rows], step.logits[:, :-1][rows], "sum")
         return kl, rows.sum()
@@ -262,7 +262,7 @@ class NPOTrainer(GDTrainer):
     needs_reference = True
 
     def forget_term(self, step: _Step) -> Term:
-        """The NPO loss of the forget rows' true answers, per row."""
+        """The NPO loss of the forget rows' true answers: summed over them, and their count."""
         args = self.args
         assert isinstance(args, UnlearningTrainingConfig)
         forget = step.forget
@@ -278,7 +278,8 @@ class IdkPOTrainer(GDTrainer):
     needs_refusals = True
 
     def forget_term(self, step: _Step) -> Term:
-        """The DPO loss with the refusal chosen and the true answer rejected, per row."""
+        """The DPO loss with the refusal chosen and the true answer rejected: summed over the
+        forget rows, and their count."""
         args = self.args
         assert isinstance(args, UnlearningTrainingConfig)
         forget = step.forget

@@ -118,6 +118,12 @@ class ForgetRetainTrainer(Trainer):
 
         They are ``forget`` (`FORGET_FLAG`); ``cagul_forget``, their name in CAGUL's batches
         until 0.1.0, is still read, with a `FutureWarning`.
+
+        Args:
+            inputs: One batch, as the collator built it; the flags are removed from it.
+
+        Raises:
+            ValueError: If the batch holds neither key.
         """
         if FORGET_FLAG in inputs:
             return cast(torch.Tensor, inputs.pop(FORGET_FLAG)).bool()
@@ -140,6 +146,9 @@ class ForgetRetainTrainer(Trainer):
         Yes when it holds some; always under several processes (DDP, FSDP, ZeRO-3), where every
         forward carries collectives that all processes must run in step, even one whose
         micro-batch holds no row for the term: its share is then an exact zero in the graph.
+
+        Args:
+            rows: The term's rows (or tokens) in this process's micro-batch.
         """
         return self.accelerator.num_processes > 1 or bool(rows.any())
 
@@ -174,6 +183,13 @@ class ForgetRetainTrainer(Trainer):
         `CagulModel` or a PEFT model), so no copy of the model is ever made; override it to plug
         in another reference (a frozen copy, a cache). Under several processes every process
         calls it whenever one does (see `must_compute`).
+
+        Args:
+            model: The model being trained, as ``compute_loss`` receives it (maybe wrapped).
+            inputs: Model inputs of one batch (no labels, no forget flags).
+
+        Returns:
+            The reference's logits, ``(batch, seq, vocab)``, without gradient.
         """
         with self.accelerator.unwrap_model(model).disable_adapter():
             return cast(torch.Tensor, model(**inputs).logits)
@@ -191,6 +207,10 @@ class ForgetRetainTrainer(Trainer):
         ``terms`` are this process's shares, as `global_means` returns them (or combinations
         of them); what is logged is the same on every process. Every process must call it (it
         is a collective).
+
+        Args:
+            model: The model of the step (its ``training`` flag tells train from eval).
+            **terms: Each term's share, by the name it is logged under.
         """
         split = "train" if model.training else "eval"
         values = torch.stack([value.detach() for value in terms.values()])
