@@ -95,10 +95,14 @@ def pretokenised(count: int) -> list[dict[str, torch.Tensor]]:
     ]
 
 
+def cagul_collate(rows: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """Stack pre-tokenised rows: the batches CAGUL's trainer reads."""
+    return {key: torch.stack([row[key] for row in rows]) for key in rows[0]}
+
+
 def collate(rows: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
-    """Stack pre-tokenised rows; forget rows also get a refusal batch (for IdkPO) and CAGUL's
-    flag name."""
-    batch: dict[str, Any] = {key: torch.stack([row[key] for row in rows]) for key in rows[0]}
+    """`cagul_collate`, and a refusal batch of the forget rows (for IdkPO)."""
+    batch = cagul_collate(rows)
     forget = batch["forget"]
     refusal = {
         key: batch[key][forget].clone()
@@ -108,13 +112,6 @@ def collate(rows: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
     refusal["input_ids"][answer] = REFUSAL_TOKEN
     refusal["labels"][answer] = REFUSAL_TOKEN
     batch["refusal"] = refusal
-    return batch
-
-
-def cagul_collate(rows: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
-    """The same batches as CAGUL's trainer reads them."""
-    batch = {key: torch.stack([row[key] for row in rows]) for key in rows[0]}
-    batch["cagul_forget"] = batch.pop("forget")
     return batch
 
 

@@ -1,9 +1,13 @@
-"""Fit a tiny adapter with `CagulTrainer`, in one process or under ``torchrun`` (CPU, gloo).
+"""Fit a tiny adapter with `CagulTrainer` (or a baseline's LoRA adapters), in one process or
+under ``torchrun`` (CPU, gloo).
 
 ``tests/test_distributed.py`` runs it twice, once as ``torchrun --nproc_per_node 2`` with half
 the per-device batch and once in-process with the whole batch, and compares the adapters::
 
     python -m torch.distributed.run --nproc_per_node 2 tests/ddp_fit.py OUT --per-device-batch 2
+
+With ``--method npo`` (any of `hf_cagul.baselines.BASELINES`) it fits that baseline's LoRA
+adapters instead.
 
 With ``--deepspeed VLM_DIR`` it fits under ``accelerate launch`` with the ZeRO-3 config, on
 the CPU (DeepSpeed's CPU accelerator, gloo), the tiny LLaVA saved in ``VLM_DIR`` partitioned by
@@ -29,11 +33,20 @@ for entry in (TESTS, TESTS.parent / "src"):
         sys.path.insert(0, str(entry))
 
 import torch  # noqa: E402
+from run_settings import trainer_arguments  # noqa: E402
 from test_trainer import tiny_dataset, training_args  # noqa: E402
-from transformers import AutoModelForImageTextToText  # noqa: E402
+from transformers import AutoModelForImageTextToText, Trainer  # noqa: E402
 
 from hf_cagul import CagulConfig, CagulModel, CagulTrainer, get_cagul_model  # noqa: E402
+from hf_cagul.baselines import (  # noqa: E402
+    UnlearningTrainingConfig,
+    get_baseline_trainer,
+    prepare_model,
+)
 from hf_cagul.tiny import tiny_vlm  # noqa: E402
+
+CAGUL = "cagul"
+"""``--method`` of the CAGUL adapter (the default); any other is a baseline's name."""
 
 LOG_NAME = "log_history.json"
 """Written next to the adapter: the Trainer's log history of the main process."""
@@ -45,6 +58,7 @@ def fit(
     steps: int,
     rows_per_split: int = 6,
     deepspeed_vlm: Path | None = None,
+    method: str = CAGUL,
 ) -> None:
     """Fit the adapter of a tiny LLaVA for ``steps`` steps and save it to ``output_dir``.
 
@@ -52,8 +66,27 @@ def fit(
     the batches. The adapter and the log history are written by the main process only.
     ``deepspeed_vlm``: launched with a DeepSpeed ZeRO-3 config; that saved copy of the tiny
     LLaVA is loaded after the training config, so ``from_pretrained`` partitions it.
+    ``method``: `CAGUL`, or a baseline fitting LoRA adapters (rank 4) on the language model.
     """
     vlm, processor = tiny_vlm("llava")  # before the config: never under ZeRO-3's init
+    if method != CAGUL:
+        torch.manual_seed(0)  # the LoRA A matrices
+        baseline = get_baseline_trainer(method)(
+            prepare_model(vlm, lora_r=4),
+            UnlearningTrainingConfig(
+                **trainer_arguments(
+                    output_dir,
+                    max_steps=steps,
+                    per_device_train_batch_size=per_device_batch,
+                    learning_rate=5e-3,
+                )
+            ),
+            train_dataset=tiny_dataset(rows_per_split),
+            processing_class=processor,
+        )
+        baseline.train()
+        save(baseline, output_dir)
+        return
     # DeepSpeed on the CPU: accelerate sets DeepSpeed's process group up only when not told
     # to use the CPU, and with a named backend (it has no GPU to pick NCCL for).
     placement = {"use_cpu": False, "ddp_backend": "gloo"} if deepspeed_vlm else {}
@@ -78,6 +111,11 @@ def fit(
     trainer.train()
     if deepspeed_vlm is not None:
         refuses_partitioned_save(model, output_dir / "partial")
+    save(trainer, output_dir)
+
+
+def save(trainer: Trainer, output_dir: Path) -> None:
+    """Save the fitted adapter in ``output_dir / "adapter"``, the log history next to it."""
     trainer.save_model(str(output_dir / "adapter"))
     if trainer.is_world_process_zero():
         (output_dir / LOG_NAME).write_text(json.dumps(trainer.state.log_history))
@@ -102,12 +140,14 @@ def main() -> None:
     parser.add_argument("--per-device-batch", type=int, required=True)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--deepspeed", type=Path, metavar="VLM_DIR", help="under ZeRO-3")
+    parser.add_argument("--method", default=CAGUL, help="cagul, or a baseline (npo, kl...)")
     options = parser.parse_args()
     fit(
         options.output_dir,
         options.per_device_batch,
         options.steps,
         deepspeed_vlm=options.deepspeed,
+        method=options.method,
     )
 
 

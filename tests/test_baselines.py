@@ -10,10 +10,13 @@ import torch
 from run_settings import trainer_arguments
 from vlm_inputs import assert_identical, snapshot, tiny_dataset
 
+from hf_cagul import CagulConfig, CagulTrainer, CagulTrainingConfig, get_cagul_model
 from hf_cagul.baselines import (
     BASELINES,
     GATrainer,
+    GDTrainer,
     IdkPOTrainer,
+    KLTrainer,
     NPOTrainer,
     UnlearningTrainingConfig,
     get_baseline_trainer,
@@ -23,6 +26,7 @@ from hf_cagul.baselines import (
 from hf_cagul.data import UnlearningDataCollator
 from hf_cagul.losses import answer_log_probs, mean_answer_nll
 from hf_cagul.tiny import tiny_vlm
+from hf_cagul.trainer import ForgetRetainTrainer
 
 
 def config(tmp_path, **overrides) -> UnlearningTrainingConfig:
@@ -194,7 +198,7 @@ def test_refusals_arrive_in_a_separate_batch_with_the_same_photos() -> None:
     assert refusal["input_ids"].shape[0] == sum(row["split"] == "forget" for row in rows)
     first_forget = batch["forget"].tolist().index(True)
     assert torch.equal(refusal["pixel_values"][0], batch["pixel_values"][first_forget])
-    assert "query_mask" not in batch and "cagul_forget" not in refusal
+    assert "query_mask" not in batch and "forget" not in refusal
 
 
 @pytest.mark.parametrize(
@@ -237,3 +241,74 @@ def test_a_batch_without_forget_rows_is_a_zero_step_not_a_crash(tmp_path) -> Non
     assert logged["forget_loss"] == 0 and logged["retain_loss"] == 0
     after = dict(model.named_parameters())
     assert all(torch.equal(before[name], after[name]) for name in before)
+
+
+def sharper_reference(trainer_class: type[ForgetRetainTrainer]) -> type[ForgetRetainTrainer]:
+    """``trainer_class`` whose reference logits are the default's doubled, counting its calls."""
+
+    class SharperReference(trainer_class):  # type: ignore[valid-type, misc]
+        calls = 0
+
+        def reference_logits(self, model, inputs):
+            type(self).calls += 1
+            return super().reference_logits(model, inputs) * 2
+
+    return SharperReference
+
+
+def test_reference_logits_is_the_one_reference_of_cagul_and_the_baselines(tmp_path) -> None:
+    """Overriding `ForgetRetainTrainer.reference_logits` changes every reference-based term.
+
+    At the first step the fitted model is its reference (LoRA B and CAGUL's encoder start as
+    the identity), so KL and CAGUL's retain KL are 0 and NPO's loss is 2/beta ln 2 with the
+    default reference (see the test above and tests/test_trainer.py); with a sharper
+    reference they are not.
+    """
+    first: dict[str, dict[str, float]] = {}
+    for trainer_class in (KLTrainer, NPOTrainer, CagulTrainer):
+        vlm, processor = tiny_vlm("llava")
+        torch.manual_seed(0)
+        subclass = sharper_reference(trainer_class)
+        if trainer_class is CagulTrainer:
+            model, args = get_cagul_model(vlm, CagulConfig()), CagulTrainingConfig
+        else:
+            model, args = prepare_model(vlm, lora_r=4), UnlearningTrainingConfig
+        values = {"max_steps": 1, "per_device_train_batch_size": 8, "balance_splits": False}
+        trainer = subclass(
+            model,
+            args(**trainer_arguments(tmp_path, **values)),
+            train_dataset=tiny_dataset(),
+            processing_class=processor,
+        )
+        trainer.train()
+        assert subclass.calls >= 1, trainer_class
+        first[trainer_class.__name__] = trainer.state.log_history[0]
+    assert first["KLTrainer"]["retain_loss"] > 1e-3
+    assert first["NPOTrainer"]["forget_loss"] != pytest.approx(2 / 0.1 * math.log(2), rel=1e-2)
+    assert first["CagulTrainer"]["retain_kl"] > 1e-3
+
+
+def test_forget_flags_keep_their_old_name_for_one_release(tmp_path) -> None:
+    """Batches from a user's collator may still flag forget rows ``cagul_forget``."""
+    vlm, processor = tiny_vlm("llava")
+    model = prepare_model(vlm, lora_r=4)
+    trainer = GDTrainer(
+        model, config(tmp_path), train_dataset=tiny_dataset(), processing_class=processor
+    )
+    batch = UnlearningDataCollator(processor)(list(tiny_dataset(2)))
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, batch)
+        old = {**{k: v for k, v in batch.items() if k != "forget"}, "cagul_forget": batch["forget"]}
+        with pytest.warns(FutureWarning, match="is now 'forget'"):
+            assert torch.equal(trainer.compute_loss(model, old), loss)
+        del old["cagul_forget"]
+        with pytest.raises(ValueError, match="no 'forget' key"):
+            trainer.compute_loss(model, old)
+
+
+def test_an_empty_term_is_an_exact_zero_in_the_graph() -> None:
+    logits = torch.tensor([[float("inf"), float("nan")]], requires_grad=True)
+    zero = ForgetRetainTrainer.empty_term(logits)
+    assert zero.dtype == torch.float32 and float(zero.detach()) == 0 and zero.requires_grad
+    zero.backward()
+    assert logits.grad is not None and torch.equal(logits.grad, torch.zeros_like(logits))

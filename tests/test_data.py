@@ -22,8 +22,15 @@ from vlm_inputs import processor_keys, tokens_per_image
 from hf_cagul.data import (
     DATA_COLUMNS,
     DEFAULT_REFUSALS,
+    FORGET_FLAG,
+    REFUSAL_BATCH,
     REQUIRED_COLUMNS,
+    SUPERVISED_TARGETS,
     CagulDataCollator,
+    ForgetRetainDataCollator,
+    PhotoAugmentation,
+    TargetPolicy,
+    UnlearningDataCollator,
     load_image,
     validate_dataset,
 )
@@ -53,7 +60,7 @@ ROWS: list[dict[str, Any]] = [
         "subject": "clara",
     },
 ]
-MODEL_KEYS_EXCLUDED = ("query_mask", "cagul_forget")
+MODEL_KEYS_EXCLUDED = ("query_mask", "forget")
 
 
 def _image(seed: int) -> Image.Image:
@@ -205,8 +212,8 @@ def _check_batch(
     query_mask = batch["query_mask"]
     assert input_ids.shape == attention.shape == labels.shape == query_mask.shape
     assert input_ids.shape[0] == len(features)
-    assert query_mask.dtype == torch.bool and batch["cagul_forget"].dtype == torch.bool
-    assert batch["cagul_forget"].tolist() == [row["split"] == "forget" for row in features]
+    assert query_mask.dtype == torch.bool and batch["forget"].dtype == torch.bool
+    assert batch["forget"].tolist() == [row["split"] == "forget" for row in features]
 
     image_token_id = model.config.image_token_id
     # The processor's placeholder, where it differs from the model's image token (Gemma3's
@@ -269,8 +276,56 @@ def test_collator_batch(family: str) -> None:
     _, processor = _vlm(family)
     collator = CagulDataCollator(processor)
     batch = _check_batch(family, collator, _features())
-    expected_keys = processor_keys(family) | {"labels", "query_mask", "cagul_forget"}
+    expected_keys = processor_keys(family) | {"labels", "query_mask", "forget"}
     assert set(batch) == expected_keys
+
+
+def _targets(labels: torch.Tensor) -> list[list[int]]:
+    """Each row's target token ids (its labels other than -100)."""
+    return [row[row != -100].tolist() for row in labels]
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_target_policies_share_one_collation(family: str) -> None:
+    """Every policy collates alike: the policy decides the targets and the keys added, alone."""
+    _, processor = _vlm(family)
+    features = _features()
+    cagul = CagulDataCollator(processor)(features)
+    # CAGUL's targets without the query mask: CAGUL's batch, less that key.
+    flagged = ForgetRetainDataCollator(processor, policy=TargetPolicy(forget_targets=True))(
+        features
+    )
+    assert set(flagged) == set(cagul) - {"query_mask"}
+    for key in flagged:
+        assert torch.equal(flagged[key], cagul[key]), key
+
+    supervised = ForgetRetainDataCollator(processor, policy=SUPERVISED_TARGETS)(features)
+    unlearning = UnlearningDataCollator(processor, with_refusals=True)(features)
+    assert set(supervised) == processor_keys(family) | {"labels"}
+    assert set(unlearning) == set(supervised) | {FORGET_FLAG, REFUSAL_BATCH}
+    for key in supervised:
+        assert torch.equal(supervised[key], unlearning[key]), key
+    tokenizer = processor.tokenizer
+    answers = [tokenizer.decode(target).split()[:-1] for target in _targets(supervised["labels"])]
+    assert answers == [_words(row["answer"]) for row in features]
+    # The refusal batch: the forget rows, in order, toward CAGUL's forget targets.
+    forget = [index for index, row in enumerate(features) if row["split"] == "forget"]
+    cagul_targets = _targets(cagul["labels"])
+    assert _targets(unlearning[REFUSAL_BATCH]["labels"]) == [cagul_targets[i] for i in forget]
+    assert set(unlearning[REFUSAL_BATCH]) == set(supervised)
+
+
+def test_the_refusal_batch_shares_each_augmented_photo_and_needs_forget_rows() -> None:
+    _, processor = _vlm("llava")
+    collator = UnlearningDataCollator(
+        processor, augment=PhotoAugmentation(seed=1), with_refusals=True
+    )
+    batch = collator(_features())
+    assert torch.equal(batch[REFUSAL_BATCH]["pixel_values"], batch["pixel_values"][:2])
+    retain_only = [row for row in _features() if row["split"] == "retain"]
+    assert REFUSAL_BATCH not in collator(retain_only)
+    with pytest.raises(ValueError, match="UnlearningDataCollator got an empty batch"):
+        collator([])
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)

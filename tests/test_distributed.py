@@ -1,5 +1,5 @@
-"""CagulTrainer under DDP, FSDP2 and DeepSpeed ZeRO-3 (two CPU processes, gloo), and the
-trainer's distributed guards."""
+"""CagulTrainer under DDP, FSDP2 and DeepSpeed ZeRO-3, the baselines under DDP (two CPU
+processes, gloo), and the trainer's distributed guards."""
 
 from __future__ import annotations
 
@@ -24,6 +24,9 @@ TESTS = Path(__file__).resolve().parent
 ZERO3_CONFIG = TESTS.parent / "examples" / "accelerate_deepspeed_zero3.yaml"
 TORCHRUN = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
 LOSS_KEYS = ("loss", "forget_loss", "retain_kl", "discriminator_loss")
+BASELINE_LOSS_KEYS = ("loss", "forget_loss", "retain_loss")
+LORA_WEIGHTS = "adapter_model.safetensors"
+"""What PEFT writes the fitted LoRA weights to."""
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +52,27 @@ def test_two_ddp_processes_fit_the_adapter_of_one_process_with_the_whole_batch(
     initial = make_trainer(tmp_path / "initial")[1].active_adapter_module.state_dict()
     one = load_file(one_process_fit / "adapter" / WEIGHTS_NAME)
     assert any(not torch.equal(initial[name], one[name]) for name in one)
+
+
+@pytest.mark.parametrize("method", ["npo", "kl", "idkpo"])
+def test_baselines_under_two_ddp_processes_fit_the_lora_of_one_process(
+    tmp_path: Path, method: str
+) -> None:
+    """The baselines normalise their terms as CAGUL does: per row (NPO, DPO, NLL) or per token
+    (KL) over the whole batch of all processes, so half the batch on each of 2 processes fits
+    the LoRA weights of 1 process with the whole batch.
+
+    Balanced sampling gives the two micro-batches different numbers of forget and retain rows,
+    some none at all (where the reference and refusal passes still run, weighing nothing).
+    Measured: 4e-6 at most (NPO; KL 2e-8); per-process means instead move the LoRA weights by
+    6e-4 (KL) to 2e-2 (NPO, IdkPO) after three steps.
+    """
+    fit(tmp_path / "one", per_device_batch=4, steps=3, method=method)
+    arguments = ("--per-device-batch", "2", "--steps", "3", "--method", method)
+    launch_two(TORCHRUN, "ddp_fit.py", str(tmp_path / "two"), *arguments)
+    assert_same_fit(tmp_path / "two", tmp_path / "one", 2e-5, LORA_WEIGHTS, BASELINE_LOSS_KEYS)
+    one = load_file(tmp_path / "one" / "adapter" / LORA_WEIGHTS)
+    assert any(bool(tensor.abs().max() > 0) for name, tensor in one.items() if "lora_B" in name)
 
 
 def test_deepspeed_zero3_fits_the_adapter_of_one_process_with_the_whole_batch(
@@ -77,10 +101,17 @@ def test_deepspeed_zero3_fits_the_adapter_of_one_process_with_the_whole_batch(
     assert not list((tmp_path / "two" / "adapter").glob("*.bin"))  # adapter only, safetensors
 
 
-def assert_same_fit(two: Path, one: Path, atol: float) -> None:
-    """The adapters match to ``atol``; the logged terms (whole-batch means) to 1e-5."""
-    fitted = load_file(two / "adapter" / WEIGHTS_NAME)
-    reference = load_file(one / "adapter" / WEIGHTS_NAME)
+def assert_same_fit(
+    two: Path,
+    one: Path,
+    atol: float,
+    weights: str = WEIGHTS_NAME,
+    loss_keys: tuple[str, ...] = LOSS_KEYS,
+) -> None:
+    """The adapters (``weights`` files) match to ``atol``; the logged ``loss_keys`` (whole-batch
+    means) to 1e-5."""
+    fitted = load_file(two / "adapter" / weights)
+    reference = load_file(one / "adapter" / weights)
     assert fitted.keys() == reference.keys()
     for name, tensor in reference.items():
         torch.testing.assert_close(fitted[name], tensor, atol=atol, rtol=0, msg=name)
@@ -90,7 +121,7 @@ def assert_same_fit(two: Path, one: Path, atol: float) -> None:
     steps_one = [entry for entry in logs_one if "forget_loss" in entry]
     assert len(steps_two) == len(steps_one) == 3
     for entry_two, entry_one in zip(steps_two, steps_one, strict=True):
-        for key in LOSS_KEYS:
+        for key in loss_keys:
             assert entry_two[key] == pytest.approx(entry_one[key], rel=1e-5, abs=1e-6), key
 
 

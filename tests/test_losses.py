@@ -104,3 +104,18 @@ def test_half_per_class() -> None:
     weights = half_per_class(torch.tensor([True, False, False, False]))
     assert weights.tolist() == pytest.approx([0.5, 1 / 6, 1 / 6, 1 / 6])
     assert half_per_class(torch.tensor([False, False])).tolist() == [0.25, 0.25]
+
+
+def test_npo_and_dpo_sum_over_rows_for_means_over_more_rows() -> None:
+    """``reduction="sum"``: the rows' total, so that a mean can span several processes."""
+    log_probs = torch.tensor([math.log(0.5), math.log(0.3), -2.0])
+    reference = torch.tensor([math.log(0.25), math.log(0.3), -1.0])
+    npo_sum = npo_loss(log_probs, reference, beta=0.1, reduction="sum")
+    assert float(npo_sum) == pytest.approx(3 * float(npo_loss(log_probs, reference, beta=0.1)))
+    dpo_args = (log_probs, reference, reference, log_probs)
+    dpo_sum = dpo_loss(*dpo_args, beta=0.5, reduction="sum")
+    assert float(dpo_sum) == pytest.approx(3 * float(dpo_loss(*dpo_args, beta=0.5)))
+    empty = torch.zeros(0)
+    assert float(npo_loss(empty, empty.detach(), beta=0.1, reduction="sum")) == 0
+    with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum'"):
+        npo_loss(log_probs, reference, beta=0.1, reduction="none")  # type: ignore[arg-type]

@@ -208,7 +208,7 @@ def _model_inputs(processor: Any, rows: list[dict[str, Any]]) -> tuple[dict[str,
     batch = CagulDataCollator(processor)([{**row, "split": "retain"} for row in rows])
     labels = batch.pop("labels")
     batch.pop("query_mask")
-    batch.pop("cagul_forget")
+    batch.pop("forget")
     return batch, labels
 
 

@@ -76,7 +76,7 @@ def test_training_fits_the_adapter_and_leaves_the_vlm_untouched(tmp_path, family
 def whole_dataset_losses(trainer: CagulTrainer, model: CagulModel) -> tuple[float, float]:
     """Gate BCE and forced-gate forget CE over the whole training set, in one batch."""
     batch = trainer.data_collator(list(trainer.train_dataset))
-    forget = batch.pop("cagul_forget")
+    forget = batch.pop("forget")
     labels = batch.pop("labels")
     query_mask = batch.pop("query_mask")
     with torch.no_grad(), model.trace() as traces, model.force_gate(True):

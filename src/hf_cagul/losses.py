@@ -7,6 +7,8 @@ logit at position ``t`` predicts the label at ``t + 1``.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 
@@ -73,18 +75,22 @@ def token_kl(
 
 
 def npo_loss(
-    log_probs: torch.Tensor, reference_log_probs: torch.Tensor, beta: float
+    log_probs: torch.Tensor,
+    reference_log_probs: torch.Tensor,
+    beta: float,
+    reduction: Literal["mean", "sum"] = "mean",
 ) -> torch.Tensor:
     """Negative preference optimisation (Zhang et al. 2024, arXiv 2404.05868, eq. 3).
 
     ``(2 / beta) * mean[ log(1 + (pi(y|x) / pi_ref(y|x)) ** beta) ]`` over the forget rows, with
     ``pi(y|x)`` the probability of the whole answer (``log_probs`` are sums over its tokens).
     As ``beta -> 0`` its gradient tends to gradient ascent's; unlike gradient ascent it is
-    bounded below, so it does not collapse the model.
+    bounded below, so it does not collapse the model. ``reduction="sum"``: summed over the rows
+    instead (for a mean over more rows than these, e.g. across processes).
     """
     if beta <= 0:
         raise ValueError(f"NPO needs beta > 0, got {beta}.")
-    return (2.0 / beta) * F.softplus(beta * (log_probs - reference_log_probs)).mean()
+    return (2.0 / beta) * _reduce(F.softplus(beta * (log_probs - reference_log_probs)), reduction)
 
 
 def dpo_loss(
@@ -93,17 +99,28 @@ def dpo_loss(
     reference_chosen: torch.Tensor,
     reference_rejected: torch.Tensor,
     beta: float,
+    reduction: Literal["mean", "sum"] = "mean",
 ) -> torch.Tensor:
     """Direct preference optimisation (Rafailov et al. 2023, arXiv 2305.18290, eq. 7).
 
     ``mean[ -log sigmoid(beta * ((chosen - reference_chosen) - (rejected - reference_rejected)))
     ]`` with each argument the summed answer log-probability per row. IdkPO uses it with the
-    refusal as the chosen answer and the true answer as the rejected one.
+    refusal as the chosen answer and the true answer as the rejected one. ``reduction="sum"``:
+    summed over the rows instead.
     """
     if beta <= 0:
         raise ValueError(f"DPO needs beta > 0, got {beta}.")
     margin = (chosen - reference_chosen) - (rejected - reference_rejected)
-    return -F.logsigmoid(beta * margin).mean()
+    return -_reduce(F.logsigmoid(beta * margin), reduction)
+
+
+def _reduce(values: torch.Tensor, reduction: Literal["mean", "sum"]) -> torch.Tensor:
+    """The mean or the sum of per-row ``values``."""
+    if reduction == "mean":
+        return values.mean()
+    if reduction == "sum":
+        return values.sum()
+    raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}.")
 
 
 def half_per_class(flags: torch.Tensor) -> torch.Tensor:

@@ -15,23 +15,30 @@ IdkPO         DPO with a refusal preferred over the true answer on forget rows, 
 ============  ==============================================================================
 
 The retain term is weighted by ``retain_weight`` and the forget term by ``forget_weight``.
-Reference outputs come from the same PEFT model with its adapter disabled (never a copy of the
-VLM); a fully fine-tuned model needs an explicit ``ref_model``.
+Each term is a mean over the whole batch of all processes, normalised as CAGUL's
+(`hf_cagul.trainer.ForgetRetainTrainer.global_means`): NLL, NPO and DPO per row, KL per token.
+Reference outputs come from `ForgetRetainTrainer.reference_logits`: the same PEFT model with
+its adapter disabled (never a copy of the VLM); a fully fine-tuned model needs an explicit
+``ref_model``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
 
 from hf_cagul.baselines.unlearning_config import UnlearningTrainingConfig
-from hf_cagul.data import FORGET_SPLIT, IGNORE_INDEX, SPLIT_COLUMN, UnlearningDataCollator
+from hf_cagul.data import (
+    FORGET_SPLIT,
+    IGNORE_INDEX,
+    REFUSAL_BATCH,
+    SPLIT_COLUMN,
+    UnlearningDataCollator,
+)
 from hf_cagul.losses import answer_log_probs, dpo_loss, mean_nll, npo_loss, token_kl
 from hf_cagul.trainer import ForgetRetainTrainer, ForgetRetainTrainingConfig
 
@@ -86,10 +93,16 @@ class _Step:
         return answer_log_probs(self.reference_logits, self.labels)[0]
 
 
+Term = tuple[torch.Tensor, torch.Tensor]
+"""A loss term of one process: its sum over this process's rows (or tokens), and their count."""
+
+
 class UnlearningTrainer(ForgetRetainTrainer):
     """Base of the fine-tuning baselines: ``forget_weight * forget + retain_weight * retain``.
 
-    Subclasses define `forget_term` and, when they use retain rows, `retain_term`.
+    Subclasses define `forget_term` and, when they use retain rows, `retain_term`, each as its
+    sum over this process's rows and their count (`Term`); `ForgetRetainTrainer.global_means`
+    makes them means over the whole batch of all processes.
 
     Args:
         model: A model from `hf_cagul.baselines.prepare_model` (PEFT LoRA or full).
@@ -162,28 +175,22 @@ class UnlearningTrainer(ForgetRetainTrainer):
         """Gradient ascent trains on forget rows alone; the others need both splits."""
         return self.uses_retain
 
-    @contextmanager
-    def _reference(self, model: nn.Module) -> Iterator[nn.Module]:
-        if self.ref_model is not None:
-            yield self.ref_model
-            return
-        peft_model: Any = self.accelerator.unwrap_model(model)
-        with peft_model.disable_adapter():
-            yield model
-
     @torch.no_grad()
     def reference_logits(self, model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
-        """Logits of the model before unlearning (adapter disabled, or ``ref_model``)."""
-        with self._reference(model) as reference:
-            return reference(**inputs).logits
+        """Logits of the model before unlearning: ``ref_model``'s when given, else the PEFT
+        model's with its adapter disabled."""
+        if self.ref_model is not None:
+            return cast(torch.Tensor, self.ref_model(**inputs).logits)
+        return super().reference_logits(model, inputs)
 
-    def forget_term(self, step: _Step) -> torch.Tensor:
-        """The forget loss of one batch (forget rows only)."""
+    def forget_term(self, step: _Step) -> Term:
+        """The forget loss of this process's forget rows: its sum over them, and their count."""
         raise NotImplementedError
 
-    def retain_term(self, step: _Step) -> torch.Tensor:
-        """The retain loss of one batch: mean answer NLL of the retain rows."""
-        return step.nll[~step.forget].mean()
+    def retain_term(self, step: _Step) -> Term:
+        """The answer NLL of the retain rows (a mean per row): summed over them, and their count."""
+        retain = ~step.forget
+        return step.nll[retain].sum(), retain.sum()
 
     def compute_loss(
         self,
@@ -196,17 +203,20 @@ class UnlearningTrainer(ForgetRetainTrainer):
         args = self.args
         assert isinstance(args, UnlearningTrainingConfig)
         inputs = dict(inputs)
-        forget = inputs.pop("forget").bool()
-        refusal = inputs.pop("refusal", None)
+        forget = self.pop_forget_flags(inputs)
+        refusal = inputs.pop(REFUSAL_BATCH, None)
         labels = inputs.pop("labels")
         outputs = model(**inputs)
         step = _Step(self, model, inputs, outputs.logits, labels, forget, refusal)
-        # A batch without rows for a term (gradient ascent given only retain rows) still needs
-        # a loss in the graph: backward then gives zero gradients instead of failing.
-        zero = outputs.logits.float().sum() * 0.0
-        forget_loss = self.forget_term(step) if bool(forget.any()) else zero
-        retain_loss = (
-            self.retain_term(step) if self.uses_retain and not bool(forget.all()) else zero
+        # A term without rows here (gradient ascent given only retain rows) is an exact zero in
+        # the graph: backward then gives zero gradients instead of failing.
+        nothing = (self.empty_term(outputs.logits), forget.new_zeros((), dtype=torch.long))
+        forget_sum, forget_count = self.forget_term(step) if self.must_compute(forget) else nothing
+        retain_sum, retain_count = (
+            self.retain_term(step) if self.uses_retain and self.must_compute(~forget) else nothing
+        )
+        forget_loss, retain_loss = self.global_means(
+            torch.stack([forget_sum, retain_sum]), torch.stack([forget_count, retain_count])
         )
         loss = args.forget_weight * forget_loss + args.retain_weight * retain_loss
         self.record_terms(model, forget_loss=forget_loss, retain_loss=retain_loss)
@@ -219,9 +229,9 @@ class GATrainer(UnlearningTrainer):
     method = "ga"
     uses_retain = False
 
-    def forget_term(self, step: _Step) -> torch.Tensor:
-        """Minus the mean answer NLL of the forget rows."""
-        return -step.nll[step.forget].mean()
+    def forget_term(self, step: _Step) -> Term:
+        """Minus the answer NLL of the forget rows: summed over them, and their count."""
+        return -step.nll[step.forget].sum(), step.forget.sum()
 
 
 class GDTrainer(GATrainer):
@@ -238,10 +248,11 @@ class KLTrainer(GATrainer):
     uses_retain = True
     needs_reference = True
 
-    def retain_term(self, step: _Step) -> torch.Tensor:
-        """Mean per-token KL(reference || current) over the retain rows' answer tokens."""
+    def retain_term(self, step: _Step) -> Term:
+        """KL(reference || current) summed over the retain rows' answer tokens, and their count."""
         rows = (step.labels[:, 1:] != IGNORE_INDEX) & ~step.forget.unsqueeze(1)
-        return token_kl(step.reference_logits[:, :-1][rows], step.logits[:, :-1][rows])
+        kl = token_kl(step.reference_logits[:, :-1][rows], step.logits[:, :-1][rows], "sum")
+        return kl, rows.sum()
 
 
 class NPOTrainer(GDTrainer):
@@ -250,12 +261,13 @@ class NPOTrainer(GDTrainer):
     method = "npo"
     needs_reference = True
 
-    def forget_term(self, step: _Step) -> torch.Tensor:
-        """The NPO loss of the forget rows' true answers."""
+    def forget_term(self, step: _Step) -> Term:
+        """The NPO loss of the forget rows' true answers: summed over them, and their count."""
         args = self.args
         assert isinstance(args, UnlearningTrainingConfig)
         forget = step.forget
-        return npo_loss(step.log_probs[forget], step.reference_log_probs()[forget], args.beta)
+        npo = npo_loss(step.log_probs[forget], step.reference_log_probs()[forget], args.beta, "sum")
+        return npo, forget.sum()
 
 
 class IdkPOTrainer(GDTrainer):
@@ -265,29 +277,38 @@ class IdkPOTrainer(GDTrainer):
     needs_reference = True
     needs_refusals = True
 
-    def forget_term(self, step: _Step) -> torch.Tensor:
-        """The DPO loss with the refusal chosen and the true answer rejected."""
+    def forget_term(self, step: _Step) -> Term:
+        """The DPO loss with the refusal chosen and the true answer rejected: summed over the
+        forget rows, and their count."""
         args = self.args
         assert isinstance(args, UnlearningTrainingConfig)
-        if step.refusal is None:
+        forget = step.forget
+        refusal = step.refusal
+        if refusal is None and bool(forget.any()):
             raise ValueError(
                 "IdkPO needs the refusal batch of the forget rows: use an "
                 "`UnlearningDataCollator(..., with_refusals=True)`."
             )
-        refusal = dict(step.refusal)
+        if refusal is None:
+            # No forget row here, yet the other processes run the refusal's passes, whose
+            # forwards carry collectives: run them on this batch, and keep none of its rows.
+            refusal = {**step.inputs, "labels": step.labels}
+        refusal = dict(refusal)
         refusal_labels = refusal.pop("labels")
-        chosen = answer_log_probs(step.model(**refusal).logits, refusal_labels)[0]
+        rows = int(forget.sum())  # the refusal batch holds the forget rows, in order
+        chosen = answer_log_probs(step.model(**refusal).logits, refusal_labels)[0][:rows]
         reference_chosen = answer_log_probs(
             self.reference_logits(step.model, refusal), refusal_labels
-        )[0]
-        forget = step.forget
-        return dpo_loss(
+        )[0][:rows]
+        dpo = dpo_loss(
             chosen,
             step.log_probs[forget],
             reference_chosen,
             step.reference_log_probs()[forget],
             args.beta,
+            "sum",
         )
+        return dpo, forget.sum()
 
 
 BASELINES: dict[str, type[UnlearningTrainer]] = {

@@ -3,11 +3,24 @@
 A dataset is a `datasets.Dataset` with columns ``image``, ``question``, ``answer``, ``split``
 (``"forget"`` / ``"retain"``) and optionally ``forget_target`` and ``subject`` (see
 `hf_cagul.data.schema`). Validate it up front with `validate_dataset`; batch it with
-`CagulDataCollator`. `hf_cagul.data.synthetic` builds an offline benchmark in this contract.
+`ForgetRetainDataCollator` and a `TargetPolicy` (`CagulDataCollator` and
+`UnlearningDataCollator` are it with the trainers' policies). `hf_cagul.data.synthetic`
+builds an offline benchmark in this contract.
 """
 
 from hf_cagul.data.augment import PhotoAugmentation
-from hf_cagul.data.collator import IGNORE_INDEX, CagulDataCollator, UnlearningDataCollator
+from hf_cagul.data.collator import (
+    CAGUL_TARGETS,
+    FORGET_FLAG,
+    IGNORE_INDEX,
+    REFUSAL_BATCH,
+    SUPERVISED_TARGETS,
+    UNLEARNING_TARGETS,
+    CagulDataCollator,
+    ForgetRetainDataCollator,
+    TargetPolicy,
+    UnlearningDataCollator,
+)
 from hf_cagul.data.schema import (
     ANSWER_COLUMN,
     DATA_COLUMNS,
@@ -28,21 +41,28 @@ from hf_cagul.data.schema import (
 
 __all__ = [
     "ANSWER_COLUMN",
+    "CAGUL_TARGETS",
     "DATA_COLUMNS",
     "DEFAULT_REFUSALS",
+    "FORGET_FLAG",
     "FORGET_SPLIT",
     "FORGET_TARGET_COLUMN",
     "IGNORE_INDEX",
     "IMAGE_COLUMN",
     "OPTIONAL_COLUMNS",
     "QUESTION_COLUMN",
+    "REFUSAL_BATCH",
     "REQUIRED_COLUMNS",
     "RETAIN_SPLIT",
     "SPLITS",
     "SPLIT_COLUMN",
     "SUBJECT_COLUMN",
+    "SUPERVISED_TARGETS",
+    "UNLEARNING_TARGETS",
     "CagulDataCollator",
+    "ForgetRetainDataCollator",
     "PhotoAugmentation",
+    "TargetPolicy",
     "UnlearningDataCollator",
     "load_image",
     "validate_dataset",

@@ -1,10 +1,12 @@
-"""`CagulDataCollator`: raw rows of the data contract -> VLM training batches for CAGUL.
+"""Raw rows of the data contract -> VLM training batches, one collator for every trainer.
 
 Each row becomes ``prompt + target + eos``: the prompt is the question about the image (in the
-processor's chat template), the target what the model should answer (the true answer on retain
-rows, a forget target or refusal on forget rows). Labels cover the target and eos only; the
-query mask marks the prompt's text tokens, whose attention ranks the visual tokens, exactly as
-at inference time.
+processor's chat template), the target what the model should answer. A `TargetPolicy` says
+what that target is and what else a batch carries: `ForgetRetainDataCollator` is the collator,
+`CagulDataCollator` (forget targets on forget rows, query mask) and `UnlearningDataCollator`
+(true answers, optional refusal batch) are it with their trainers' policies. Labels cover the
+target and eos only; the query mask marks the prompt's text tokens, whose attention ranks the
+visual tokens, exactly as at inference time. Forget rows are flagged ``forget`` in every batch.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -26,29 +28,81 @@ from hf_cagul.data.schema import (
     IMAGE_COLUMN,
     QUESTION_COLUMN,
     REQUIRED_COLUMNS,
-    RETAIN_SPLIT,
     SPLIT_COLUMN,
     SPLITS,
     load_image,
 )
 
-__all__ = ["IGNORE_INDEX", "CagulDataCollator", "UnlearningDataCollator"]
+__all__ = [
+    "CAGUL_TARGETS",
+    "FORGET_FLAG",
+    "IGNORE_INDEX",
+    "REFUSAL_BATCH",
+    "SUPERVISED_TARGETS",
+    "UNLEARNING_TARGETS",
+    "CagulDataCollator",
+    "ForgetRetainDataCollator",
+    "TargetPolicy",
+    "UnlearningDataCollator",
+]
 
 IGNORE_INDEX = -100
 """Label of positions that carry no loss (prompt, image and padding tokens)."""
+
+FORGET_FLAG = "forget"
+"""Batch key of the ``(batch,)`` bool flags of forget rows, in every trainer's batches."""
+
+REFUSAL_BATCH = "refusal"
+"""Batch key of the nested batch of the forget rows with their refusals as targets."""
 
 # Stands in for an assistant answer when rendering the chat template once, to learn what the
 # template writes between the generation prompt and the answer (e.g. a space after "ASSISTANT:").
 _ANSWER_SENTINEL = "CAGULANSWERSENTINEL"
 
 
-@dataclass
-class CagulDataCollator:
-    """Collate raw dataset rows (see `hf_cagul.data.schema`) into a CAGUL training batch.
+@dataclass(frozen=True)
+class TargetPolicy:
+    """What each row of a batch is trained toward, and what the batch carries besides.
 
-    Use it with ``remove_unused_columns=False`` (or `CagulTrainer`, which keeps the raw columns):
-    it needs each row's ``image``, ``question``, ``answer``, ``split`` and, when present,
-    ``forget_target``.
+    Args:
+        forget_targets: Forget rows are trained toward their forget target (their
+            ``forget_target`` when non-empty, else a refusal), as CAGUL trains them; when False,
+            every row's target is its ``answer`` (supervised fine-tuning, and the baselines,
+            which push the true answer down on forget rows).
+        flag_forget: Add ``forget`` (`FORGET_FLAG`): ``(batch,)`` bool, True for forget rows.
+            Leave it out for a plain `transformers.Trainer`, which passes every key to the
+            model.
+        query_mask: Add ``query_mask``: the prompt's text tokens, whose attention ranks the
+            visual tokens (CAGUL's adapter reads it).
+        refusal_batch: Add ``refusal`` (`REFUSAL_BATCH`): the forget rows alone, with the same
+            (augmented) photos and their forget target as the target, as a nested batch with
+            its own ``labels`` (IdkPO's preferred answers). Absent from a batch without forget
+            rows.
+    """
+
+    forget_targets: bool = False
+    flag_forget: bool = True
+    query_mask: bool = False
+    refusal_batch: bool = False
+
+
+CAGUL_TARGETS = TargetPolicy(forget_targets=True, query_mask=True)
+"""`CagulTrainer`'s batches: forget targets on forget rows, the query mask, the forget flags."""
+
+UNLEARNING_TARGETS = TargetPolicy()
+"""The fine-tuning baselines' batches: every target the true answer, forget rows flagged."""
+
+SUPERVISED_TARGETS = TargetPolicy(flag_forget=False)
+"""Plain supervised fine-tuning with `transformers.Trainer`: the true answers, nothing else."""
+
+
+@dataclass
+class ForgetRetainDataCollator:
+    """Collate raw dataset rows (see `hf_cagul.data.schema`) into a VLM training batch.
+
+    Use it with ``remove_unused_columns=False`` (or a trainer of `hf_cagul`, which keeps the raw
+    columns): it needs each row's ``image``, ``question``, ``answer``, ``split`` and, when
+    present, ``forget_target``.
 
     **Prompt.** With a chat template (``processor.chat_template`` is set), the prompt is
     ``processor.apply_chat_template([{"role": "user", "content": [{"type": "image"},
@@ -58,23 +112,26 @@ class CagulDataCollator:
     ``f"{processor.image_token} {question}"``, tokenised with the tokenizer's special tokens, and
     the target follows after a space.
 
-    **Target.** Retain rows: ``answer``. Forget rows: ``forget_target`` when the row has a
-    non-empty one, else one of ``refusals``, picked by a SHA-256 hash of ``(seed, question,
-    answer)``: the same row gets the same refusal in every epoch, worker and process. The text
-    between the generation prompt and an assistant answer in the chat template (e.g. the space
-    in ``"ASSISTANT: answer"``) is put before the target, and the tokenizer's eos token after
-    it, as the template ends an assistant turn.
+    **Target**, as ``policy`` says: the row's ``answer``, or on forget rows under
+    ``policy.forget_targets`` the row's forget target: its ``forget_target`` when non-empty, else
+    one of ``refusals``, picked by a SHA-256 hash of ``(seed, question, answer)``: the same row
+    gets the same refusal in every epoch, worker and process. The text between the generation
+    prompt and an assistant answer in the chat template (e.g. the space in
+    ``"ASSISTANT: answer"``) is put before the target, and the tokenizer's eos token after it,
+    as the template ends an assistant turn.
 
     **Output** of ``collator(rows)``: every tensor the processor returns (``input_ids``,
     ``attention_mask``, ``pixel_values``; ``image_grid_thw`` and ``mm_token_type_ids`` for
     Qwen2-VL; ``pixel_attention_mask`` for Idefics3...), right-padded, plus
 
     * ``labels`` ``(batch, seq)``: the target and eos token ids, ``-100`` elsewhere;
-    * ``query_mask`` ``(batch, seq)`` bool: prompt tokens that are neither image tokens nor
-      padding (the tokens whose attention ranks the visual tokens). Image tokens are the
-      processor's ``image_token`` and, where the processor expands that placeholder into
-      another token (Gemma3), the tokenizer's ``image_token``;
-    * ``cagul_forget`` ``(batch,)`` bool: True for forget rows.
+    * with ``policy.query_mask``, ``query_mask`` ``(batch, seq)`` bool: prompt tokens that are
+      neither image tokens nor padding (the tokens whose attention ranks the visual tokens).
+      Image tokens are the processor's ``image_token`` and, where the processor expands that
+      placeholder into another token (Gemma3), the tokenizer's ``image_token``;
+    * with ``policy.flag_forget``, ``forget`` ``(batch,)`` bool: True for forget rows;
+    * with ``policy.refusal_batch``, ``refusal``: the forget rows' batch toward their forget
+      targets (see `TargetPolicy`).
 
     For a prefix LM, whose processor takes a ``suffix`` (PaliGemma), ``token_type_ids`` marks the
     target as the causal suffix (1) and the prompt as the bidirectional prefix (0), as the
@@ -88,8 +145,10 @@ class CagulDataCollator:
         max_length: Longest accepted sample, in tokens (image tokens included); None: no limit.
         refusals: Forget targets for forget rows without their own ``forget_target``.
         seed: Seed of the refusal choice.
-        augment: Applied to each training photo (e.g. `PhotoAugmentation`); never to the
-            prompts built for generation.
+        augment: Applied to each training photo once per batch (e.g. `PhotoAugmentation`;
+            a row's refusal encoding shares it); never to the prompts built for generation.
+        policy: What each row is trained toward and what the batch carries (keyword only;
+            default: `SUPERVISED_TARGETS`).
 
     Raises:
         ValueError: At construction, for an empty ``refusals``, a non-positive ``max_length``,
@@ -103,6 +162,7 @@ class CagulDataCollator:
     refusals: Sequence[str] = DEFAULT_REFUSALS
     seed: int = 0
     augment: Callable[[Image.Image], Image.Image] | None = None
+    policy: TargetPolicy = field(default=SUPERVISED_TARGETS, kw_only=True)
     _answer_separator: str | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -177,11 +237,16 @@ class CagulDataCollator:
     def target_text(self, feature: dict[str, Any]) -> str:
         """What the model should answer to one row (without separator and eos).
 
-        The row's ``answer`` on retain rows; on forget rows its ``forget_target`` when
-        non-empty, else a refusal chosen deterministically from ``(seed, question, answer)``.
+        The row's ``answer``; on a forget row under ``policy.forget_targets``, its
+        `forget_target_text`.
         """
-        if feature[SPLIT_COLUMN] != FORGET_SPLIT:
-            return str(feature[ANSWER_COLUMN])
+        if self.policy.forget_targets and feature[SPLIT_COLUMN] == FORGET_SPLIT:
+            return self.forget_target_text(feature)
+        return str(feature[ANSWER_COLUMN])
+
+    def forget_target_text(self, feature: dict[str, Any]) -> str:
+        """What a forget row should be answered instead: its ``forget_target`` when non-empty,
+        else a refusal chosen deterministically from ``(seed, question, answer)``."""
         forget_target = feature.get(FORGET_TARGET_COLUMN)
         if isinstance(forget_target, str) and forget_target.strip():
             return forget_target
@@ -228,10 +293,10 @@ class CagulDataCollator:
 
     # ------------------------------------------------------------------ batch
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """Collate raw rows into model inputs plus ``labels``, ``query_mask``, ``cagul_forget``."""
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        """Collate raw rows into model inputs plus ``labels`` and what ``policy`` adds."""
         if not features:
-            raise ValueError("CagulDataCollator got an empty batch.")
+            raise ValueError(f"{type(self).__name__} got an empty batch.")
         for index, feature in enumerate(features):
             self._check_feature(index, feature)
         images = []
@@ -241,10 +306,26 @@ class CagulDataCollator:
                 images.append(image if self.augment is None else self.augment(image))
             except ValueError as err:
                 raise ValueError(f"Row with question {feature[QUESTION_COLUMN]!r}: {err}") from err
+        output = self._collate(features, images, [self.target_text(row) for row in features])
+        forget = [feature[SPLIT_COLUMN] == FORGET_SPLIT for feature in features]
+        if self.policy.flag_forget:
+            output[FORGET_FLAG] = torch.tensor(forget)
+        if self.policy.refusal_batch and any(forget):
+            rows = [index for index, is_forget in enumerate(forget) if is_forget]
+            output[REFUSAL_BATCH] = self._collate(
+                [features[index] for index in rows],
+                [images[index] for index in rows],
+                [self.forget_target_text(features[index]) for index in rows],
+            )
+        return output
 
+    def _collate(
+        self, features: list[dict[str, Any]], images: list[Image.Image], targets: list[str]
+    ) -> dict[str, Any]:
+        """The processor's tensors, ``labels`` and (``policy.query_mask``) the query mask of
+        ``features`` with their ``images``, answered by ``targets``."""
         separator = self.answer_separator()
         prompts = [self.prompt_text(feature[QUESTION_COLUMN]) for feature in features]
-        targets = [self.target_text(feature) for feature in features]
         for feature, target in zip(features, targets, strict=True):
             if self.image_token in target:
                 raise ValueError(
@@ -279,14 +360,8 @@ class CagulDataCollator:
         ends = torch.tensor(lengths).unsqueeze(1)
         is_target = (positions >= starts) & (positions < ends)
         labels = torch.where(is_target, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
-        query_mask = (
-            (positions < starts)
-            & attention_mask.bool()
-            & ~torch.isin(input_ids, torch.tensor(self.visual_token_ids))
-        )
-        forget = torch.tensor([feature[SPLIT_COLUMN] == FORGET_SPLIT for feature in features])
 
-        output: dict[str, torch.Tensor] = dict(batch)
+        output: dict[str, Any] = dict(batch)
         if "token_type_ids" in output and self._prefix_lm:
             # A prefix LM (PaliGemma) attends bidirectionally within the prefix (type 0) and
             # causally in the suffix (type 1). The processor marks all of our text as prefix,
@@ -294,8 +369,12 @@ class CagulDataCollator:
             # as the processor's own ``suffix`` argument does.
             output["token_type_ids"] = is_target.to(output["token_type_ids"].dtype)
         output["labels"] = labels
-        output["query_mask"] = query_mask
-        output["cagul_forget"] = forget
+        if self.policy.query_mask:
+            output["query_mask"] = (
+                (positions < starts)
+                & attention_mask.bool()
+                & ~torch.isin(input_ids, torch.tensor(self.visual_token_ids))
+            )
         return output
 
     def _check_feature(self, index: int, feature: dict[str, Any]) -> None:
@@ -304,7 +383,7 @@ class CagulDataCollator:
             raise ValueError(
                 f"Batch row {index} lacks column(s) {', '.join(map(repr, missing))}; it has "
                 f"{', '.join(map(repr, feature)) or 'none'}. With transformers' Trainer, keep the "
-                "raw columns: `remove_unused_columns=False` (CagulTrainer does this)."
+                "raw columns: `remove_unused_columns=False` (hf_cagul's trainers do this)."
             )
         for column in (QUESTION_COLUMN, ANSWER_COLUMN):
             value = feature[column]
@@ -452,17 +531,25 @@ class CagulDataCollator:
 
 
 @dataclass
-class UnlearningDataCollator:
-    """Batches for fine-tuning: every row's target is its true answer, forget rows flagged.
+class CagulDataCollator(ForgetRetainDataCollator):
+    """`ForgetRetainDataCollator` with `CagulTrainer`'s policy (`CAGUL_TARGETS`).
 
-    What supervised fine-tuning and the fine-tuning unlearning baselines (`hf_cagul.baselines`)
-    need from the data contract: the prompt and target of `CagulDataCollator`, but the target
-    is always the row's ``answer`` (gradient ascent and NPO push it down on forget rows).
+    Retain rows are trained toward their ``answer``, forget rows toward their forget target (a
+    refusal); batches carry the ``query_mask`` and the ``forget`` flags.
+    """
 
-    **Output**: the processor's tensors and ``labels`` as in `CagulDataCollator`, plus
-    ``forget`` ``(batch,)`` bool; with ``with_refusals``, also ``refusal``: the forget rows
-    alone, same photos, with a refusal (or their ``forget_target``) as the target, as a nested
-    batch with its own ``labels`` (the preferred answers of IdkPO).
+    policy: TargetPolicy = field(default=CAGUL_TARGETS, kw_only=True)
+
+
+@dataclass
+class UnlearningDataCollator(ForgetRetainDataCollator):
+    """`ForgetRetainDataCollator` with the fine-tuning baselines' policy (`UNLEARNING_TARGETS`).
+
+    Every row's target is its true answer (gradient ascent and NPO push it down on forget
+    rows), forget rows are flagged ``forget``; with ``with_refusals``, the batch also holds
+    ``refusal``: the forget rows alone, same photos, with a refusal (or their
+    ``forget_target``) as the target, as a nested batch with its own ``labels`` (the preferred
+    answers of IdkPO).
 
     Args:
         processor: The VLM's processor.
@@ -473,43 +560,12 @@ class UnlearningDataCollator:
         with_refusals: Add the ``refusal`` batch of the forget rows.
     """
 
-    processor: Any
-    max_length: int | None = None
-    refusals: Sequence[str] = DEFAULT_REFUSALS
-    seed: int = 0
-    augment: Callable[[Image.Image], Image.Image] | None = None
     with_refusals: bool = False
-    _collate: CagulDataCollator = field(init=False, repr=False)
+    policy: TargetPolicy = field(default=UNLEARNING_TARGETS, init=False)
 
     def __post_init__(self) -> None:
-        self._collate = CagulDataCollator(
-            self.processor, max_length=self.max_length, refusals=self.refusals, seed=self.seed
-        )
-
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        """Collate raw rows into model inputs plus ``labels``, ``forget`` (and ``refusal``)."""
-        if self.augment is not None:
-            features = [
-                {**feature, IMAGE_COLUMN: self.augment(load_image(feature[IMAGE_COLUMN]))}
-                if IMAGE_COLUMN in feature
-                else feature
-                for feature in features
-            ]
-        batch = self._strip(
-            self._collate([{**row, SPLIT_COLUMN: RETAIN_SPLIT} for row in features])
-        )
-        forget_rows = [row for row in features if row.get(SPLIT_COLUMN) == FORGET_SPLIT]
-        batch["forget"] = torch.tensor([row.get(SPLIT_COLUMN) == FORGET_SPLIT for row in features])
-        if self.with_refusals and forget_rows:
-            batch["refusal"] = self._strip(self._collate(forget_rows))
-        return batch
-
-    @staticmethod
-    def _strip(batch: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """Drop what only CAGUL uses (the query mask, its forget flags)."""
-        return {
-            key: value for key, value in batch.items() if key not in ("query_mask", "cagul_forget")
-        }
+        self.policy = replace(UNLEARNING_TARGETS, refusal_batch=self.with_refusals)
+        super().__post_init__()
 
 
 def _common_prefix(first: Sequence[int], second: Sequence[int]) -> int:

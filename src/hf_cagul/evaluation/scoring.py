@@ -109,7 +109,7 @@ def _batch_nlls(
     """Per-token target NLLs of one collated batch."""
     batch = collator(rows)
     labels = batch.pop("labels")
-    batch.pop("cagul_forget")
+    batch.pop("forget")
     query_mask = batch.pop("query_mask")
     inputs: dict[str, Any] = {name: value.to(device) for name, value in batch.items()}
     if isinstance(model, CagulModel):

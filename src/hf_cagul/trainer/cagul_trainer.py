@@ -7,12 +7,13 @@ project's documented choices, see ``docs/training.md``):
 * **forget**: cross-entropy toward the forget target (a refusal) on forget rows, with their
   selected visual tokens rewritten;
 * **retain**: KL(base || adapted) over the answer tokens of retain rows, rewritten as well, so
-  a false positive of the discriminator costs little. Base logits come from the same model
-  inside ``disable_adapter()`` under ``torch.no_grad()``: there is never a second VLM in memory;
+  a false positive of the discriminator costs little. Base logits come from
+  `ForgetRetainTrainer.reference_logits`: the same model inside ``disable_adapter()`` under
+  ``torch.no_grad()``, so there is never a second VLM in memory;
 * **discriminator**: binary cross-entropy of each image's gate logit, forget vs retain.
 
 Each term is a mean over the whole batch, across processes under DDP / FSDP / ZeRO-3
-(``docs/distributed.md``).
+(`ForgetRetainTrainer.global_means`, ``docs/distributed.md``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -164,7 +165,7 @@ class CagulTrainer(ForgetRetainTrainer):
         args = self.args
         assert isinstance(args, CagulTrainingConfig)
         inputs = dict(inputs)
-        forget = inputs.pop("cagul_forget").bool()
+        forget = self.pop_forget_flags(inputs)
         query_mask = inputs.pop("query_mask", None)
         labels = inputs.pop("labels")
         answer = labels[:, 1:] != IGNORE_INDEX  # positions whose next token is an answer token
@@ -172,31 +173,25 @@ class CagulTrainer(ForgetRetainTrainer):
         forget_rows = answer & forget.unsqueeze(1)
 
         base_logits = None
-        # Under several processes (DDP, FSDP, ZeRO-3) every forward carries collectives, so
-        # every process runs the base pass, even one whose micro-batch has no retain row.
-        distributed = self.accelerator.num_processes > 1
-        if args.retain_weight > 0 and (distributed or bool(retain_rows.any())):
-            with torch.no_grad(), cagul.disable_adapter():
-                base_logits = model(**inputs).logits[:, :-1][retain_rows]
+        if args.retain_weight > 0 and self.must_compute(retain_rows):
+            base_logits = self.reference_logits(model, inputs)[:, :-1][retain_rows]
         with cagul.force_gate(True):
             outputs = model(**inputs, query_mask=query_mask)
         logits = outputs.logits[:, :-1]
         targets = labels[:, 1:]
 
-        zero = logits.new_zeros((), dtype=torch.float32)
-        forget_sum = (
-            F.cross_entropy(logits[forget_rows].float(), targets[forget_rows], reduction="sum")
-            if bool(forget_rows.any())
-            else zero
+        # Over no forget token, a sum over an empty selection: an exact zero in the graph.
+        forget_sum = F.cross_entropy(
+            logits[forget_rows].float(), targets[forget_rows], reduction="sum"
         )
         retain_sum = (
             token_kl(base_logits, logits[retain_rows], reduction="sum")
             if base_logits is not None
-            else zero
+            else self.empty_term(logits)
         )
         gate_logits = outputs.get("gate_logits")
         if gate_logits is None:  # a batch without images
-            gate_sums = zero.expand(2)
+            gate_sums = self.empty_term(logits).expand(2)
             image_forget = forget.new_zeros(0).to(forget_rows.device)
         else:
             image_forget = forget[outputs["image_spans"][:, 0].to(forget.device)]
@@ -205,34 +200,21 @@ class CagulTrainer(ForgetRetainTrainer):
         counts = torch.stack(
             [forget_rows.sum(), retain_rows.sum(), image_forget.sum(), (~image_forget).sum()]
         )
-        # Each term is a mean over the whole batch of all processes: DDP averages gradients
-        # over processes, so normalising by global counts (times the number of processes)
-        # gives the gradient of one process seeing the whole batch, however the rows split.
-        counts, processes = self._global(counts.to(zero.device))
-        scale = processes / counts.clamp_min(1).float()
-        forget_loss = forget_sum * scale[0]
-        retain_loss = retain_sum * scale[1]
+        forget_loss, retain_loss, gate_forget, gate_retain = self.global_means(
+            torch.stack([forget_sum, retain_sum, gate_sums[0], gate_sums[1]]), counts
+        )
         # Each class present in the batch weighs one half, whatever its count: forget sets
         # are small, and an unweighted BCE lets the gate say "retain" to every image.
-        gate_loss = 0.5 * (gate_sums[0] * scale[2] + gate_sums[1] * scale[3])
+        gate_loss = 0.5 * (gate_forget + gate_retain)
         loss = (
             args.forget_weight * forget_loss
             + args.retain_weight * retain_loss
             + args.discriminator_weight * gate_loss
         )
-        terms = torch.stack([forget_loss, retain_loss, gate_loss]).detach()
-        terms = self._global(terms)[0] / processes  # the whole batch's means, on every process
         self.record_terms(
-            model, forget_loss=terms[0], retain_kl=terms[1], discriminator_loss=terms[2]
+            model, forget_loss=forget_loss, retain_kl=retain_loss, discriminator_loss=gate_loss
         )
         return (loss, outputs) if return_outputs else loss
-
-    def _global(self, values: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """``values`` summed over the training processes, and the number of processes."""
-        processes = self.accelerator.num_processes
-        if processes == 1:
-            return values, 1
-        return cast(torch.Tensor, self.accelerator.reduce(values, reduction="sum")), processes
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Save the fitted (active) adapter only, in ``output_dir`` itself; never the VLM.
