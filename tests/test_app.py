@@ -112,7 +112,7 @@ def test_arguments_refuse_what_cannot_run(kwargs, message) -> None:
 def test_demo_directory_keeps_photos_exact_and_names_what_is_missing(tmp_path) -> None:
     directory = DemoDirectory(tmp_path)
     assert directory.examples() == [] and directory.metrics() is None
-    with pytest.raises(FileNotFoundError, match="stage1.*adapter.*hf-cagul demo"):
+    with pytest.raises(FileNotFoundError, match=r"stage1.*adapter.*hf-cagul demo"):
         directory.check()
     photos = [image(5), image(6)]
     paths = directory.save_examples(photos, ["a ?", "b ?"])
@@ -206,7 +206,9 @@ def test_space_entry_point_builds_from_environment(demo, monkeypatch) -> None:
     page = namespace["demo"]
     assert isinstance(page, gr.Blocks)
     markdown = [
-        block.value for block in page.blocks.values() if getattr(block, "elem_id", None) == "details"
+        block.value
+        for block in page.blocks.values()
+        if getattr(block, "elem_id", None) == "details"
     ]
     # The card's metrics show: the adapter the environment names is the one loaded.
     assert len(markdown) == 1 and "| forget keyword accuracy | 0.125 |" in markdown[0]

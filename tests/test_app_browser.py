@@ -35,7 +35,9 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 def browser(tmp_path):
-    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install 'hf_cagul[dev]'")
+    webdriver = pytest.importorskip(
+        "selenium.webdriver", reason="selenium is not installed: pip install 'hf_cagul[dev]'"
+    )
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
@@ -51,7 +53,7 @@ def browser(tmp_path):
 
 
 def test_page_shows_what_the_library_computes(tmp_path, browser) -> None:
-    pytest.importorskip("gradio", reason="pip install 'hf_cagul[app]'")
+    pytest.importorskip("gradio", reason="Gradio is not installed: pip install 'hf_cagul[app]'")
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
     from test_app import free_port

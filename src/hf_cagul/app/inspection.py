@@ -194,7 +194,9 @@ def robustness_markdown(robustness: Mapping[str, Mapping[str, Any]]) -> str:
         verdict = (
             None
             if base is None or adapted is None
-            else "forgets" if adapted < base else "does not forget"
+            else "forgets"
+            if adapted < base
+            else "does not forget"
         )
         rows.append([probe, *(values.get(metric) for metric in metrics), verdict])
     return markdown_table(["probe", *metrics, "verdict"], rows)
@@ -224,7 +226,12 @@ def details_markdown(
     """
     lines = []
     for name, details in adapter_details(model).items():
-        lines += [f"## Adapter `{name}`", "", markdown_table(["setting", "value"], [*map(list, details.items())]), ""]
+        lines += [
+            f"## Adapter `{name}`",
+            "",
+            markdown_table(["setting", "value"], [*map(list, details.items())]),
+            "",
+        ]
     lines += ["## Fit summary", ""]
     fit = dict((metrics or {}).get("discriminator") or {})
     seconds = ((metrics or {}).get("timings") or {}).get("CAGUL fit")

@@ -91,9 +91,7 @@ def build_app(
         with gr.Tab("Inspect"):
             with gr.Row():
                 with gr.Column():
-                    photo = gr.Image(
-                        type="pil", label="Photo", sources=["upload"], elem_id="photo"
-                    )
+                    photo = gr.Image(type="pil", label="Photo", sources=["upload"], elem_id="photo")
                     question = gr.Textbox(label="Question", elem_id="question")
                     run = gr.Button("Ask both models", variant="primary", elem_id="inspect")
                     if examples:
