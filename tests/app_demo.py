@@ -24,6 +24,7 @@ CARD_METRICS = {"forget keyword accuracy": 0.125}
 ROBUSTNESS = {
     "blur on photo": {"base forget_keyword": 0.75, "cagul forget_keyword": 0.25},
     "text-only questions (no photo)": {"base forget_keyword": 0.5, "cagul forget_keyword": 0.5},
+    "paraphrased questions": {"base forget_keyword": 0.0, "cagul forget_keyword": 0.0},
 }
 FIT = {"auc": 0.875, "threshold": 0.5}
 

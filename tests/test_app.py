@@ -174,6 +174,7 @@ def test_robustness_verdicts_compare_the_adapter_with_the_base(demo) -> None:
     table = robustness_markdown(demo.metrics()["robustness"])
     assert "| blur on photo | 0.750 | 0.250 | forgets |" in table
     assert "| text-only questions (no photo) | 0.500 | 0.500 | does not forget |" in table
+    assert "| paraphrased questions | 0.000 | 0.000 | nothing to forget |" in table
 
 
 @requires_gradio

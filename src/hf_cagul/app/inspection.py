@@ -184,22 +184,24 @@ def gate_markdown(inspection: Inspection) -> str:
 
 def robustness_markdown(robustness: Mapping[str, Mapping[str, Any]]) -> str:
     """A demo's ``robustness`` section (probe -> model metric -> value) as a table with a
-    verdict per probe: whether the adapted model leaks less than the base model under it.
-
-    """
+    verdict per probe: ``forgets`` when the adapted model leaks less than the base model
+    under it (forget keyword accuracy), ``does not forget`` when it leaks as much or more,
+    ``nothing to forget`` when the base model does not leak either."""
     metrics = list(dict.fromkeys(key for values in robustness.values() for key in values))
     rows = []
     for probe, values in robustness.items():
-        base, adapted = values.get("base forget_keyword"), values.get("cagul forget_keyword")
-        verdict = (
-            None
-            if base is None or adapted is None
-            else "forgets"
-            if adapted < base
-            else "does not forget"
-        )
-        rows.append([probe, *(values.get(metric) for metric in metrics), verdict])
+        rows.append([probe, *(values.get(metric) for metric in metrics), _verdict(values)])
     return markdown_table(["probe", *metrics, "verdict"], rows)
+
+
+def _verdict(values: Mapping[str, Any]) -> str | None:
+    """One probe's verdict (see `robustness_markdown`); ``None`` without both models."""
+    base, adapted = values.get("base forget_keyword"), values.get("cagul forget_keyword")
+    if base is None or adapted is None:
+        return None
+    if adapted < base:
+        return "forgets"
+    return "nothing to forget" if base == 0 else "does not forget"
 
 
 def adapter_details(model: CagulModel) -> dict[str, dict[str, Any]]:
