@@ -242,7 +242,7 @@ def details_markdown(
     lines.append(
         markdown_table(["metric", "value"], [*map(list, fit.items())])
         if fit
-        else "No fit summary: the app was not given a demo directory with a `metrics.json`."
+        else "No fit summary: no demo run's `metrics.json` with a `discriminator` section."
     )
     lines += ["", "## Model card metrics", ""]
     evaluation = _card_section(card or "", "## Evaluation")
