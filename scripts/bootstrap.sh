@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install hf_cagul with its dev and docs tools, once. Safe to re-run.
+# Create .venv and install hf_cagul with its dev and docs tools and the app's Gradio, once.
+# Safe to re-run.
 #
 # torch goes in first and only if it is missing: the pinned CPU wheel (TORCH_SPEC) is taken
 # from the local wheel cache where one exists; a later unpinned dependency would otherwise pull
@@ -26,5 +27,5 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     echo "Installing $TORCH_SPEC (CPU wheel where available)"
     .venv/bin/python -m pip install --quiet "$TORCH_SPEC"
 fi
-.venv/bin/python -m pip install --quiet -e ".[dev,docs]"
+.venv/bin/python -m pip install --quiet -e ".[dev,docs,app]"
 touch "$stamp"

@@ -30,6 +30,8 @@ from hf_cagul.config import CONFIG_NAME, WEIGHTS_NAME, CagulConfig
 from hf_cagul.version import __version__
 
 CARD_NAME = "README.md"
+APP_GUIDE_URL = "https://github.com/hf-cagul/hf_cagul/blob/main/docs/app.md"
+"""The guide to the adapter inspector that model cards link to."""
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
@@ -164,6 +166,16 @@ from hf_cagul import CagulModel
 vlm = AutoModelForImageTextToText.from_pretrained("{base}")
 processor = AutoProcessor.from_pretrained("{base}")
 model = CagulModel.from_pretrained(vlm, "{name}")
+```
+
+## Try it in your browser
+
+See it at work on a photo, the base model's answer next to the adapted one's, with the
+`hf_cagul` inspector ([how to, and how to make it a Space]({APP_GUIDE_URL})):
+
+```bash
+pip install "hf_cagul[app]"
+hf-cagul app --model {base} --adapter {name}
 ```
 
 ## Configuration

@@ -174,7 +174,7 @@ def write_report(
             ``heatmap`` is invalid (see `AttentionHeatmap.score_grid`); nothing is written.
     """
     results = _results(metrics)
-    attention = _heatmap_figure(heatmap, *heatmap.score_grid()) if heatmap is not None else None
+    attention = attention_figure(heatmap) if heatmap is not None else None
     directory = Path(output_dir)
     directory.mkdir(parents=True, exist_ok=True)
 
@@ -516,6 +516,16 @@ def _leakage_figure(results: Mapping[str, Mapping[str, Any]], ablation: Any) -> 
     axes.grid(True, alpha=0.3)
     figure.legend(loc="outside right upper", fontsize=8, markerscale=0.6, labelspacing=0.9)
     return figure
+
+
+def attention_figure(heatmap: AttentionHeatmap) -> Figure:
+    """The figure of ``attention_heatmap.png``: the photo and the attention scores on the token
+    grid side by side, the rewritten tokens boxed in red (drawn on the Agg canvas, no `pyplot`).
+
+    Raises:
+        ValueError: if ``heatmap`` is invalid (see `AttentionHeatmap.score_grid`).
+    """
+    return _heatmap_figure(heatmap, *heatmap.score_grid())
 
 
 def _heatmap_figure(heatmap: AttentionHeatmap, grid: np.ndarray, selected: np.ndarray) -> Figure:
