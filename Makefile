@@ -18,8 +18,8 @@ test: setup
 	$(PY) -m pytest -q tests
 
 lint: setup
-	$(PY) -m ruff check src tests bench examples scripts
-	$(PY) -m ruff format --check src tests bench examples scripts
+	$(PY) -m ruff check src tests bench examples scripts app.py
+	$(PY) -m ruff format --check src tests bench examples scripts app.py
 
 typecheck: setup
 	$(PY) -m mypy

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_cagul import persistence
+from hf_cagul.app.arguments import AppArguments
 from hf_cagul.compare import BaselineSettings, CagulFitSettings, FitSettings
 from hf_cagul.config import CagulConfig
 from hf_cagul.data.benchmarks import BENCHMARK_NAMES
@@ -138,12 +139,33 @@ class EvaluateArguments:
 
 @dataclass
 class PresetArguments:
-    """``--quick`` of ``demo`` and ``compare``."""
+    """``--quick`` and ``--verbose`` of ``demo`` and ``compare``."""
 
     quick: bool = field(
         default=False,
         metadata={"help": "The smoke-test preset (DemoConfig.quick): fewer people and steps."},
     )
+    verbose: bool = field(
+        default=False,
+        metadata={
+            "help": "Also show the progress bars and warnings of transformers, datasets and "
+            "DeepSpeed (by default the run prints only its own)."
+        },
+    )
+
+
+def _quiet_libraries() -> None:
+    """Silence the libraries' own progress bars and start-up warnings for a CPU run."""
+    import os
+
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    # DeepSpeed (installed with the dev extra) warns at import that it found no GPU and falls
+    # back to the CPU; the demo fits on the CPU by design, so say so before it looks.
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 @dataclass
@@ -216,11 +238,10 @@ def _demo_config(args: argparse.Namespace) -> DemoConfig:
 
 def _demo(args: argparse.Namespace) -> int:
     """Run the embedded benchmark end to end and write the report (``compare``: with baselines)."""
-    from transformers.utils import logging as transformers_logging
-
     from hf_cagul.demo import print_summary, run_demo
 
-    transformers_logging.set_verbosity_error()  # the demo's own progress bars say enough
+    if not args.verbose:
+        _quiet_libraries()
     config = _demo_config(args)
     requests = getattr(args, "requests", 1)  # `compare` has no --requests
     if requests < 1:
@@ -350,6 +371,14 @@ def resolve_device(device: str) -> str:
     if device != "auto":
         return device
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _app(args: argparse.Namespace) -> int:
+    """Serve the adapter inspector (``hf_cagul.app``; needs ``pip install 'hf_cagul[app]'``)."""
+    from hf_cagul.app import AppArguments, run_app
+
+    run_app(build(args, AppArguments))
+    return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -534,6 +563,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=argparse.SUPPRESS,
         help="Alias of --per-device-train-batch-size.",
+    )
+
+    _command(
+        commands,
+        "app",
+        [AppArguments],
+        "serve the adapter inspector: a web page that shows the adapter at work on a photo "
+        "(--demo-dir cagul-demo, or --model and --adapter)",
+        handler=_app,
     )
 
     push = commands.add_parser("push", help="upload a saved adapter directory to the Hub")

@@ -20,12 +20,13 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from datasets import Dataset, DatasetDict
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, Trainer
+from transformers.trainer_callback import ProgressCallback
 
 from hf_cagul.baselines import (
     BASELINES,
@@ -69,6 +70,24 @@ def run_arguments(output_dir: str, seed: int, use_cpu: bool) -> dict[str, Any]:
         "seed": seed,
         "disable_tqdm": False,
     }
+
+
+_TrainerT = TypeVar("_TrainerT", bound=Trainer)
+
+
+class _BarOnly(ProgressCallback):
+    """Trainer's progress bar without the metrics dict it prints when a fit ends."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        """Print nothing: the run reports its own figures."""
+
+
+def with_bar_only(trainer: _TrainerT) -> _TrainerT:
+    """``trainer`` with a progress bar that prints no logs, for fits run inside a larger run
+    (the demo, a comparison), whose own summary says what the fit gave."""
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(_BarOnly())
+    return trainer
 
 
 @dataclass
@@ -192,12 +211,13 @@ def train_cagul_adapter(
     Other adapters the model holds are left as they are (one adapter per forget request).
     """
     with tempfile.TemporaryDirectory() as output_dir:
-        CagulTrainer(
+        trainer = CagulTrainer(
             model=model,
             args=CagulTrainingConfig(**settings.training_arguments(output_dir)),
             train_dataset=train,
             processing_class=processor,
-        ).train()
+        )
+        with_bar_only(trainer).train()
     model.eval()
     return model
 
@@ -259,6 +279,7 @@ def _fit_baseline(
             processing_class=processor,
             ref_model=vlm if settings.full else None,
         )
+        with_bar_only(trainer)
         with measure() as record.measurement:
             trainer.train()
     trainable.eval()

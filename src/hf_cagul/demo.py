@@ -25,6 +25,7 @@ from datasets import Dataset, DatasetDict, concatenate_datasets
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
+from hf_cagul.app.demo_dir import DemoDirectory
 from hf_cagul.compare import (
     BaselineSettings,
     CagulFitSettings,
@@ -34,6 +35,7 @@ from hf_cagul.compare import (
     measured_cagul_fit,
     run_arguments,
     scalar_metrics,
+    with_bar_only,
     write_comparison,
 )
 from hf_cagul.config import CagulConfig
@@ -163,7 +165,7 @@ def teach(config: DemoConfig, dataset: Dataset, description: str) -> tuple[PreTr
     vlm, processor = tiny_vlm("llava", seed=config.seed, num_hidden_layers=4, hidden_size=128)
     vlm.train()
     with tempfile.TemporaryDirectory() as output_dir:
-        Trainer(
+        trainer = Trainer(
             model=vlm,
             args=TrainingArguments(
                 max_steps=config.stage1_steps,
@@ -177,7 +179,8 @@ def teach(config: DemoConfig, dataset: Dataset, description: str) -> tuple[PreTr
             ),
             train_dataset=dataset,
             data_collator=_supervised_collator(processor, config.seed),
-        ).train()
+        )
+        with_bar_only(trainer).train()
     return vlm.eval(), processor
 
 
@@ -208,6 +211,27 @@ def cagul_fit_settings(
         use_cpu=True,
         adapter=adapter,
     )
+
+
+APP_EXAMPLES = 4
+"""Held-out photos of each kind (forget, retain) the demo keeps for ``hf-cagul app``."""
+
+
+def save_for_the_app(
+    config: DemoConfig, model: CagulModel, processor: Any, splits: DatasetDict
+) -> DemoDirectory:
+    """Write what ``hf-cagul app --demo-dir`` shows: the stage-1 VLM and its processor, the
+    adapter, and a few held-out photos (metrics.json is written with the report)."""
+    directory = DemoDirectory(Path(config.output_dir))
+    model.base_model.save_pretrained(directory.stage1)
+    processor.save_pretrained(directory.stage1)
+    model.save_pretrained(directory.adapter)
+    per_photo = [one_row_per_photo(splits[name]) for name in ("forget_heldout", "retain_heldout")]
+    photos = concatenate_datasets(
+        [rows.select(range(min(APP_EXAMPLES, len(rows)))) for rows in per_photo]
+    )
+    directory.save_examples(photos["image"], photos["question"])
+    return directory
 
 
 def one_row_per_photo(dataset: Dataset) -> Dataset:
@@ -338,7 +362,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         "robustness": probes,
     }
     heatmap = attention_heatmap(model, processor, rows_of_kind(splits["forget"], "private", 1))
-    model.save_pretrained(Path(config.output_dir) / "adapter")
+    save_for_the_app(config, model, processor, splits)
     bare = model.unload()
     if config.ablation:
         clock = time.perf_counter()
