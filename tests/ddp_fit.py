@@ -59,6 +59,7 @@ def fit(
     rows_per_split: int = 6,
     deepspeed_vlm: Path | None = None,
     method: str = CAGUL,
+    find_unused_parameters: bool = False,
 ) -> None:
     """Fit the adapter of a tiny LLaVA for ``steps`` steps and save it to ``output_dir``.
 
@@ -67,6 +68,7 @@ def fit(
     ``deepspeed_vlm``: launched with a DeepSpeed ZeRO-3 config; that saved copy of the tiny
     LLaVA is loaded after the training config, so ``from_pretrained`` partitions it.
     ``method``: `CAGUL`, or a baseline fitting LoRA adapters (rank 4) on the language model.
+    ``find_unused_parameters``: CAGUL under DDP's unused-parameter search.
     """
     vlm, processor = tiny_vlm("llava")  # before the config: never under ZeRO-3's init
     if method != CAGUL:
@@ -94,6 +96,7 @@ def fit(
         output_dir,
         max_steps=steps,
         per_device_train_batch_size=per_device_batch,
+        ddp_find_unused_parameters=find_unused_parameters,
         **placement,
     )
     if deepspeed_vlm is not None:
@@ -141,6 +144,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--deepspeed", type=Path, metavar="VLM_DIR", help="under ZeRO-3")
     parser.add_argument("--method", default=CAGUL, help="cagul, or a baseline (npo, kl...)")
+    parser.add_argument(
+        "--find-unused-parameters", action="store_true", help="ddp_find_unused_parameters=True"
+    )
     options = parser.parse_args()
     fit(
         options.output_dir,
@@ -148,6 +154,7 @@ def main() -> None:
         options.steps,
         deepspeed_vlm=options.deepspeed,
         method=options.method,
+        find_unused_parameters=options.find_unused_parameters,
     )
 
 

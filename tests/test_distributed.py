@@ -157,10 +157,15 @@ def test_fsdp2_sharded_vlm_gives_the_adapter_gradients_of_one_process(tmp_path: 
         torch.testing.assert_close(two[name], gradient, rtol=1e-5, atol=1e-7, msg=name)
 
 
-def test_find_unused_parameters_is_refused(tmp_path: Path) -> None:
+def test_ddp_unused_parameter_search_finds_the_gate_in_the_output(
+    tmp_path: Path, one_process_fit: Path
+) -> None:
+    """``ddp_find_unused_parameters=True`` walks the graph from the output: the gate's loss
+    reaches it through ``gate_logits``, so the fit is the one-process fit still."""
     assert training_args(tmp_path).ddp_find_unused_parameters is False
-    with pytest.raises(ValueError, match="Leave it False"):
-        training_args(tmp_path, ddp_find_unused_parameters=True)
+    arguments = ("--per-device-batch", "2", "--steps", "3", "--find-unused-parameters")
+    launch_two(TORCHRUN, "ddp_fit.py", str(tmp_path), *arguments)
+    assert_same_fit(tmp_path, one_process_fit, atol=2e-5)
 
 
 def test_data_parallel_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,9 +16,10 @@ class CagulTrainingConfig(ForgetRetainTrainingConfig):
     Defaults differ from `TrainingArguments` where adapters need it: a learning rate suited to
     small freshly initialised modules, ``remove_unused_columns=False`` (the collator needs the
     raw image and text columns), non-reentrant gradient checkpointing (the frozen VLM's
-    inputs carry no gradient of their own) and ``ddp_find_unused_parameters=False`` (see
-    ``docs/distributed.md``). The data options (``max_length``, ``balance_splits``,
-    ``augment_images``) come from `ForgetRetainTrainingConfig`.
+    inputs carry no gradient of their own) and ``ddp_find_unused_parameters=False`` (every
+    adapter parameter gets a gradient at every step; see ``docs/distributed.md``). The data
+    options (``max_length``, ``balance_splits``, ``augment_images``) come from
+    `ForgetRetainTrainingConfig`.
 
     Args:
         forget_weight: Weight of the cross-entropy toward the forget target on forget rows.
@@ -41,8 +42,9 @@ class CagulTrainingConfig(ForgetRetainTrainingConfig):
     ddp_find_unused_parameters: bool | None = field(
         default=False,
         metadata={
-            "help": "Keep False: the gate's loss reaches the discriminator through traces, not "
-            "through the model's output, which DDP's unused-parameter search walks."
+            "help": "False: every adapter parameter gets a gradient at every step, so DDP need "
+            "not search for unused ones (True works too: the gate's logits are part of the "
+            "model's output)."
         },
     )
 
@@ -50,11 +52,4 @@ class CagulTrainingConfig(ForgetRetainTrainingConfig):
         self.require_non_negative("forget_weight", "retain_weight", "discriminator_weight")
         if self.forget_weight == self.retain_weight == self.discriminator_weight == 0:
             raise ValueError("All three loss weights are 0: nothing would be trained.")
-        if self.ddp_find_unused_parameters:
-            raise ValueError(
-                "ddp_find_unused_parameters=True breaks CagulTrainer under DDP: the search starts "
-                "from the model's output, which the discriminator's loss does not go through, so "
-                "DDP would reduce its gradients twice. Leave it False (every adapter parameter "
-                "gets a gradient at every step)."
-            )
         super().__post_init__()
