@@ -168,6 +168,23 @@ def test_gate_probabilities_need_images() -> None:
     text = processor.tokenizer(["who is it ?"], return_tensors="pt")
     with pytest.raises(ValueError, match="needs inputs with images"):
         model.gate_probabilities(**text)
+    with pytest.raises(ValueError, match="needs inputs with images"):
+        model.gate_inputs(**text)
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_gate_inputs_are_what_the_gate_reads(family) -> None:
+    vlm, processor = tiny_vlm(family)
+    model = get_cagul_model(vlm, CagulConfig())
+    gate = model.active_adapter_module.discriminator
+    torch.nn.init.normal_(gate.head.weight)
+    inputs = standard_batch(processor, family)
+    features = model.gate_inputs(**inputs)
+    assert not features.tokens.requires_grad
+    assert features.num_images == len(model.gate_probabilities(**inputs).image_spans)
+    with torch.no_grad():
+        logits = gate(features)
+    assert torch.equal(logits, model.gate_probabilities(**inputs).logits[0])
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)

@@ -22,10 +22,8 @@ import copy
 import inspect
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -37,8 +35,10 @@ from hf_cagul.adapters import NamedAdapters, SavedAdapter, bind_config, check_ad
 from hf_cagul.attention import scoring_implementation
 from hf_cagul.config import CagulConfig
 from hf_cagul.families import VisualStates, detect_family
+from hf_cagul.gates import GateInputs
 from hf_cagul.modules import CagulAdapter
 from hf_cagul.outputs import GateScores, ImageTrace, with_gate_outputs
+from hf_cagul.switches import PerModel
 
 __all__ = ["CagulModel", "GateScores", "ImageTrace", "get_cagul_model"]
 
@@ -47,39 +47,13 @@ _CACHE_ARGUMENTS = ("cache", "past_key_values")
 # visual tokens; the VLM raises it before CAGUL's language-model hook runs.
 _VLM_MISMATCH = "image features and image tokens do not match"
 
-_T = TypeVar("_T")
-
-
-class _PerModel(Generic[_T]):
-    """A module-level context variable holding one value per `CagulModel` (by identity)."""
-
-    def __init__(self, name: str, default: _T) -> None:
-        self._var: ContextVar[Mapping[int, _T]] = ContextVar(name, default=MappingProxyType({}))
-        self._default = default
-
-    def get(self, owner: object) -> _T:
-        return self._var.get().get(id(owner), self._default)
-
-    def put(self, owner: object, value: _T) -> None:
-        values = self._var.get()
-        if values.get(id(owner), self._default) is not value:  # decode steps put None on None
-            self._var.set(MappingProxyType({**values, id(owner): value}))
-
-    @contextmanager
-    def scoped(self, owner: object, value: _T) -> Iterator[_T]:
-        token = self._var.set(MappingProxyType({**self._var.get(), id(owner): value}))
-        try:
-            yield value
-        finally:
-            self._var.reset(token)
-
 
 class _GateScored(Exception):
     """Stops a `CagulModel.gate_probabilities` call once the gates have scored the images."""
 
-    def __init__(self, scores: GateScores) -> None:
+    def __init__(self, decision: method.GateDecision, tokens: method.VisualTokens) -> None:
         super().__init__("gate scored")
-        self.scores = scores
+        self.decision, self.tokens = decision, tokens
 
 
 @dataclass
@@ -90,14 +64,14 @@ class _CallState:
     selection_scores: torch.Tensor | None
 
 
-_CALL: _PerModel[_CallState | None] = _PerModel("cagul_call", None)
-_IN_TRUNCATED_PASS: _PerModel[bool] = _PerModel("cagul_truncated", False)
-_DISABLED: _PerModel[bool] = _PerModel("cagul_disabled", False)
-_FORCED_GATE: _PerModel[bool | None] = _PerModel("cagul_gate", None)
+_CALL: PerModel[_CallState | None] = PerModel("cagul_call", None)
+_IN_TRUNCATED_PASS: PerModel[bool] = PerModel("cagul_truncated", False)
+_DISABLED: PerModel[bool] = PerModel("cagul_disabled", False)
+_FORCED_GATE: PerModel[bool | None] = PerModel("cagul_gate", None)
 # What `forward` passes to the hooks: query mask, selection scores, and where gate outputs go.
-_FORWARD: _PerModel[dict[str, Any] | None] = _PerModel("cagul_forward", None)
-_TRACES: _PerModel[list[ImageTrace] | None] = _PerModel("cagul_trace", None)
-_GATE_ONLY: _PerModel[bool] = _PerModel("cagul_gate_only", False)
+_FORWARD: PerModel[dict[str, Any] | None] = PerModel("cagul_forward", None)
+_TRACES: PerModel[list[ImageTrace] | None] = PerModel("cagul_trace", None)
+_GATE_ONLY: PerModel[bool] = PerModel("cagul_gate_only", False)
 
 
 @contextmanager
@@ -232,13 +206,32 @@ class CagulModel(NamedAdapters):
         Raises:
             ValueError: If the inputs carry no image.
         """
+        decision, tokens = self._gate_pass(inputs)
+        names = list(self._active_adapters)
+        return GateScores(names, decision.logits, decision.probabilities, tokens.spans)
+
+    @torch.no_grad()
+    def gate_inputs(self, **inputs: Any) -> GateInputs:
+        """What the active adapter's gate reads about the images of ``inputs`` (detached), as
+        the frozen model computes it: the features to cache for fitting the gate apart.
+
+        Raises:
+            ValueError: If the inputs carry no image, or several adapters are active.
+        """
+        adapter = self.active_adapter_module
+        return self._gate_pass(inputs)[1].gate_inputs(adapter)
+
+    def _gate_pass(
+        self, inputs: Mapping[str, Any]
+    ) -> tuple[method.GateDecision, method.VisualTokens]:
+        """Run the VLM on ``inputs`` until the gates have scored its images, then stop."""
         self._check_loaded()
         try:
             with _GATE_ONLY.scoped(self, True), _explain_placeholder_mismatch():
                 self.base_model(**inputs)
         except _GateScored as scored:
-            return scored.scores
-        raise ValueError("gate_probabilities needs inputs with images (pixel values and tokens).")
+            return scored.decision, scored.tokens
+        raise ValueError("The gate needs inputs with images (pixel values and tokens).")
 
     @contextmanager
     def disable_adapter(self) -> Iterator[None]:
@@ -397,9 +390,7 @@ class CagulModel(NamedAdapters):
         thresholds = [config.gate_threshold for config in configs]
         decision = method.decide(tokens, adapters, thresholds, _FORCED_GATE.get(self))
         if _GATE_ONLY.get(self):
-            raise _GateScored(
-                GateScores(list(names), decision.logits, decision.probabilities, tokens.spans)
-            )
+            raise _GateScored(decision, tokens)
         passed = _FORWARD.get(self)
         if passed is not None:
             passed.update(logits=decision.logits, spans=tokens.spans)
