@@ -165,6 +165,19 @@ class NamedAdapters(nn.Module):
         """The configuration of the active adapter (exactly one must be active)."""
         return self.cagul_config[self.active_adapter]
 
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        """``(trainable parameters, all parameters)`` of the VLM plus adapters."""
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return trainable, sum(p.numel() for p in self.parameters())
+
+    def print_trainable_parameters(self) -> None:
+        """Print the trainable parameter count, as PEFT does."""
+        trainable, total = self.get_nb_trainable_parameters()
+        print(
+            f"trainable params: {trainable:,d} || all params: {total:,d} || "
+            f"trainable%: {100 * trainable / total:.4f}"
+        )
+
     # ------------------------------------------------------------------ the registry
 
     def add_adapter(self, adapter_name: str, config: CagulConfig) -> None:

@@ -53,7 +53,10 @@ class CagulConfig:
         token_ratio: Fraction of each flagged image's visual tokens that the encoder rewrites.
         num_tokens: A fixed number of tokens to rewrite per image; overrides ``token_ratio``.
         gate: Name of the gate design (a class registered in `hf_cagul.gates`):
-            ``"visual_tokens"`` is the paper's discriminator over the projected visual tokens.
+            ``"visual_tokens"`` is the paper's discriminator over the projected visual tokens,
+            ``"language_state"`` reads the frozen language model's hidden state.
+        gate_layer: Decoder layer whose output a gate that reads the language model's state
+            reads (``None``: the last layer).
         encoder_hidden_size: Width of the token encoder's hidden layer.
         discriminator_hidden_size: Width of the discriminator's hidden layer.
         gate_threshold: Probability above which the discriminator flags an image.
@@ -123,6 +126,13 @@ class CagulConfig:
             "the paper's discriminator over the projected visual tokens."
         },
     )
+    gate_layer: int | None = field(
+        default=None,
+        metadata={
+            "help": "Decoder layer whose output the 'language_state' gate reads (None: the "
+            "last layer)."
+        },
+    )
     encoder_hidden_size: int = field(
         default=256, metadata={"help": "Hidden width of the token encoder."}
     )
@@ -163,17 +173,16 @@ class CagulConfig:
         for name in ("encoder_hidden_size", "discriminator_hidden_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be a positive integer.")
-        if self.attention_layer is not None and self.attention_layer < 0:
-            raise ValueError(f"attention_layer={self.attention_layer} must be >= 0 (or None).")
-        if (
-            self.attention_layer is not None
-            and self.num_hidden_layers is not None
-            and self.attention_layer >= self.num_hidden_layers
-        ):
-            raise ValueError(
-                f"attention_layer={self.attention_layer} does not exist: the language model has "
-                f"{self.num_hidden_layers} layers (valid: 0..{self.num_hidden_layers - 1})."
-            )
+        for name in ("attention_layer", "gate_layer"):
+            layer = getattr(self, name)
+            if layer is not None and layer < 0:
+                raise ValueError(f"{name}={layer} must be >= 0 (or None).")
+            depth = self.num_hidden_layers
+            if layer is not None and depth is not None and layer >= depth:
+                raise ValueError(
+                    f"{name}={layer} does not exist: the language model has {depth} layers "
+                    f"(valid: 0..{depth - 1})."
+                )
 
     @property
     def resolved_attention_layer(self) -> int:
@@ -183,6 +192,16 @@ class CagulConfig:
         if self.num_hidden_layers is None:
             raise ValueError("The config has not been bound to a model yet (num_hidden_layers).")
         return self.num_hidden_layers // 4
+
+    @property
+    def resolved_gate_layer(self) -> int:
+        """The layer a gate reading the language model's state reads, once the config knows
+        the model's depth."""
+        if self.gate_layer is not None:
+            return self.gate_layer
+        if self.num_hidden_layers is None:
+            raise ValueError("The config has not been bound to a model yet (num_hidden_layers).")
+        return self.num_hidden_layers - 1
 
     def num_selected(self, num_visual_tokens: int) -> int:
         """How many of an image's ``num_visual_tokens`` tokens are rewritten."""

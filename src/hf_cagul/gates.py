@@ -32,13 +32,21 @@ from hf_cagul.config import DEFAULT_GATE, CagulConfig
 
 __all__ = [
     "GATES",
+    "LANGUAGE_STATE",
+    "VISUAL_TOKENS",
     "ForgetDiscriminator",
     "Gate",
     "GateInputs",
+    "LanguageStateGate",
     "gate_class",
     "register_gate",
     "segment_mean",
 ]
+
+VISUAL_TOKENS = "visual_tokens"
+"""`Gate.reads` of a gate that reads only the projected visual tokens."""
+LANGUAGE_STATE = "language_state"
+"""`Gate.reads` of a gate that also reads the frozen language model's hidden state."""
 
 
 def segment_mean(values: torch.Tensor, segment: torch.Tensor, num_segments: int) -> torch.Tensor:
@@ -60,11 +68,15 @@ class GateInputs:
             them (after the projector), in the dtype and on the device of the gate.
         image_index: ``(T,)`` long tensor: the image (``0..num_images-1``) of each token.
         num_images: Number of images in the call.
+        language_state: ``(num_images, hidden)``, for gates that read it (`LANGUAGE_STATE`):
+            the frozen language model's hidden state after `CagulConfig.gate_layer` at the last
+            prompt token of each image's sample, read during the real forward; else None.
     """
 
     tokens: torch.Tensor
     image_index: torch.Tensor
     num_images: int
+    language_state: torch.Tensor | None = None
 
 
 class Gate(nn.Module):
@@ -73,10 +85,13 @@ class Gate(nn.Module):
 
     Subclasses set `name`, build themselves from a bound `CagulConfig` (its ``hidden_size`` is
     the language model's) and implement `forward`. A fresh gate should start closed (every
-    probability below 0.5), so that a fresh adapter changes nothing.
+    probability below 0.5), so that a fresh adapter changes nothing. A gate whose `reads` is
+    `LANGUAGE_STATE` gets ``GateInputs.language_state`` too: the model then reads it during the
+    real forward and restarts that forward only when an image is flagged.
     """
 
     name: ClassVar[str] = ""
+    reads: ClassVar[str] = VISUAL_TOKENS
 
     def forward(self, inputs: GateInputs) -> torch.Tensor:
         """Logits of shape ``(inputs.num_images,)``."""
@@ -164,3 +179,42 @@ class ForgetDiscriminator(Gate):
         peak = peak.scatter_reduce(0, index, features, reduce="amax")
         mean = segment_mean(features, inputs.image_index, inputs.num_images)
         return self.head(torch.cat([mean, peak], dim=-1)).squeeze(-1)
+
+
+@register_gate
+class LanguageStateGate(Gate):
+    """A gate that reads the model's own recognition: the frozen language model's hidden state
+    after `CagulConfig.gate_layer` at the last prompt token of the image's sample.
+
+    Leaks come from what the model recognises; the deeper the state, the better it predicts
+    them. A layer-normalised MLP with one hidden layer of ``discriminator_hidden_size``.
+
+    Args:
+        hidden_size: Width of the language model's hidden state.
+        inner_size: Width of the hidden layer.
+    """
+
+    name = LANGUAGE_STATE
+    reads = LANGUAGE_STATE
+
+    def __init__(self, hidden_size: int, inner_size: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden_size)
+        self.mlp = nn.Sequential(nn.Linear(hidden_size, inner_size), nn.GELU())
+        self.head = nn.Linear(inner_size, 1)
+        nn.init.zeros_(self.head.weight)  # closed at start, as every gate
+        nn.init.constant_(self.head.bias, -4.0)
+
+    @classmethod
+    def from_config(cls, config: CagulConfig) -> LanguageStateGate:
+        """A gate of width ``config.discriminator_hidden_size``."""
+        return cls(config.hidden_size or 0, config.discriminator_hidden_size)
+
+    def forward(self, inputs: GateInputs) -> torch.Tensor:
+        """Logits of shape ``(num_images,)`` from each image's language state."""
+        if inputs.language_state is None:
+            raise ValueError(
+                "LanguageStateGate reads GateInputs.language_state, which this call lacks: "
+                "build the inputs with CagulModel.gate_inputs, which reads it."
+            )
+        return self.head(self.mlp(self.norm(inputs.language_state))).squeeze(-1)

@@ -32,6 +32,7 @@ __all__ = [
     "VisualTokens",
     "attention_scores",
     "decide",
+    "default_query_mask",
     "last_query_token",
     "query_weights",
     "rewrite",
@@ -52,6 +53,8 @@ class VisualTokens:
         samples: ``(T,)`` the batch row of each gathered token.
         positions: ``(T,)`` the position of each gathered token along ``n``.
         tokens: ``(T, hidden)`` the gathered tokens, ``states[samples, positions]``.
+        language_state: ``(num_images, hidden)`` language-model state of each image's sample
+            (`read_language_state`), once read; for gates that read it.
     """
 
     states: torch.Tensor
@@ -60,6 +63,7 @@ class VisualTokens:
     samples: torch.Tensor
     positions: torch.Tensor
     tokens: torch.Tensor
+    language_state: torch.Tensor | None = None
 
     @classmethod
     def gather(cls, states: torch.Tensor, spans: torch.Tensor) -> VisualTokens:
@@ -83,7 +87,15 @@ class VisualTokens:
     def gate_inputs(self, adapter: CagulAdapter) -> GateInputs:
         """What ``adapter``'s gate reads, on its device and in its dtype."""
         tokens = _as_input(adapter, self.tokens)
-        return GateInputs(tokens, self.image_index.to(tokens.device), self.num_images)
+        state = None if self.language_state is None else _as_input(adapter, self.language_state)
+        return GateInputs(tokens, self.image_index.to(tokens.device), self.num_images, state)
+
+    def read_language_state(self, hidden: torch.Tensor, query_mask: torch.Tensor) -> None:
+        """Keep the state ``hidden`` ``(batch, seq, hidden)`` of a decoder layer at the last
+        prompt token (``query_mask``) of each image's sample, detached."""
+        last = last_query_token(query_mask.to(hidden.device)).long().argmax(dim=1)
+        samples = self.spans[:, 0].to(hidden.device)
+        self.language_state = hidden[samples, last[samples]].detach()
 
 
 def _as_input(adapter: CagulAdapter, tensor: torch.Tensor) -> torch.Tensor:
@@ -148,6 +160,24 @@ def last_query_token(mask: torch.Tensor) -> torch.Tensor:
     rows = torch.nonzero(last >= 0).squeeze(-1)
     only_last[rows, last[rows]] = True
     return only_last
+
+
+def default_query_mask(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``(batch, seq)`` bool: the tokens of a call that may ask (before image tokens are
+    removed): every attended token that is not an answer token (``labels == -100`` elsewhere).
+    """
+    mask = torch.ones_like(input_ids, dtype=torch.bool)
+    if attention_mask is not None and attention_mask.dim() == 2:
+        # Continuing from a cache, the mask also covers the cached tokens: keep the columns of
+        # this call's tokens.
+        mask &= attention_mask[:, -input_ids.shape[1] :].bool().to(mask.device)
+    if labels is not None and labels.shape == input_ids.shape:
+        mask &= labels == -100
+    return mask
 
 
 def query_weights(

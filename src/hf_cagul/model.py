@@ -18,9 +18,8 @@ other's state, and two wrapped models never see each other's.
 
 from __future__ import annotations
 
-import copy
 import inspect
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
@@ -35,14 +34,14 @@ from hf_cagul.adapters import NamedAdapters, SavedAdapter, bind_config, check_ad
 from hf_cagul.attention import scoring_implementation
 from hf_cagul.config import CagulConfig
 from hf_cagul.families import VisualStates, detect_family
-from hf_cagul.gates import GateInputs
+from hf_cagul.gates import LANGUAGE_STATE, GateInputs
+from hf_cagul.inflight import Restart, allow_restarts, cache_of, side_pass
 from hf_cagul.modules import CagulAdapter
-from hf_cagul.outputs import GateScores, ImageTrace, with_gate_outputs
+from hf_cagul.outputs import GateScores, ImageTrace, image_traces, with_gate_outputs
 from hf_cagul.switches import PerModel
 
 __all__ = ["CagulModel", "GateScores", "ImageTrace", "get_cagul_model"]
 
-_CACHE_ARGUMENTS = ("cache", "past_key_values")
 # transformers' own check that input_ids hold as many image tokens as the vision tower gave
 # visual tokens; the VLM raises it before CAGUL's language-model hook runs.
 _VLM_MISMATCH = "image features and image tokens do not match"
@@ -72,6 +71,7 @@ _FORCED_GATE: PerModel[bool | None] = PerModel("cagul_gate", None)
 _FORWARD: PerModel[dict[str, Any] | None] = PerModel("cagul_forward", None)
 _TRACES: PerModel[list[ImageTrace] | None] = PerModel("cagul_trace", None)
 _GATE_ONLY: PerModel[bool] = PerModel("cagul_gate_only", False)
+_ARMED: PerModel[bool] = PerModel("cagul_armed", False)
 
 
 @contextmanager
@@ -133,6 +133,7 @@ class CagulModel(NamedAdapters):
         self.cagul_config = {}
         self.cagul_adapters = nn.ModuleDict()
         self._active_adapters = [adapter_name]
+        self._remove_restarts: Callable[[], None] | None = None
         # Nothing is frozen or hooked before the adapter is built: a refused adapter leaves
         # the VLM as it was.
         self._install(adapter_name, bind_config(config, model, family), saved, is_trainable)
@@ -252,19 +253,6 @@ class CagulModel(NamedAdapters):
         with _TRACES.scoped(self, records):
             yield records
 
-    def get_nb_trainable_parameters(self) -> tuple[int, int]:
-        """``(trainable parameters, all parameters)`` of the VLM plus adapters."""
-        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        return trainable, sum(p.numel() for p in self.parameters())
-
-    def print_trainable_parameters(self) -> None:
-        """Print the trainable parameter count, as PEFT does."""
-        trainable, total = self.get_nb_trainable_parameters()
-        print(
-            f"trainable params: {trainable:,d} || all params: {total:,d} || "
-            f"trainable%: {100 * trainable / total:.4f}"
-        )
-
     def unload(self) -> PreTrainedModel:
         """Remove every hook, restore the attention implementation and return the bare VLM.
 
@@ -274,6 +262,8 @@ class CagulModel(NamedAdapters):
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        if self._remove_restarts is not None:
+            self._remove_restarts()
         self.base_model.set_attn_implementation({"text_config": self._original_attention})
         self._unloaded = True
         return self.base_model
@@ -295,20 +285,12 @@ class CagulModel(NamedAdapters):
     def _check_layer(self, config: CagulConfig) -> None:
         self._scoring_layer(config)
 
-    def _query_tokens(
-        self, bound: Mapping[str, Any], input_ids: torch.Tensor, mask: torch.Tensor | None
-    ) -> torch.Tensor:
-        if mask is None:
-            attention_mask = bound.get("attention_mask")
-            mask = torch.ones_like(input_ids, dtype=torch.bool)
-            if attention_mask is not None and attention_mask.dim() == 2:
-                # Continuing from a cache, the mask also covers the cached tokens: keep the
-                # columns of this call's tokens.
-                mask &= attention_mask[:, -input_ids.shape[1] :].bool().to(mask.device)
-            labels = bound.get("labels")
-            if labels is not None and labels.shape == input_ids.shape:
-                mask &= labels == -100
-        return mask.to(input_ids.device).bool() & (input_ids != self._image_token_id)
+    def _install(self, adapter_name: str, config: CagulConfig, *args: Any, **kwargs: Any) -> None:
+        super()._install(adapter_name, config, *args, **kwargs)
+        gate = cast(CagulAdapter, self.cagul_adapters[adapter_name]).discriminator
+        if gate.reads == LANGUAGE_STATE and self._remove_restarts is None:
+            # Looked up before the decoder's pre-hooks run: in place before any call.
+            self._remove_restarts = allow_restarts(self._decoder, self._armed)
 
     def _before_model(
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -329,7 +311,7 @@ class CagulModel(NamedAdapters):
                 )
             return
         runs = self.family.image_runs(input_ids, image_token_id)
-        cache = next((bound[n] for n in _CACHE_ARGUMENTS if bound.get(n) is not None), None)
+        cache = cache_of(bound)
         continuing = cache is not None and cache.get_seq_length() > 0
         if continuing and len(runs) == 0:
             return  # a decode step of generate: the images were handled at prefill
@@ -350,7 +332,12 @@ class CagulModel(NamedAdapters):
                 "with the model's processor, which expands each placeholder to the image's tokens."
             )
         passed = _FORWARD.get(self) or {}
-        query = self._query_tokens(bound, input_ids, passed.get("query_mask"))
+        query = passed.get("query_mask")
+        if query is None:
+            query = method.default_query_mask(
+                input_ids, bound.get("attention_mask"), bound.get("labels")
+            )
+        query = query.to(input_ids.device).bool() & (input_ids != self._image_token_id)
         _CALL.put(self, _CallState(input_ids, runs, query, passed.get("selection_scores")))
 
     def _after_model(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
@@ -382,11 +369,60 @@ class CagulModel(NamedAdapters):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> dict[str, Any] | None:
-        """The decoder's kwargs with the flagged images' selected tokens rewritten, or None."""
+        """The decoder's kwargs with the flagged images' selected tokens rewritten, or None.
+
+        When an active gate reads the language model's state, the decision waits for the
+        layer it reads, in flight (`hf_cagul.inflight`), and this returns None.
+        """
+        adapters = [cast(CagulAdapter, self.cagul_adapters[n]) for n in self._active_adapters]
+        tokens = method.VisualTokens.gather(visual.states, visual.spans)
+        layers = {
+            self.cagul_config[name].resolved_gate_layer
+            for name, adapter in zip(self._active_adapters, adapters, strict=True)
+            if adapter.discriminator.reads == LANGUAGE_STATE
+        }
+        if not layers:
+            return self._decide(visual, state, tokens, args, kwargs, lambda: side_pass(kwargs))
+        if len(layers) > 1:
+            raise ValueError(
+                f"The active adapters {self._active_adapters} read the language model's state "
+                f"at different layers {sorted(layers)}: activate adapters with one gate_layer."
+            )
+        layer = cast(nn.Module, self._decoder.layers[layers.pop()])
+        side = side_pass(kwargs)  # now: the pass below appends to the caller's cache
+
+        def read(module: nn.Module, inputs: Any, output: Any) -> None:
+            handle.remove()
+            hidden = output[0] if isinstance(output, tuple) else output
+            tokens.read_language_state(hidden, state.query_mask)
+            rewritten = self._decide(visual, state, tokens, args, kwargs, lambda: side)
+            if rewritten is not None:
+                raise Restart(rewritten)
+
+        handle = layer.register_forward_hook(read)
+        _ARMED.put(self, True)
+        return None
+
+    def _armed(self) -> bool:
+        """Whether the decoder call starting now reads the state in flight (once per call)."""
+        armed = _ARMED.get(self)
+        _ARMED.put(self, False)
+        return armed
+
+    def _decide(
+        self,
+        visual: VisualStates,
+        state: _CallState,
+        tokens: method.VisualTokens,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        side: Callable[[], dict[str, Any]],
+    ) -> dict[str, Any] | None:
+        """Gate, and rewrite the flagged images: the decoder's new kwargs, or None (``side``:
+        the kwargs of a side pass, `hf_cagul.inflight.side_pass`)."""
         names = self._active_adapters
         adapters = [cast(CagulAdapter, self.cagul_adapters[name]) for name in names]
         configs = [self.cagul_config[name] for name in names]
-        tokens = method.VisualTokens.gather(visual.states, visual.spans)
         thresholds = [config.gate_threshold for config in configs]
         decision = method.decide(tokens, adapters, thresholds, _FORCED_GATE.get(self))
         if _GATE_ONLY.get(self):
@@ -405,7 +441,7 @@ class CagulModel(NamedAdapters):
                 return state.selection_scores.to(visual.states.device)
             key = (self._scoring_layer(config), config.query_tokens)
             if key not in scores:
-                scores[key] = self._attention_scores(visual, state, config, args, kwargs)
+                scores[key] = self._attention_scores(visual, state, config, args, side())
             return scores[key]
 
         result = method.rewrite(tokens, decision, adapters, configs, scores_for)
@@ -422,23 +458,7 @@ class CagulModel(NamedAdapters):
         self, decision: method.GateDecision, tokens: method.VisualTokens, names: list[str]
     ) -> list[ImageTrace]:
         """The call's image records, kept when a `trace` block is open."""
-        records = [
-            ImageTrace(
-                sample=int(s),
-                start=int(b),
-                end=int(e),
-                logit=decision.logits[a, image].detach(),
-                probability=float(decision.probabilities[a, image]),
-                flagged=bool(decision.flagged[image]),
-                adapter=names[a],
-                probabilities=dict(
-                    zip(names, decision.probabilities[:, image].tolist(), strict=True)
-                ),
-            )
-            for image, ((s, b, e), a) in enumerate(
-                zip(tokens.spans.tolist(), decision.chosen.tolist(), strict=True)
-            )
-        ]
+        records = image_traces(decision, tokens.spans, names)
         traces = _TRACES.get(self)
         if traces is not None:
             traces.extend(records)
@@ -450,23 +470,14 @@ class CagulModel(NamedAdapters):
         state: _CallState,
         config: CagulConfig,
         args: tuple[Any, ...],
-        kwargs: dict[str, Any],
+        side: dict[str, Any],
     ) -> torch.Tensor:
         """Attention ``(batch, n)`` that each visual state receives from ``config``'s queries."""
         embeds = visual.states
         weights = method.query_weights(
             state.query_mask.to(embeds.device), config, visual.query_rows
         )
-        truncated = {
-            **self.family.with_visual_states(kwargs, visual, embeds.detach()),
-            "use_cache": False,
-        }
-        for name in _CACHE_ARGUMENTS:
-            cache = truncated.get(name)
-            if cache is not None:
-                # Continuing a cached conversation: the pass must see the past keys, but must
-                # not append to the caller's cache.
-                truncated[name] = copy.deepcopy(cache) if cache.get_seq_length() > 0 else None
+        truncated = self.family.with_visual_states(side, visual, embeds.detach())
 
         def run() -> None:
             with _IN_TRUNCATED_PASS.scoped(self, True):

@@ -15,7 +15,9 @@ from typing import Any
 import torch
 from transformers.utils import ModelOutput
 
-__all__ = ["GateScores", "ImageTrace", "with_gate_outputs"]
+from hf_cagul.method import GateDecision
+
+__all__ = ["GateScores", "ImageTrace", "image_traces", "with_gate_outputs"]
 
 
 @dataclass
@@ -91,3 +93,22 @@ def with_gate_outputs(output: Any, logits: torch.Tensor, spans: torch.Tensor) ->
             bases=(base,),
         )
     return _OUTPUT_CLASSES[base](**output, gate_logits=logits, image_spans=spans)
+
+
+def image_traces(decision: GateDecision, spans: torch.Tensor, names: list[str]) -> list[ImageTrace]:
+    """One `ImageTrace` per image of a call from the gates' ``decision`` (active ``names``)."""
+    return [
+        ImageTrace(
+            sample=int(s),
+            start=int(b),
+            end=int(e),
+            logit=decision.logits[a, image].detach(),
+            probability=float(decision.probabilities[a, image]),
+            flagged=bool(decision.flagged[image]),
+            adapter=names[a],
+            probabilities=dict(zip(names, decision.probabilities[:, image].tolist(), strict=True)),
+        )
+        for image, ((s, b, e), a) in enumerate(
+            zip(spans.tolist(), decision.chosen.tolist(), strict=True)
+        )
+    ]

@@ -1,0 +1,116 @@
+"""A gate that reads the frozen language model's state, in flight: both serving guarantees hold."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from vlm_inputs import snapshot, standard_batch, tiny_dataset
+
+from hf_cagul import CagulConfig, CagulTrainer, CagulTrainingConfig, get_cagul_model
+from hf_cagul.gates import LanguageStateGate
+from hf_cagul.tiny import TINY_FAMILIES, tiny_vlm
+
+families = pytest.mark.parametrize("family", TINY_FAMILIES)
+
+
+def pair(family: str, **config: object):
+    """The same VLM wrapped twice: a language-state gate and the paper's gate, one encoder."""
+    vlm, processor = tiny_vlm(family, num_hidden_layers=4)
+    torch.manual_seed(0)
+    state = get_cagul_model(vlm, CagulConfig(gate="language_state", **config))
+    with torch.no_grad():
+        for parameter in state.active_adapter_module.encoder.parameters():
+            parameter.normal_(std=0.2)
+    encoder = {k: v.clone() for k, v in state.active_adapter_module.encoder.state_dict().items()}
+    return processor, state, encoder
+
+
+@families
+def test_closed_state_gate_is_bit_identical_and_costs_no_second_pass(family) -> None:
+    vlm, processor = tiny_vlm(family, num_hidden_layers=4)
+    inputs = standard_batch(processor, family)
+    with torch.no_grad():
+        bare = vlm(**inputs).logits
+        bare_tokens = vlm.generate(**inputs, max_new_tokens=3, do_sample=False)
+    before = snapshot(vlm)
+    model = get_cagul_model(vlm, CagulConfig(gate="language_state"))
+    assert isinstance(model.active_adapter_module.discriminator, LanguageStateGate)
+    calls = []
+    first = model.family.decoder(vlm).layers[0]
+    handle = first.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        with torch.no_grad(), model.trace() as traces:
+            adapted = model(**inputs).logits
+    finally:
+        handle.remove()
+    assert torch.equal(adapted, bare)
+    assert calls == [1]  # the forward ran once: no truncated pass, no restart
+    assert traces and not any(t.flagged for t in traces)
+    with torch.no_grad():
+        assert torch.equal(model.generate(**inputs, max_new_tokens=3, do_sample=False), bare_tokens)
+    bare_again = model.unload()
+    assert all(torch.equal(before[k], v) for k, v in bare_again.state_dict().items())
+    assert "forward" not in vars(model.family.decoder(bare_again))  # the wrapper is gone
+
+
+@families
+def test_a_flagged_image_restarts_the_forward_with_the_rewrite(family) -> None:
+    processor, model, encoder = pair(family, token_ratio=0.25)
+    inputs = standard_batch(processor, family)
+    with torch.no_grad(), model.force_gate(True):
+        restarted = model(**inputs).logits
+        generated = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    paper = get_cagul_model(model.unload(), CagulConfig(token_ratio=0.25))
+    paper.active_adapter_module.encoder.load_state_dict(encoder)
+    with torch.no_grad(), paper.force_gate(True):
+        immediate = paper(**inputs).logits
+        expected = paper.generate(**inputs, max_new_tokens=3, do_sample=False)
+    with torch.no_grad(), paper.disable_adapter():
+        bare = paper(**inputs).logits
+    assert torch.equal(restarted, immediate)  # the same rewrite, reached by a restart
+    assert not torch.allclose(restarted, bare)
+    assert torch.equal(generated, expected)  # the aborted pass left nothing in the cache
+
+
+@families
+def test_the_gate_reads_the_state_after_its_layer_at_the_last_prompt_token(family) -> None:
+    vlm, processor = tiny_vlm(family, num_hidden_layers=4)
+    model = get_cagul_model(vlm, CagulConfig(gate="language_state", gate_layer=1))
+    inputs = standard_batch(processor, family)
+    features = model.gate_inputs(**inputs)
+    hidden: list[torch.Tensor] = []
+    layer = model.family.decoder(vlm).layers[1]
+    handle = layer.register_forward_hook(
+        lambda m, a, out: hidden.append(out[0] if isinstance(out, tuple) else out)
+    )
+    try:
+        with torch.no_grad(), model.disable_adapter(), model.trace() as traces:
+            vlm(**inputs)
+        with torch.no_grad(), model.trace() as traces:
+            model(**inputs)
+    finally:
+        handle.remove()
+    prompt = inputs["attention_mask"].bool() & (inputs["input_ids"] != model._image_token_id)
+    last = prompt.long().cumsum(1).argmax(1)
+    expected = torch.stack([hidden[0][t.sample, last[t.sample]] for t in traces])
+    assert torch.equal(features.language_state, expected)
+    assert features.language_state.shape == (len(traces), vlm.config.get_text_config().hidden_size)
+
+
+def test_the_trainer_fits_a_state_gate(tmp_path) -> None:
+    vlm, processor = tiny_vlm("llava", num_hidden_layers=4)
+    model = get_cagul_model(vlm, CagulConfig(gate="language_state"))
+    head = model.active_adapter_module.discriminator.head
+    before = head.weight.clone()
+    args = CagulTrainingConfig(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+    )
+    CagulTrainer(
+        model=model, args=args, train_dataset=tiny_dataset(), processing_class=processor
+    ).train()
+    assert not torch.equal(head.weight, before)
