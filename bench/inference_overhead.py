@@ -7,11 +7,12 @@ each. Prints ratios of CagulModel to the bare VLM:
 * ``generate`` of 16 new tokens with the gate closed (target <= 1.03x);
 * the prefill forward with the gate closed (target <= 1.03x);
 * the prefill forward with every image flagged (target <= 1 + (L + 1) / N_layers + 0.10, L the
-  attention layer: the truncated pass runs layers 0..L once more).
+  attention layer: the truncated pass runs layers 0..L once more; with ``--gate
+  language_state``, plus (G + 1) / N_layers for the pass aborted at the gate's layer G).
 
 Timings interleave the bare and adapted runs and report medians, so machine noise hits both.
 
-    python bench/inference_overhead.py [--repeats 15] [--batch 4] [--new-tokens 16]
+    python bench/inference_overhead.py [--repeats 15] [--batch 4] [--new-tokens 16] [--gate G]
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import torch
 from common import interleaved_ratio, prompt_batch, small_real_llava
 
 from hf_cagul import CagulConfig, get_cagul_model
+from hf_cagul.config import DEFAULT_GATE
+from hf_cagul.gates import GATES, LANGUAGE_STATE
 
 
 def main() -> None:
@@ -30,13 +33,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument(
+        "--gate", default=DEFAULT_GATE, choices=sorted(GATES), help="gate design (CagulConfig.gate)"
+    )
     args = parser.parse_args()
     torch.set_grad_enabled(False)
 
     inputs = prompt_batch(args.batch)
-    model = get_cagul_model(small_real_llava(), CagulConfig())
-    layer = model.active_config.resolved_attention_layer
-    depth = model.active_config.num_hidden_layers or 1
+    model = get_cagul_model(small_real_llava(), CagulConfig(gate=args.gate))
+    config = model.active_config
+    layer = config.resolved_attention_layer
+    depth = config.num_hidden_layers or 1
+    # A gate that reads the language model's state aborts its pass at the layer it reads.
+    aborted = (config.resolved_gate_layer + 1) / depth if args.gate == LANGUAGE_STATE else 0.0
     generation = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
     generation |= {"do_sample": False}
 
@@ -54,7 +63,7 @@ def main() -> None:
 
     print(
         f"small-real LLaVA, batch {args.batch}, 256 visual tokens/image, "
-        f"attention layer {layer} of {depth}, {torch.get_num_threads()} threads; "
+        f"attention layer {layer} of {depth}, gate {args.gate}, {torch.get_num_threads()} threads; "
         "baseline = bare VLM, candidate = CagulModel"
     )
     closed_generate = interleaved_ratio(
@@ -69,7 +78,7 @@ def main() -> None:
     open_ratio = interleaved_ratio(
         "prefill, every image flagged", bare_forward, open_forward, args.repeats
     )
-    open_target = 1 + (layer + 1) / depth + 0.10
+    open_target = 1 + aborted + (layer + 1) / depth + 0.10
     print()
     for label, ratio, target in (
         ("gate closed, generate", closed_generate, 1.03),
