@@ -298,8 +298,10 @@ class CagulModel(NamedAdapters):
         _CALL.put(self, None)
         if _DISABLED.get(self):
             return
-        bound = self._forward_signature.bind_partial(*args, **kwargs).arguments
-        bound.update(bound.pop("kwargs", {}))
+        bound = kwargs  # generate calls with keywords only: nothing to bind on a decode step
+        if args:
+            bound = self._forward_signature.bind_partial(*args, **kwargs).arguments
+            bound.update(bound.pop("kwargs", {}))
         input_ids = bound.get("input_ids")
         num_images = self.family.count_images(bound)
         image_token_id = self._image_token_id
