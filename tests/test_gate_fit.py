@@ -43,7 +43,7 @@ def people_dataset(forget_photos: int = 4, retain_people: int = 4, photos: int =
     )
 
 
-def make_trainer(tmp_path, dataset=None, **overrides):
+def make_trainer(tmp_path, dataset=None, gate_negatives=None, **overrides):
     vlm, processor = tiny_vlm("llava")
     torch.manual_seed(0)
     model = get_cagul_model(vlm, CagulConfig())
@@ -53,6 +53,7 @@ def make_trainer(tmp_path, dataset=None, **overrides):
         args=CagulTrainingConfig(**trainer_arguments(tmp_path, **settings)),
         train_dataset=dataset if dataset is not None else people_dataset(),
         processing_class=processor,
+        gate_negatives=gate_negatives,
     )
     return trainer, model, processor
 
@@ -109,6 +110,7 @@ def test_the_calibrated_threshold_meets_the_target_fpr_and_is_saved(tmp_path) ->
     negatives = strangers()
     trainer, model, processor = make_trainer(
         tmp_path,
+        gate_negatives=negatives,
         gate_fit="apart",
         gate_epochs=20,
         gate_variants=1,
@@ -116,7 +118,6 @@ def test_the_calibrated_threshold_meets_the_target_fpr_and_is_saved(tmp_path) ->
         gate_target_fpr=0.1,
         gate_calibration_fraction=0.5,
     )
-    trainer.gate_negatives = negatives
     trainer.train()
     report = trainer.gate_fit_report
     assert report is not None
@@ -266,3 +267,9 @@ def test_fit_with_the_gate_fitted_apart_from_the_command_line(tmp_path, capsys) 
     assert saved["gate_calibration"]["fpr"] <= 0.2
     assert saved["gate_threshold"] == saved["gate_calibration"]["threshold"]
     assert "gate_fit_seconds" in capsys.readouterr().out
+
+
+def test_negatives_without_photos_are_refused_before_training(tmp_path) -> None:
+    no_images = Dataset.from_dict({"question": [QUESTION]})
+    with pytest.raises(ValueError, match=r"`gate_negatives`.*missing: \['image'\]"):
+        make_trainer(tmp_path, gate_negatives=no_images, gate_fit="apart")
