@@ -17,9 +17,9 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +42,7 @@ __all__ = [
     "unique_photos",
 ]
 
+_T = TypeVar("_T")
 _FLOAT32_BELOW_ONE = float(torch.nextafter(torch.tensor(1.0), torch.tensor(0.0)))
 _SMALLEST_FLOAT32 = float(torch.finfo(torch.float32).tiny)
 
@@ -146,13 +147,16 @@ class GateFeatureCache:
             include_photos: Cache each photo itself besides its variants.
         """
         start = time.perf_counter()
-        images = []
-        for photo in photos:
-            if include_photos:
-                images.append((photo.image, photo.question))
-            for _ in range(variants):
-                assert augmentation is not None
-                images.append((augmentation(photo.image), photo.question))
+
+        def images() -> Iterator[tuple[Image.Image, str]]:
+            # Drawn lazily, a batch at a time: the augmented photos are never all in memory.
+            for photo in photos:
+                if include_photos:
+                    yield photo.image, photo.question
+                for _ in range(variants):
+                    assert augmentation is not None
+                    yield augmentation(photo.image), photo.question
+
         device = input_device(model)
         gate_device = next(model.active_adapter_module.parameters()).device
         tokens: list[torch.Tensor] = []
@@ -160,8 +164,7 @@ class GateFeatureCache:
         model.eval()  # the frozen VLM's own dropout (if any) must not perturb the features
         try:
             with torch.no_grad():
-                for begin in range(0, len(images), batch_size):
-                    chunk = images[begin : begin + batch_size]
+                for chunk in _chunks(images(), batch_size):
                     batch = collator.prompts([i for i, _ in chunk], [q for _, q in chunk])
                     found = model.gate_inputs(**{k: v.to(device) for k, v in batch.items()})
                     index = found.image_index
@@ -474,10 +477,11 @@ def _balanced_bce(
     return (losses * chunk_weights).sum() / chunk_weights.sum()
 
 
-def _chunks(indices: Iterable[int], size: int) -> Iterable[list[int]]:
-    batch: list[int] = []
-    for index in indices:
-        batch.append(index)
+def _chunks(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
+    """``items`` in lists of ``size`` (the last one shorter)."""
+    batch: list[_T] = []
+    for item in items:
+        batch.append(item)
         if len(batch) == size:
             yield batch
             batch = []
