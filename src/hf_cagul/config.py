@@ -60,6 +60,13 @@ class CagulConfig:
         encoder_hidden_size: Width of the token encoder's hidden layer.
         discriminator_hidden_size: Width of the discriminator's hidden layer.
         gate_threshold: Probability above which the discriminator flags an image.
+        gate_calibration: How ``gate_threshold`` was calibrated, when `CagulTrainer` set it
+            for a target false-positive rate (``gate_target_fpr``); None otherwise. Keys:
+            ``target_fpr``; ``threshold`` (the value set); ``fpr``, the false-positive rate at
+            it on ``heldout_negative_photos`` negative photos held out before fitting (never
+            fitted on, nor augmented);
+            ``tpr``, the true-positive rate at it on ``heldout_forget_images`` fresh augmented
+            variants of the forget photos (not fitted on, but of photos that were); ``seed``.
         cagul_version: Version of hf_cagul that wrote the config.
     """
 
@@ -142,6 +149,13 @@ class CagulConfig:
     gate_threshold: float = field(
         default=0.5,
         metadata={"help": "Discriminator probability above which an image is rewritten."},
+    )
+    gate_calibration: dict[str, Any] | None = field(
+        default=None,
+        metadata={
+            "cli": False,
+            "help": "How gate_threshold was calibrated for a target FPR (filled in by training).",
+        },
     )
     cagul_version: str = field(
         default=__version__,

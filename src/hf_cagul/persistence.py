@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from huggingface_hub import HfApi, ModelCard, ModelCardData, hf_hub_download
@@ -182,9 +183,22 @@ hf-cagul app --model {base} --adapter {name}
 
 - family: `{config.family}`, attention layer: {config.resolved_attention_layer}
 - tokens rewritten per flagged image: {config.num_tokens or f"{config.token_ratio:.0%}"}
-- gate threshold: {config.gate_threshold}
+- gate threshold: {config.gate_threshold}{_calibration_line(config.gate_calibration)}
 {table}"""
     return str(ModelCard(content))
+
+
+def _calibration_line(calibration: Mapping[str, Any] | None) -> str:
+    """The model card's line on how the gate threshold was calibrated ("" when it was not)."""
+    if not calibration:
+        return ""
+    return (
+        f"\n- gate threshold calibrated for a false-positive rate of at most "
+        f"{calibration['target_fpr']:.2%}: FPR {calibration['fpr']:.2%} on "
+        f"{calibration['heldout_negative_photos']} held-out negative photos, TPR "
+        f"{calibration['tpr']:.2%} on {calibration['heldout_forget_images']} fresh augmented "
+        "variants of the forget photos"
+    )
 
 
 def save_adapter(

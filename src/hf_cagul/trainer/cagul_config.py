@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from hf_cagul.trainer.forget_retain_config import ForgetRetainTrainingConfig
+from hf_cagul.trainer.gate_fit import GateFitSettings
 
 TRAINING_CONFIG_NAME = "cagul_training_args.json"
+GATE_FIT_CHOICES = ("joint", "apart")
 
 
 @dataclass
@@ -24,7 +27,23 @@ class CagulTrainingConfig(ForgetRetainTrainingConfig):
     Args:
         forget_weight: Weight of the cross-entropy toward the forget target on forget rows.
         retain_weight: Weight of KL(base || adapted) on the answer tokens of retain rows.
-        discriminator_weight: Weight of the gate's binary cross-entropy.
+        discriminator_weight: Weight of the gate's binary cross-entropy (with
+            ``gate_fit="apart"`` the gate is frozen during the encoder fit, so the term is
+            only logged).
+        gate_fit: ``"joint"``: the gate is fitted with the encoder, by the discriminator term.
+            ``"apart"``: it is fitted first, alone, on cached features of the photos and of
+            ``gate_variants`` augmented variants each (`hf_cagul.trainer.gate_fit`), then
+            frozen while the encoder is fitted.
+        gate_learning_rate: AdamW learning rate of the gate fitted apart.
+        gate_epochs: Epochs over the cached features when the gate is fitted apart.
+        gate_variants: Augmented variants cached per photo (besides the photo itself).
+        gate_batch_size: Cached images per step of the gate fitted apart (and photos per
+            forward of the frozen VLM while caching).
+        gate_target_fpr: None: keep `CagulConfig.gate_threshold`. Otherwise (apart only) set
+            it after fitting so that the false-positive rate on held-out negatives is at most
+            this.
+        gate_calibration_fraction: Fraction of the negative photos held out, never fitted on,
+            to calibrate the threshold.
     """
 
     forget_weight: float = field(
@@ -35,6 +54,38 @@ class CagulTrainingConfig(ForgetRetainTrainingConfig):
     )
     discriminator_weight: float = field(
         default=1.0, metadata={"help": "Weight of the discriminator's binary cross-entropy."}
+    )
+    gate_fit: Literal["joint", "apart"] = field(
+        default="joint",
+        metadata={
+            "help": "'joint': fit the gate with the encoder (the discriminator term); 'apart': "
+            "fit it first, alone, on cached features of augmented photos, then freeze it."
+        },
+    )
+    gate_learning_rate: float = field(
+        default=1e-3, metadata={"help": "AdamW learning rate of the gate fitted apart."}
+    )
+    gate_epochs: int = field(
+        default=100, metadata={"help": "Epochs over the cached features (gate fitted apart)."}
+    )
+    gate_variants: int = field(
+        default=8,
+        metadata={"help": "Augmented variants cached per photo, besides the photo itself."},
+    )
+    gate_batch_size: int = field(
+        default=32,
+        metadata={"help": "Cached images per step of the gate fitted apart."},
+    )
+    gate_target_fpr: float | None = field(
+        default=None,
+        metadata={
+            "help": "With --gate-fit apart: set the gate threshold so that the FPR on held-out "
+            "negative photos is at most this (e.g. 0.02). None: keep --gate-threshold."
+        },
+    )
+    gate_calibration_fraction: float = field(
+        default=0.25,
+        metadata={"help": "Fraction of the negative photos held out to calibrate the threshold."},
     )
     learning_rate: float = field(
         default=1e-3, metadata={"help": "AdamW learning rate for the adapter's modules."}
@@ -52,4 +103,46 @@ class CagulTrainingConfig(ForgetRetainTrainingConfig):
         self.require_non_negative("forget_weight", "retain_weight", "discriminator_weight")
         if self.forget_weight == self.retain_weight == self.discriminator_weight == 0:
             raise ValueError("All three loss weights are 0: nothing would be trained.")
+        self._check_gate_fit()
         super().__post_init__()
+
+    def _check_gate_fit(self) -> None:
+        if self.gate_fit not in GATE_FIT_CHOICES:
+            raise ValueError(
+                f"gate_fit={self.gate_fit!r} is not supported; choose one of {GATE_FIT_CHOICES}."
+            )
+        for name in ("gate_epochs", "gate_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
+        self.require_non_negative("gate_learning_rate", "gate_variants")
+        if self.gate_target_fpr is not None:
+            if self.gate_fit != "apart":
+                raise ValueError(
+                    "gate_target_fpr calibrates the gate fitted apart: set gate_fit='apart' "
+                    "(--gate-fit apart), or leave gate_target_fpr unset."
+                )
+            if not 0.0 <= self.gate_target_fpr < 1.0:
+                raise ValueError(f"gate_target_fpr={self.gate_target_fpr} must lie in [0, 1).")
+        if not 0.0 < self.gate_calibration_fraction < 1.0:
+            raise ValueError(
+                f"gate_calibration_fraction={self.gate_calibration_fraction} must lie in (0, 1)."
+            )
+        if self.gate_fit == "apart" and self.forget_weight == self.retain_weight == 0:
+            raise ValueError(
+                "With gate_fit='apart' the gate is frozen during the encoder fit, and "
+                "forget_weight = retain_weight = 0 leaves the encoder nothing to learn: give "
+                "one of them a positive weight."
+            )
+
+    def gate_fit_settings(self) -> GateFitSettings:
+        """The settings of the gate fitted apart (`hf_cagul.trainer.gate_fit.fit_gate`)."""
+        return GateFitSettings(
+            epochs=self.gate_epochs,
+            learning_rate=self.gate_learning_rate,
+            variants=self.gate_variants,
+            batch_size=self.gate_batch_size,
+            target_fpr=self.gate_target_fpr,
+            calibration_fraction=self.gate_calibration_fraction,
+            seed=self.seed,
+            weight_decay=self.weight_decay,
+        )

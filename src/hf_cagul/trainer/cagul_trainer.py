@@ -18,6 +18,8 @@ Each term is a mean over the whole batch, across processes under DDP / FSDP / Ze
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,16 +28,29 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import TrainerCallback
+from transformers.trainer_utils import TrainOutput
 
 from hf_cagul import persistence
 from hf_cagul.config import WEIGHTS_NAME
-from hf_cagul.data import IGNORE_INDEX, CagulDataCollator
+from hf_cagul.data import (
+    FORGET_SPLIT,
+    IGNORE_INDEX,
+    IMAGE_COLUMN,
+    QUESTION_COLUMN,
+    SPLIT_COLUMN,
+    CagulDataCollator,
+    ForgetRetainDataCollator,
+)
 from hf_cagul.devices import is_partitioned
 from hf_cagul.losses import token_kl
 from hf_cagul.model import CagulModel
 from hf_cagul.trainer.cagul_config import TRAINING_CONFIG_NAME, CagulTrainingConfig
 from hf_cagul.trainer.forget_retain_config import ForgetRetainTrainingConfig
 from hf_cagul.trainer.forget_retain_trainer import ForgetRetainTrainer
+from hf_cagul.trainer.gate_fit import GateFitReport, fit_gate, unique_photos
+
+logger = logging.getLogger(__name__)
 
 
 def _gate_bce_sums(logits: torch.Tensor, forget: torch.Tensor) -> torch.Tensor:
@@ -66,6 +81,17 @@ def _adapter_entries(state_dict: Mapping[str, torch.Tensor], adapter: str) -> di
     return {key.split(marker, 1)[1]: tensor for key, tensor in state_dict.items() if marker in key}
 
 
+class _LogGateFit(TrainerCallback):
+    """Logs the gate fitted apart as the training's first entry (the Trainer starts its log
+    history afresh when training starts, so it cannot be logged before)."""
+
+    def __init__(self, trainer: CagulTrainer, logs: dict[str, float]) -> None:
+        self.trainer, self.logs = trainer, logs
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.trainer.log(dict(self.logs))
+
+
 class CagulTrainer(ForgetRetainTrainer):
     """A `Trainer` that fits the CAGUL adapter of a `CagulModel` and nothing else.
 
@@ -79,7 +105,13 @@ class CagulTrainer(ForgetRetainTrainer):
             validated before training starts.
         processing_class: The VLM's processor, used by the default `CagulDataCollator`.
         data_collator: Optional; defaults to ``CagulDataCollator(processing_class)``.
+        gate_negatives: Photos the gate must not flag, for ``gate_fit="apart"`` (a
+            `datasets.Dataset` with ``image`` and ``question`` columns; every row a negative).
+            Defaults to the retain rows of ``train_dataset``.
         **kwargs: Anything else `Trainer` accepts.
+
+    Attributes:
+        gate_fit_report: What the last gate fitted apart did (`GateFitReport`), or None.
     """
 
     def __init__(
@@ -89,6 +121,7 @@ class CagulTrainer(ForgetRetainTrainer):
         train_dataset: Any = None,
         processing_class: Any = None,
         data_collator: Any = None,
+        gate_negatives: Any = None,
         **kwargs: Any,
     ) -> None:
         if not isinstance(model, CagulModel):
@@ -145,6 +178,116 @@ class CagulTrainer(ForgetRetainTrainer):
                 "sharded VLM and no adapter: set `fsdp_state_dict_type: FULL_STATE_DICT` in the "
                 "accelerate config (see examples/accelerate_fsdp.yaml)."
             )
+        if args.gate_fit == "apart":
+            self._check_gate_fit_data(model, train_dataset, gate_negatives)
+        self.gate_negatives = gate_negatives
+        self.gate_fit_report: GateFitReport | None = None
+
+    def _check_gate_fit_data(self, model: CagulModel, train: Any, negatives: Any) -> None:
+        """Refuse, before any training, what the gate fitted apart cannot read."""
+        if is_partitioned(model.active_adapter_module):
+            raise ValueError(
+                "gate_fit='apart' runs the gate outside the distributed engine, but DeepSpeed "
+                "ZeRO-3 partitions the adapter: use ZeRO-2, DDP or FSDP, or gate_fit='joint'."
+            )
+        for name, dataset, columns in (
+            ("train_dataset", train, (IMAGE_COLUMN, QUESTION_COLUMN, SPLIT_COLUMN)),
+            ("gate_negatives", negatives, (IMAGE_COLUMN, QUESTION_COLUMN)),
+        ):
+            if dataset is None and name == "gate_negatives":
+                continue
+            missing = [c for c in columns if c not in getattr(dataset, "column_names", ())]
+            if missing:
+                raise ValueError(
+                    f"gate_fit='apart' reads the photos of `{name}`, which must be a "
+                    f"datasets.Dataset with the columns {list(columns)} (missing: {missing})."
+                )
+        if not isinstance(self.data_collator, ForgetRetainDataCollator) and (
+            self.processing_class is None
+        ):
+            raise ValueError(
+                "gate_fit='apart' builds the photos' model inputs with the VLM's processor: "
+                "pass `processing_class=processor`."
+            )
+
+    def train(self, *args: Any, **kwargs: Any) -> TrainOutput:
+        """`Trainer.train`; with ``gate_fit="apart"``, the gate is fitted first, alone
+        (`fit_gate`), and frozen while the encoder is fitted.
+
+        Frozen rather than its loss term dropped: the discriminator term is still computed and
+        logged (a monitor of the fitted gate), but no update can move the gate away from the
+        threshold just calibrated on it. Its trainable flags are restored afterwards. Resuming
+        fits the gate again (the same gate: it is deterministic from the seed), then loads
+        the checkpoint's adapter.
+        """
+        settings = self.args
+        assert isinstance(settings, CagulTrainingConfig)
+        if settings.gate_fit != "apart":
+            return super().train(*args, **kwargs)
+        cagul = self.accelerator.unwrap_model(self.model)
+        assert isinstance(cagul, CagulModel)
+        gate = cagul.active_adapter_module.discriminator
+        trainable = [p for p in gate.parameters() if p.requires_grad]
+        callbacks = []
+        if trainable or settings.gate_target_fpr is not None:
+            report = self.fit_gate_apart(cagul)
+            callbacks.append(_LogGateFit(self, report.logs()))
+        else:
+            logger.warning(
+                "gate_fit='apart': the gate has no trainable parameters, nothing to fit."
+            )
+        for callback in callbacks:
+            self.add_callback(callback)
+        for parameter in trainable:
+            parameter.requires_grad_(False)
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            for parameter in trainable:
+                parameter.requires_grad_(True)
+            for callback in callbacks:
+                self.remove_callback(callback)
+
+    def fit_gate_apart(self, model: CagulModel) -> GateFitReport:
+        """Fit the active gate on cached features of the forget photos and the negatives and,
+        with ``gate_target_fpr``, set its calibrated threshold in the adapter's config.
+
+        Args:
+            model: The `CagulModel` being fitted (unwrapped).
+
+        Returns:
+            The fit's report, also kept as `gate_fit_report`.
+        """
+        args = self.args
+        assert isinstance(args, CagulTrainingConfig)
+        train: Any = self.train_dataset
+        splits = train[SPLIT_COLUMN]
+        forget = train.select([i for i, split in enumerate(splits) if split == FORGET_SPLIT])
+        negatives = self.gate_negatives
+        if negatives is None:
+            negatives = train.select([i for i, split in enumerate(splits) if split != FORGET_SPLIT])
+        forget_photos = unique_photos(forget[IMAGE_COLUMN], forget[QUESTION_COLUMN])
+        # A photo of a forget row is a positive, even if a retain row shows it too.
+        known = {photo.key for photo in forget_photos}
+        negative_photos = [
+            photo
+            for photo in unique_photos(negatives[IMAGE_COLUMN], negatives[QUESTION_COLUMN])
+            if photo.key not in known
+        ]
+        collator = self.data_collator
+        if not isinstance(collator, ForgetRetainDataCollator):
+            collator = CagulDataCollator(self.processing_class)
+        report = fit_gate(model, collator, forget_photos, negative_photos, args.gate_fit_settings())
+        if report.calibration is not None:
+            name = model.active_adapter
+            model.cagul_config[name] = dataclasses.replace(
+                model.cagul_config[name],
+                gate_threshold=report.calibration["threshold"],
+                gate_calibration=report.calibration,
+            )
+        logger.info(report.describe())
+        self.gate_fit_report = report
+        return report
 
     def default_collator(self, processing_class: Any, args: ForgetRetainTrainingConfig) -> Any:
         """`CagulDataCollator` on the VLM's processor, with the arguments' data options."""

@@ -1,0 +1,489 @@
+"""The gate fitted apart from the encoder, on cached features, with a calibrated threshold.
+
+The VLM is frozen, so what a gate reads about a photo (`CagulModel.gate_inputs`) does not change
+while the adapter is fitted: it is computed once for every photo and for augmented variants of
+it, kept in a `GateFeatureCache`, and the gate then trains on that cache for many epochs in
+seconds (`fit_gate`), with a class-balanced binary cross-entropy (forget photos positive,
+negatives negative). With a target false-positive rate, a part of the negative photos is split
+off before fitting and never fitted on; the gate threshold is then set to the lowest one whose
+false-positive rate on them is at most the target (`calibrate_threshold`).
+
+Only `CagulModel.gate_inputs` and the gate module are called, so any registered gate class
+works; a gate without trainable parameters is left as it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from hf_cagul.data import ForgetRetainDataCollator, PhotoAugmentation
+from hf_cagul.data.schema import load_image
+from hf_cagul.devices import input_device
+from hf_cagul.evaluation.metrics import rates_at_threshold, roc_auc
+from hf_cagul.gates import Gate, GateInputs
+from hf_cagul.model import CagulModel
+
+__all__ = [
+    "GateFeatureCache",
+    "GateFitReport",
+    "GateFitSettings",
+    "Photo",
+    "calibrate_threshold",
+    "fit_gate",
+    "unique_photos",
+]
+
+_T = TypeVar("_T")
+_FLOAT32_BELOW_ONE = float(torch.nextafter(torch.tensor(1.0), torch.tensor(0.0)))
+_SMALLEST_FLOAT32 = float(torch.finfo(torch.float32).tiny)
+
+
+@dataclass(frozen=True)
+class Photo:
+    """One distinct photo and a question about it (the prompt its features are computed with).
+
+    Attributes:
+        image: The photo.
+        question: A question about it, from one of its rows.
+        key: What tells it apart from other photos (a SHA-256 of its mode, size and pixels).
+    """
+
+    image: Image.Image
+    question: str
+    key: str
+
+
+def unique_photos(images: Iterable[Any], questions: Iterable[str]) -> list[Photo]:
+    """The distinct photos among ``images`` (first occurrence kept, in order), with a question.
+
+    Several rows (questions) often share a photo; the gate scores photos, so each counts once.
+    Photos are told apart by a SHA-256 of their mode, size and pixels.
+
+    Args:
+        images: Photos in any form `hf_cagul.data.schema.load_image` opens.
+        questions: The question of each photo's row.
+    """
+    seen: set[str] = set()
+    photos = []
+    for value, question in zip(images, questions, strict=True):
+        image = load_image(value)
+        key = _photo_key(image)
+        if key not in seen:
+            seen.add(key)
+            photos.append(Photo(image, question, key))
+    return photos
+
+
+def _photo_key(image: Image.Image) -> str:
+    digest = hashlib.sha256(f"{image.mode}:{image.size}".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class GateFeatureCache:
+    """What the gate reads about each cached image, with its label, on the CPU.
+
+    Attributes:
+        tokens: Per image, its ``(tokens, hidden)`` gate input tokens, in the gate's dtype.
+        labels: ``(images,)`` bool: True for images of forget photos.
+        device: Where the gate computes (its inputs are moved there, a batch at a time).
+        seconds: Time spent computing the features.
+    """
+
+    tokens: list[torch.Tensor]
+    labels: torch.Tensor
+    device: torch.device
+    seconds: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the cached tokens take."""
+        return sum(t.numel() * t.element_size() for t in self.tokens)
+
+    def inputs(self, indices: Sequence[int]) -> GateInputs:
+        """The `GateInputs` of the images ``indices``, as one call's, on `device`."""
+        chosen = [self.tokens[index] for index in indices]
+        image_index = torch.cat(
+            [torch.full((t.shape[0],), row, dtype=torch.long) for row, t in enumerate(chosen)]
+        )
+        device = self.device
+        return GateInputs(torch.cat(chosen).to(device), image_index.to(device), len(chosen))
+
+    @classmethod
+    def compute(
+        cls,
+        model: CagulModel,
+        collator: ForgetRetainDataCollator,
+        photos: Sequence[Photo],
+        label: bool,
+        variants: int,
+        augmentation: PhotoAugmentation | None,
+        batch_size: int,
+        include_photos: bool = True,
+    ) -> GateFeatureCache:
+        """Features of ``photos`` (each itself, then ``variants`` augmented variants of it).
+
+        Args:
+            model: The `CagulModel` whose active gate is fitted.
+            collator: Builds the model inputs of the photos (its ``prompts``).
+            photos: The photos to cache.
+            label: Their label (True: forget photos).
+            variants: Augmented variants per photo, drawn from ``augmentation`` in order.
+            augmentation: The variants' random stream (None when ``variants`` is 0).
+            batch_size: Photos per forward of the frozen model.
+            include_photos: Cache each photo itself besides its variants.
+        """
+        start = time.perf_counter()
+
+        def images() -> Iterator[tuple[Image.Image, str]]:
+            # Drawn lazily, a batch at a time: the augmented photos are never all in memory.
+            for photo in photos:
+                if include_photos:
+                    yield photo.image, photo.question
+                for _ in range(variants):
+                    assert augmentation is not None
+                    yield augmentation(photo.image), photo.question
+
+        device = input_device(model)
+        gate_device = next(model.active_adapter_module.parameters()).device
+        tokens: list[torch.Tensor] = []
+        was_training = model.training
+        model.eval()  # the frozen VLM's own dropout (if any) must not perturb the features
+        try:
+            with torch.no_grad():
+                for chunk in _chunks(images(), batch_size):
+                    batch = collator.prompts([i for i, _ in chunk], [q for _, q in chunk])
+                    found = model.gate_inputs(**{k: v.to(device) for k, v in batch.items()})
+                    index = found.image_index
+                    tokens += [found.tokens[index == row].cpu() for row in range(found.num_images)]
+        finally:
+            model.train(was_training)
+        labels = torch.full((len(tokens),), label, dtype=torch.bool)
+        return cls(tokens, labels, gate_device, time.perf_counter() - start)
+
+    def __add__(self, other: GateFeatureCache) -> GateFeatureCache:
+        return GateFeatureCache(
+            self.tokens + other.tokens,
+            torch.cat([self.labels, other.labels]),
+            self.device,
+            self.seconds + other.seconds,
+        )
+
+    @torch.no_grad()
+    def probabilities(self, gate: Gate, batch_size: int) -> torch.Tensor:
+        """``(images,)`` float32 probabilities of ``gate``, computed as inference computes them
+        (the sigmoid of the logit in float32), so a threshold set on them holds there."""
+        was_training = gate.training
+        gate.eval()
+        try:
+            scores = [
+                torch.sigmoid(gate(self.inputs(chunk)).float()).cpu()
+                for chunk in _chunks(range(len(self)), batch_size)
+            ]
+        finally:
+            gate.train(was_training)
+        return torch.cat(scores) if scores else torch.zeros(0)
+
+
+@dataclass(frozen=True)
+class GateFitSettings:
+    """How `fit_gate` fits the gate (`CagulTrainingConfig` gives them as ``gate_*`` fields).
+
+    Args:
+        epochs: Passes over the cached features.
+        learning_rate: AdamW learning rate of the gate.
+        variants: Augmented variants cached per photo (each photo itself is cached too).
+        batch_size: Cached images per gate step, and photos per forward of the frozen model.
+        target_fpr: None: keep the threshold. Otherwise set it so that the FPR on the
+            held-out negatives is at most this.
+        calibration_fraction: Fraction of the negative photos held out for the calibration.
+        seed: Seed of the augmentation, the held-out split and the order of the steps.
+        weight_decay: AdamW weight decay.
+    """
+
+    epochs: int
+    learning_rate: float
+    variants: int
+    batch_size: int
+    target_fpr: float | None
+    calibration_fraction: float
+    seed: int
+    weight_decay: float = 0.0
+
+
+@dataclass
+class GateFitReport:
+    """What `fit_gate` did.
+
+    Attributes:
+        forget_photos: Distinct forget photos (positives).
+        negative_photos: Distinct negative photos fitted on.
+        heldout_negatives: The negative photos held out for the calibration.
+        cached_images: Images in the training cache (photos and their variants).
+        cache_bytes: Memory of all cached features (training and held-out).
+        cache_seconds: Time spent computing them.
+        fit_seconds: Time spent fitting the gate.
+        final_loss: Class-balanced BCE over the training cache after fitting (None: the gate
+            has no trainable parameters, nothing was fitted).
+        train_auc: ROC AUC of the fitted gate on the training cache.
+        calibration: What `calibrate_threshold` found (None without a target FPR); it is
+            stored as `CagulConfig.gate_calibration`.
+    """
+
+    forget_photos: int
+    negative_photos: int
+    heldout_negatives: list[Photo]
+    cached_images: int
+    cache_bytes: int
+    cache_seconds: float
+    fit_seconds: float
+    final_loss: float | None
+    train_auc: float
+    calibration: dict[str, Any] | None
+
+    def describe(self) -> str:
+        """The report in a few lines, for the training log."""
+        loss = "nothing to fit" if self.final_loss is None else f"final loss {self.final_loss:.4g}"
+        lines = [
+            f"Gate fitted apart: {self.forget_photos} forget and {self.negative_photos} negative "
+            f"photos, {self.cached_images} cached images; cache {self.cache_bytes / 2**20:.1f} "
+            f"MiB in {self.cache_seconds:.1f} s; fit {self.fit_seconds:.1f} s, {loss}, "
+            f"training AUC {self.train_auc:.3f}."
+        ]
+        if self.calibration is not None:
+            c = self.calibration
+            lines.append(
+                f"Gate threshold calibrated to {c['threshold']:.6g} for FPR <= "
+                f"{c['target_fpr']}: FPR {c['fpr']:.3f} on {c['heldout_negative_photos']} "
+                "held-out negative photos, TPR "
+                f"{c['tpr']:.3f} on {c['heldout_forget_images']} fresh variants of the forget "
+                "photos."
+            )
+        return "\n".join(lines)
+
+    def logs(self) -> dict[str, float]:
+        """The report as the Trainer's logs (numbers only)."""
+        logs = {
+            "gate_fit_seconds": self.fit_seconds,
+            "gate_cache_seconds": self.cache_seconds,
+            "gate_cache_mib": self.cache_bytes / 2**20,
+            "gate_train_auc": self.train_auc,
+        }
+        if self.final_loss is not None:
+            logs["gate_fit_loss"] = self.final_loss
+        if self.calibration is not None:
+            for key in ("threshold", "fpr", "tpr"):
+                logs[f"gate_calibrated_{key}"] = float(self.calibration[key])
+        return logs
+
+
+def calibrate_threshold(negative_scores: torch.Tensor, target_fpr: float) -> tuple[float, float]:
+    """The lowest gate threshold whose false-positive rate on ``negative_scores`` is at most
+    ``target_fpr``, and that rate.
+
+    An image is flagged when its probability is strictly above the threshold, so the
+    threshold is the ``(k+1)``-th highest negative score, ``k = floor(target_fpr * n)``: at
+    most ``k`` negatives lie above it. It is a float32 score itself, so the comparison at
+    inference (in float32) is exact. Kept inside ``(0, 1)``; when negatives saturate at 1.0 the
+    target cannot be met, and the returned rate says so.
+
+    Args:
+        negative_scores: ``(n,)`` float32 probabilities of held-out negative images.
+        target_fpr: The highest acceptable false-positive rate, in ``[0, 1)``.
+
+    Raises:
+        ValueError: If there are no scores.
+    """
+    if negative_scores.numel() == 0:
+        raise ValueError("Calibrating the gate threshold needs held-out negative images.")
+    ranked = negative_scores.float().sort(descending=True).values
+    allowed = math.floor(target_fpr * ranked.numel() + 1e-9)
+    if allowed >= ranked.numel():
+        threshold = _SMALLEST_FLOAT32
+    else:
+        threshold = min(max(float(ranked[allowed]), _SMALLEST_FLOAT32), _FLOAT32_BELOW_ONE)
+    fpr = int((ranked > torch.tensor(threshold)).sum()) / ranked.numel()
+    return threshold, fpr
+
+
+def fit_gate(
+    model: CagulModel,
+    collator: ForgetRetainDataCollator,
+    forget_photos: Sequence[Photo],
+    negative_photos: Sequence[Photo],
+    settings: GateFitSettings,
+) -> GateFitReport:
+    """Fit the active adapter's gate on cached features; calibrate its threshold if asked.
+
+    The negatives are shuffled with ``settings.seed`` and, with a target FPR, their first
+    ``calibration_fraction`` (at least one photo) is held out before anything is fitted; they
+    are scored as they are, not augmented, as the deployed gate meets photos. Every other
+    photo is cached itself and with ``settings.variants`` augmented variants
+    (`PhotoAugmentation` seeded with ``settings.seed``). The gate then trains for
+    ``settings.epochs`` epochs with AdamW on a binary cross-entropy in which each class weighs
+    one half, whatever its count. With a target FPR, the threshold of the active adapter's
+    `CagulConfig` is then set by `calibrate_threshold` on the held-out negatives, and the TPR
+    at it is measured on fresh augmented variants of the forget photos (never fitted on;
+    augmentation seeded with ``settings.seed + 1``); both go in ``gate_calibration``.
+
+    Args:
+        model: The `CagulModel` whose active adapter's gate is fitted (its VLM is frozen).
+        collator: Builds the photos' model inputs.
+        forget_photos: Distinct photos of the subjects to forget (`unique_photos`).
+        negative_photos: Distinct photos the gate must not flag.
+        settings: Epochs, learning rate, variants, calibration target...
+
+    Raises:
+        ValueError: If a class has no photo, or a calibration leaves no negative to fit on.
+    """
+    if not forget_photos or not negative_photos:
+        raise ValueError(
+            f"Fitting the gate needs forget and negative photos; got {len(forget_photos)} "
+            f"forget and {len(negative_photos)} negative photos."
+        )
+    gate = model.active_adapter_module.discriminator
+    order = torch.randperm(
+        len(negative_photos), generator=torch.Generator().manual_seed(settings.seed)
+    ).tolist()
+    shuffled = [negative_photos[index] for index in order]
+    held = 0
+    if settings.target_fpr is not None:
+        held = max(1, round(settings.calibration_fraction * len(shuffled)))
+        if held >= len(shuffled):
+            raise ValueError(
+                f"Holding out {held} of {len(shuffled)} negative photos for the calibration "
+                "leaves none to fit the gate on: pass more negatives (`gate_negatives`) or "
+                "lower `gate_calibration_fraction`."
+            )
+    heldout, fitted = shuffled[:held], shuffled[held:]
+
+    augmentation = PhotoAugmentation(seed=settings.seed) if settings.variants else None
+
+    def cache(photos: Sequence[Photo], label: bool, **kwargs: Any) -> GateFeatureCache:
+        return GateFeatureCache.compute(
+            model, collator, photos, label, batch_size=settings.batch_size, **kwargs
+        )
+
+    train = cache(forget_photos, True, variants=settings.variants, augmentation=augmentation)
+    train += cache(fitted, False, variants=settings.variants, augmentation=augmentation)
+    caches = [train]
+    if heldout:
+        # The photos alone, as the deployed gate meets them (not augmented).
+        held_negatives = cache(heldout, False, variants=0, augmentation=None)
+        # Fresh variants only: the photos themselves were fitted on.
+        held_forget = cache(
+            forget_photos,
+            True,
+            variants=max(1, settings.variants),
+            augmentation=PhotoAugmentation(seed=settings.seed + 1),
+            include_photos=False,
+        )
+        caches += [held_negatives, held_forget]
+
+    start = time.perf_counter()
+    final_loss = _train(gate, train, settings)
+    fit_seconds = time.perf_counter() - start
+
+    scores = train.probabilities(gate, settings.batch_size)
+    calibration = None
+    if settings.target_fpr is not None:
+        negative_scores = held_negatives.probabilities(gate, settings.batch_size)
+        forget_scores = held_forget.probabilities(gate, settings.batch_size)
+        threshold, fpr = calibrate_threshold(negative_scores, settings.target_fpr)
+        tpr = rates_at_threshold(forget_scores.tolist(), [True] * len(forget_scores), threshold)
+        calibration = {
+            "target_fpr": settings.target_fpr,
+            "threshold": threshold,
+            "fpr": fpr,
+            "tpr": tpr["tpr"],
+            "heldout_negative_photos": len(heldout),
+            "heldout_forget_images": len(held_forget),
+            "seed": settings.seed,
+        }
+    return GateFitReport(
+        forget_photos=len(forget_photos),
+        negative_photos=len(fitted),
+        heldout_negatives=heldout,
+        cached_images=len(train),
+        cache_bytes=sum(c.nbytes for c in caches),
+        cache_seconds=sum(c.seconds for c in caches),
+        fit_seconds=fit_seconds,
+        final_loss=final_loss,
+        train_auc=roc_auc(scores.tolist(), train.labels.tolist()),
+        calibration=calibration,
+    )
+
+
+def _train(gate: Gate, cache: GateFeatureCache, settings: GateFitSettings) -> float | None:
+    """Fit ``gate`` on ``cache``; the class-balanced BCE over the whole cache after it, or None
+    when the gate has no trainable parameter."""
+    parameters = [p for p in gate.parameters() if p.requires_grad]
+    if not parameters:
+        return None
+    labels = cache.labels
+    # Each class weighs one half of every epoch, whatever its count (forget sets are small).
+    weights = torch.where(labels, 0.5 / labels.sum(), 0.5 / (~labels).sum()).float()
+    optimizer = torch.optim.AdamW(
+        parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay
+    )
+    generator = torch.Generator().manual_seed(settings.seed)
+    was_training = gate.training
+    gate.train()
+    try:
+        for _ in range(settings.epochs):
+            order = torch.randperm(len(cache), generator=generator).tolist()
+            for chunk in _chunks(order, settings.batch_size):
+                loss = _balanced_bce(gate, cache, chunk, weights, labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        gate.eval()
+        with torch.no_grad():
+            total = sum(
+                float(_balanced_bce(gate, cache, chunk, weights, labels))
+                * float(weights[chunk].sum())
+                for chunk in _chunks(range(len(cache)), settings.batch_size)
+            )
+    finally:
+        gate.train(was_training)
+    return total
+
+
+def _balanced_bce(
+    gate: Gate,
+    cache: GateFeatureCache,
+    chunk: list[int],
+    weights: torch.Tensor,
+    labels: torch.Tensor,
+) -> torch.Tensor:
+    """The weighted mean BCE of the images ``chunk``."""
+    logits = gate(cache.inputs(chunk)).float()
+    target = labels[chunk].to(device=logits.device, dtype=logits.dtype)
+    chunk_weights = weights[chunk].to(logits.device)
+    losses = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    return (losses * chunk_weights).sum() / chunk_weights.sum()
+
+
+def _chunks(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
+    """``items`` in lists of ``size`` (the last one shorter)."""
+    batch: list[_T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

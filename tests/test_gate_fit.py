@@ -1,0 +1,275 @@
+"""The gate fitted apart from the encoder, on cached features, with a calibrated threshold."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from datasets import Dataset
+from run_settings import trainer_arguments
+from transformers import Trainer
+from vlm_inputs import tiny_dataset
+
+from hf_cagul import CagulConfig, CagulModel, CagulTrainer, CagulTrainingConfig, get_cagul_model
+from hf_cagul.cli import main
+from hf_cagul.config import CONFIG_NAME
+from hf_cagul.data import CagulDataCollator
+from hf_cagul.data.synthetic import make_people, portrait
+from hf_cagul.evaluation.metrics import roc_auc
+from hf_cagul.gates import Gate, GateInputs, register_gate
+from hf_cagul.tiny import tiny_vlm
+from hf_cagul.trainer.gate_fit import (
+    calibrate_threshold,
+    unique_photos,
+)
+
+QUESTION = "what is the name of this person ?"
+
+
+def people_dataset(forget_photos: int = 4, retain_people: int = 4, photos: int = 3) -> Dataset:
+    """One person to forget and a few to retain, two rows (questions) per photo."""
+    people = make_people(1 + retain_people, seed=3)
+    records = []
+    for index, person in enumerate(people):
+        split = "forget" if index == 0 else "retain"
+        for seed in range(forget_photos if index == 0 else photos):
+            image, _ = portrait(person, seed)
+            for question in (QUESTION, "who is this ?"):
+                records.append((image, question, f"this is {person.name} .", split))
+    image, question, answer, split = zip(*records, strict=True)
+    return Dataset.from_dict(
+        {"image": image, "question": question, "answer": answer, "split": split}
+    )
+
+
+def make_trainer(tmp_path, dataset=None, gate_negatives=None, **overrides):
+    vlm, processor = tiny_vlm("llava")
+    torch.manual_seed(0)
+    model = get_cagul_model(vlm, CagulConfig())
+    settings = {"max_steps": 2, **overrides}
+    trainer = CagulTrainer(
+        model=model,
+        args=CagulTrainingConfig(**trainer_arguments(tmp_path, **settings)),
+        train_dataset=dataset if dataset is not None else people_dataset(),
+        processing_class=processor,
+        gate_negatives=gate_negatives,
+    )
+    return trainer, model, processor
+
+
+def gate_scores(model: CagulModel, processor, images) -> list[float]:
+    """The fitted model's gate probabilities of ``images``, through its real forward."""
+    inputs = CagulDataCollator(processor).prompts(images, [QUESTION] * len(images))
+    return model.gate_probabilities(**inputs).probabilities[0].tolist()
+
+
+def test_the_gate_fitted_apart_separates_forget_from_retain_photos(tmp_path) -> None:
+    dataset = people_dataset()
+    trainer, model, processor = make_trainer(
+        tmp_path,
+        dataset,
+        gate_fit="apart",
+        gate_epochs=60,
+        gate_variants=2,
+        gate_learning_rate=1e-2,
+    )
+    encoder = model.active_adapter_module.encoder
+    encoder_before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    trainer.train()
+    report = trainer.gate_fit_report
+    assert report is not None
+    # Two rows per photo: one cached photo each, plus two variants.
+    assert (report.forget_photos, report.negative_photos) == (4, 12)
+    assert report.cached_images == 16 * 3
+    assert report.cache_bytes > 0 and report.final_loss is not None and report.final_loss < 0.2
+    photos = unique_photos(dataset["image"], dataset["split"])  # the split as the "question"
+    scores = gate_scores(model, processor, [p.image for p in photos])
+    assert roc_auc(scores, [p.question == "forget" for p in photos]) > 0.99
+    # The gate was frozen during the encoder fit, which still ran; the flags are back.
+    assert all(p.requires_grad for p in model.active_adapter_module.parameters())
+    encoder_after = model.active_adapter_module.encoder.state_dict()
+    assert any(not torch.equal(encoder_before[k], encoder_after[k]) for k in encoder_before)
+    first = trainer.state.log_history[0]
+    assert first["step"] == 0 and first["gate_fit_loss"] == pytest.approx(report.final_loss)
+    assert model.active_config.gate_calibration is None  # no target FPR: threshold kept
+    assert model.active_config.gate_threshold == 0.5
+
+
+def strangers(people: int = 6, photos: int = 3) -> Dataset:
+    """Photos of people who are in no training row: the gate's negatives."""
+    images = [
+        portrait(person, seed)[0]
+        for person in make_people(people, seed=9)
+        for seed in range(photos)
+    ]
+    return Dataset.from_dict({"image": images, "question": [QUESTION] * len(images)})
+
+
+def test_the_calibrated_threshold_meets_the_target_fpr_and_is_saved(tmp_path) -> None:
+    negatives = strangers()
+    trainer, model, processor = make_trainer(
+        tmp_path,
+        gate_negatives=negatives,
+        gate_fit="apart",
+        gate_epochs=20,
+        gate_variants=1,
+        gate_learning_rate=1e-2,
+        gate_target_fpr=0.1,
+        gate_calibration_fraction=0.5,
+    )
+    trainer.train()
+    report = trainer.gate_fit_report
+    assert report is not None
+    assert (report.negative_photos, len(report.heldout_negatives)) == (9, 9)
+    calibration = model.active_config.gate_calibration
+    assert calibration is not None and calibration == report.calibration
+    threshold = model.active_config.gate_threshold
+    assert threshold == calibration["threshold"] != 0.5
+    # Through the real forward, on the held-out photos (never fitted on): FPR <= target.
+    scores = gate_scores(model, processor, [photo.image for photo in report.heldout_negatives])
+    flagged = sum(score > threshold for score in scores)
+    assert flagged / len(scores) == calibration["fpr"] <= 0.1
+    assert flagged == 0  # 9 photos: 10% allows none
+    # The lowest such threshold: the highest held-out score itself.
+    assert threshold == pytest.approx(max(scores))
+    assert 0 <= calibration["tpr"] <= 1 and calibration["heldout_forget_images"] == 4
+    held = {photo.key for photo in report.heldout_negatives}
+    fitted = unique_photos(negatives["image"], negatives["question"])
+    assert len(held & {photo.key for photo in fitted}) == 9
+
+    trainer.save_model(str(tmp_path / "adapter"))
+    saved = json.loads((tmp_path / "adapter" / CONFIG_NAME).read_text())
+    assert saved["gate_calibration"] == calibration and saved["gate_threshold"] == threshold
+    card = (tmp_path / "adapter" / "README.md").read_text()
+    assert "gate threshold calibrated for a false-positive rate of at most 10.00%" in card
+    loaded = CagulModel.from_pretrained(model.unload(), tmp_path / "adapter")
+    assert loaded.active_config.gate_calibration == calibration
+    assert loaded.active_config.gate_threshold == threshold
+
+
+def test_a_config_without_a_calibration_still_loads(tmp_path) -> None:
+    vlm, _ = tiny_vlm("llava")
+    model = get_cagul_model(vlm, CagulConfig())
+    model.save_pretrained(tmp_path)
+    path = tmp_path / CONFIG_NAME
+    old = json.loads(path.read_text())
+    assert old.pop("gate_calibration") is None
+    path.write_text(json.dumps(old))
+    loaded = CagulModel.from_pretrained(model.unload(), tmp_path)
+    assert loaded.active_config.gate_calibration is None
+    assert "calibrated" not in (tmp_path / "README.md").read_text()
+
+
+def test_calibrate_threshold_is_the_lowest_that_meets_the_target() -> None:
+    scores = torch.tensor([0.9, 0.1, 0.8, 0.3, 0.2, 0.7, 0.05, 0.6, 0.4, 0.5])
+    threshold, fpr = calibrate_threshold(scores, 0.2)
+    assert (threshold, fpr) == (float(torch.tensor(0.7)), 0.2)
+    assert calibrate_threshold(scores, 0.0) == (float(torch.tensor(0.9)), 0.0)
+    # Saturated negatives: the target cannot be met, and the rate says so.
+    threshold, fpr = calibrate_threshold(torch.ones(4), 0.0)
+    assert threshold < 1 and fpr == 1.0
+    with pytest.raises(ValueError, match="held-out negative"):
+        calibrate_threshold(torch.zeros(0), 0.1)
+
+
+@register_gate
+class MeanGate(Gate):
+    """A gate without parameters: the mean of the first channel of the visual tokens."""
+
+    name = "test-mean-of-first-channel"
+
+    def __init__(self, config: CagulConfig) -> None:
+        super().__init__()
+
+    def forward(self, inputs: GateInputs) -> torch.Tensor:
+        first = inputs.tokens[:, :1]
+        sums = first.new_zeros(inputs.num_images, 1).index_add(0, inputs.image_index, first)
+        counts = torch.bincount(inputs.image_index, minlength=inputs.num_images)
+        return (sums.squeeze(-1) / counts) - 4.0
+
+
+def test_a_gate_without_parameters_is_left_alone_but_can_be_calibrated(tmp_path, caplog) -> None:
+    vlm, processor = tiny_vlm("llava")
+    model = get_cagul_model(vlm, CagulConfig(gate=MeanGate.name))
+    args = trainer_arguments(tmp_path, max_steps=1, gate_fit="apart")
+    trainer = CagulTrainer(
+        model=model,
+        args=CagulTrainingConfig(**args),
+        train_dataset=people_dataset(),
+        processing_class=processor,
+    )
+    with caplog.at_level("WARNING"):
+        trainer.train()
+    assert "the gate has no trainable parameters, nothing to fit" in caplog.text
+    assert trainer.gate_fit_report is None
+    trainer.args.gate_target_fpr = 0.25
+    trainer.train()
+    report = trainer.gate_fit_report
+    assert report is not None and report.final_loss is None
+    assert model.active_config.gate_calibration == report.calibration
+
+
+def test_defaults_leave_the_fit_as_it_was(tmp_path) -> None:
+    """With the option off, `CagulTrainer.train` is `Trainer.train`: bit-identical adapters."""
+    adapters = []
+    for run, fit in enumerate((CagulTrainer.train, Trainer.train)):
+        trainer, model, _ = make_trainer(tmp_path / str(run), tiny_dataset(), max_steps=3)
+        assert trainer.args.gate_fit == "joint"
+        fit(trainer)
+        adapters.append(model.active_adapter_module.state_dict())
+        assert model.active_config.gate_calibration is None
+    assert adapters[0].keys() == adapters[1].keys()
+    assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])
+
+
+def test_the_gate_fit_is_deterministic_from_the_seed(tmp_path) -> None:
+    gates = []
+    for run in range(2):
+        trainer, model, _ = make_trainer(
+            tmp_path / str(run), gate_fit="apart", gate_epochs=3, gate_variants=1, max_steps=1
+        )
+        trainer.train()
+        gates.append(model.active_adapter_module.discriminator.state_dict())
+    assert all(torch.equal(gates[0][k], gates[1][k]) for k in gates[0])
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"gate_fit": "both"}, "gate_fit='both' is not supported"),
+        ({"gate_target_fpr": 0.1}, "set gate_fit='apart'"),
+        ({"gate_fit": "apart", "gate_target_fpr": 1.0}, r"must lie in \[0, 1\)"),
+        ({"gate_fit": "apart", "gate_epochs": 0}, "gate_epochs=0 must be >= 1"),
+        ({"gate_fit": "apart", "forget_weight": 0, "retain_weight": 0}, "encoder nothing"),
+    ],
+)
+def test_bad_gate_fit_settings_are_refused(tmp_path, settings, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        CagulTrainingConfig(**trainer_arguments(tmp_path, **settings))
+
+
+def test_too_few_negatives_to_hold_some_out_are_refused(tmp_path) -> None:
+    one_retain_photo = tiny_dataset(rows_per_split=1)
+    trainer, _, _ = make_trainer(tmp_path, one_retain_photo, gate_fit="apart", gate_target_fpr=0.1)
+    with pytest.raises(ValueError, match="leaves none to fit the gate on"):
+        trainer.train()
+
+
+def test_fit_with_the_gate_fitted_apart_from_the_command_line(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    fit = ["fit", "--tiny", "--benchmark", "synthetic", "--batch-size", "4", "--max-steps", "2"]
+    apart = ["--gate-fit", "apart", "--gate-epochs", "2", "--gate-variants", "1"]
+    calibrated = ["--gate-target-fpr", "0.2", "--save-strategy", "no"]
+    assert main([*fit, *apart, *calibrated, "--output-dir", str(out)]) == 0
+    saved = json.loads((out / "adapter" / CONFIG_NAME).read_text())
+    assert saved["gate_calibration"]["target_fpr"] == 0.2
+    assert saved["gate_calibration"]["fpr"] <= 0.2
+    assert saved["gate_threshold"] == saved["gate_calibration"]["threshold"]
+    assert "gate_fit_seconds" in capsys.readouterr().out
+
+
+def test_negatives_without_photos_are_refused_before_training(tmp_path) -> None:
+    no_images = Dataset.from_dict({"question": [QUESTION]})
+    with pytest.raises(ValueError, match=r"`gate_negatives`.*missing: \['image'\]"):
+        make_trainer(tmp_path, gate_negatives=no_images, gate_fit="apart")
