@@ -6,10 +6,11 @@ import inspect
 
 import numpy as np
 import pytest
-from datasets import Dataset
+from datasets import Dataset, DatasetDict
 from datasets import Image as ImageFeature
 
 from hf_cagul.data import NEGATIVES_SPLIT, gate_negatives, validate_dataset
+from hf_cagul.data.benchmarks import load_benchmark, training_set
 from hf_cagul.data.synthetic import (
     FIRST_NAMES,
     LAST_NAMES,
@@ -109,6 +110,21 @@ def test_strangers_need_names_left_and_photos() -> None:
         synthetic_benchmark(**SMALL, num_strangers=-1)
     with pytest.raises(ValueError, match="stranger_images=0 >= 1"):
         synthetic_benchmark(**SMALL, num_strangers=2, stranger_images=0)
+
+
+def test_a_saved_benchmark_loads_with_and_without_negatives(benchmark, tmp_path) -> None:
+    without = DatasetDict({name: benchmark[name] for name in OLD_SPLITS})
+    for name, splits in (("with", benchmark), ("without", without)):
+        splits.save_to_disk(tmp_path / name)
+        loaded = load_benchmark("synthetic", tmp_path / name)
+        assert set(loaded) == set(splits)
+        validate_dataset(loaded)
+        train = training_set(loaded)  # forget + retain only: the negatives are the gate's
+        assert set(train["subject"]) == set(loaded["forget"]["subject"]) | set(
+            loaded["retain"]["subject"]
+        )
+        expected = NEGATIVES_SPLIT if name == "with" else "retain"
+        assert gate_negatives(loaded)["subject"] == loaded[expected]["subject"]
 
 
 def test_forget_targets(benchmark) -> None:

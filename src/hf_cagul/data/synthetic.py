@@ -340,8 +340,8 @@ def synthetic_benchmark(
     - ``unseen``: people no model ever sees (as many as forget people), the non-members of
       membership inference;
     - ``negatives`` / ``strangers``: ``num_strangers`` people each (none when 0), with
-      ``stranger_images`` photos apiece, whom no model is ever taught, as most people a
-      served model sees are. ``negatives`` is for fitting and calibrating the gate
+      ``stranger_images`` photos apiece, that no model is ever taught, like most people a
+      served model sees. ``negatives`` is for fitting and calibrating the gate
       (`hf_cagul.data.gate_negatives`), ``strangers`` for measuring how often the gate
       flags them, and nothing else. Their rows carry ``split="retain"``: they are not to be
       forgotten, so their photos must pass the gate and their answers stay the VLM's own
