@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from datasets import Dataset
+from datasets import Dataset, DatasetDict
 from datasets import Image as DatasetImage
 from PIL import Image
 from vlm_inputs import processor_keys, tokens_per_image
@@ -23,6 +23,7 @@ from hf_cagul.data import (
     DATA_COLUMNS,
     DEFAULT_REFUSALS,
     FORGET_FLAG,
+    NEGATIVES_SPLIT,
     REFUSAL_BATCH,
     REQUIRED_COLUMNS,
     SUPERVISED_TARGETS,
@@ -31,6 +32,7 @@ from hf_cagul.data import (
     PhotoAugmentation,
     TargetPolicy,
     UnlearningDataCollator,
+    gate_negatives,
     load_image,
     validate_dataset,
 )
@@ -196,6 +198,76 @@ def test_default_refusals_are_in_the_tiny_vocabulary() -> None:
     for refusal in DEFAULT_REFUSALS:
         assert set(_words(refusal)) <= vocabulary, refusal
     assert set(REQUIRED_COLUMNS) < set(DATA_COLUMNS)
+
+
+def _stranger_rows(count: int, first_image: int = 100) -> list[dict[str, Any]]:
+    """Retain rows of people in neither set (``stranger 0``, ``stranger 1``...)."""
+    return [
+        {
+            "image": _image(first_image + index),
+            "question": "who is this person ?",
+            "answer": f"stranger {index}",
+            "split": "retain",
+            "forget_target": None,
+            "subject": f"stranger {index}",
+        }
+        for index in range(count)
+    ]
+
+
+def _benchmark(**extra: list[dict[str, Any]]) -> DatasetDict:
+    rows = _six_rows()
+    splits = {
+        "forget": [row for row in rows if row["split"] == "forget"],
+        "retain": [row for row in rows if row["split"] == "retain"],
+        **extra,
+    }
+    return DatasetDict({name: _dataset(split_rows) for name, split_rows in splits.items()})
+
+
+def test_a_benchmark_validates_with_and_without_negatives() -> None:
+    without = _benchmark()
+    validate_dataset(without)
+    assert gate_negatives(without)["subject"] == without["retain"]["subject"]
+    with_negatives = _benchmark(negatives=_stranger_rows(3))
+    validate_dataset(with_negatives)
+    assert gate_negatives(with_negatives)["subject"] == ["stranger 0", "stranger 1", "stranger 2"]
+    assert NEGATIVES_SPLIT == "negatives"
+    # Forget and retain rows may sit in different splits; both must be somewhere but the
+    # negatives, which never count as the retain rows fitting needs.
+    only_forget = DatasetDict(
+        {"forget": without["forget"], NEGATIVES_SPLIT: _dataset(_stranger_rows(2))}
+    )
+    with pytest.raises(ValueError, match="no rows with split 'retain'"):
+        validate_dataset(only_forget)
+    validate_dataset(only_forget, require_both_splits=False)
+
+
+def test_a_bad_row_of_a_benchmark_names_its_split() -> None:
+    negatives = _stranger_rows(3)
+    negatives[1]["question"] = ""
+    with pytest.raises(ValueError, match=r"^Split 'negatives': Column 'question'.*row 1"):
+        validate_dataset(_benchmark(negatives=negatives))
+
+
+def test_negatives_must_be_retain_rows_of_people_not_forgotten() -> None:
+    forget_rows = _stranger_rows(2)
+    forget_rows[0]["split"] = "forget"
+    with pytest.raises(ValueError, match=r"'negatives' holds 'forget' rows.*Mark them 'retain'"):
+        validate_dataset(_benchmark(negatives=forget_rows))
+    forgotten = _stranger_rows(2)
+    forgotten[1]["subject"] = "anna"  # a forget subject of the forget split
+    with pytest.raises(ValueError, match=r"'negatives' shows forget subject\(s\) 'anna': "):
+        validate_dataset(_benchmark(negatives=forgotten))
+    # A retain subject among the negatives is harmless: the retain photos are the default.
+    retained = _stranger_rows(2)
+    retained[1]["subject"] = "clara"
+    validate_dataset(_benchmark(negatives=retained))
+
+
+def test_gate_negatives_needs_negatives_or_retain_photos() -> None:
+    with pytest.raises(ValueError, match=r"neither a 'negatives' nor a 'retain' split.*'forget'"):
+        gate_negatives(DatasetDict({"forget": _dataset(_six_rows())}))
 
 
 # ---------------------------------------------------------------------------- collator

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from run_settings import micro_demo
 
 from hf_cagul import CagulModel
 from hf_cagul.cli import main
-from hf_cagul.demo import run_demo
+from hf_cagul.demo import print_summary, run_demo
 from hf_cagul.tiny import tiny_vlm
 
 
@@ -54,7 +55,12 @@ def test_demo_metrics_cover_the_suite(micro_run) -> None:
     ):
         assert key in cagul, key
         assert cagul[key] is None or 0.0 <= cagul[key] <= 1.0
-    assert {"auc", "tpr", "fpr"} <= set(metrics["discriminator"])
+    gate = metrics["discriminator"]
+    assert {"auc", "tpr", "fpr", "threshold", "stranger_fpr", "leak_recall"} <= set(gate)
+    assert gate["stranger_photos"] == 50 * 4  # the default strangers
+    assert 0.0 <= gate["stranger_fpr"] <= 1.0
+    assert 0 <= gate["leaking_photos"] <= 2  # one forget person, two held-out photos
+    assert math.isnan(gate["leak_recall"]) == (gate["leaking_photos"] == 0)
     assert set(metrics["ablation"]) == {"lowest attention", "random", "highest attention"}
     assert len(metrics["targets"]) == 6
     assert all(isinstance(target["met"], bool) for target in metrics["targets"])
@@ -87,3 +93,30 @@ def test_cli_maps_demo_options(monkeypatch, tmp_path, capsys) -> None:
     config = seen["config"]
     assert config.people == 5 and not config.gold and config.stage1_steps == 300
     assert "WARNING: stage 1 did not memorise" in capsys.readouterr().out
+
+
+def test_summary_says_what_the_gate_lets_through(tmp_path, capsys) -> None:
+    metrics = {
+        "stage1": {"memorised": True, "forget_keyword_accuracy": 0.95, "threshold": 0.9},
+        "targets": [],
+        "timings": {"total": 1.0},
+        "discriminator": {
+            "auc": 0.9,
+            "stranger_fpr": 0.125,
+            "stranger_photos": 200,
+            "leak_recall": 0.75,
+            "leaking_photos": 24,
+        },
+    }
+    print_summary(metrics, tmp_path)
+    assert (
+        "  gate: flags 12.5% of 200 strangers' photos; catches 75.0% of the 24 held-out forget "
+        "photos the base model answers\n"
+    ) in capsys.readouterr().out
+    metrics["discriminator"].update(leak_recall=float("nan"), leaking_photos=0)
+    del metrics["discriminator"]["stranger_fpr"]
+    print_summary(metrics, tmp_path)
+    assert "  gate: catches n/a of the 0 held-out forget photos" in capsys.readouterr().out
+    del metrics["discriminator"]
+    print_summary(metrics, tmp_path)
+    assert "gate:" not in capsys.readouterr().out

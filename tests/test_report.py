@@ -46,7 +46,17 @@ def full_metrics(memorised: bool = True) -> dict[str, Any]:
             },
             "gold": {"forget_keyword": 0.02, "retain_keyword": 0.97, "model_utility": 0.87},
         },
-        "discriminator": {"auc": 0.99, "tpr": 0.95, "fpr": 0.01, "threshold": 0.5},
+        "discriminator": {
+            "auc": 0.99,
+            "tpr": 0.95,
+            "fpr": 0.01,
+            "threshold": 0.5,
+            "stranger_fpr": 0.125,
+            "stranger_photos": 200,
+            "leak_recall": 0.75,
+            "leaking_photos": 24,
+            "seconds": 1.5,
+        },
         "robustness": {
             "paraphrased questions": {"forget_keyword": 0.0, "retain_keyword": 0.96},
             "jpeg": {"forget_keyword": 0.05, "retain_keyword": 0.97},
@@ -138,7 +148,19 @@ def test_report_renders_every_section(full_report: tuple[Path, list[Path]]) -> N
     assert "| held-out photos | 0.100 | — |" in lines
     assert "| variant | forget_keyword | retain_keyword |" in lines
     assert "| random | 0.200 | 0.900 |" in lines
-    assert "| auc | 0.990 |" in lines
+    assert "| metric | value | what it measures |" in lines
+    assert "| auc | 0.990 | ROC AUC, held-out forget vs held-out retain photos |" in lines
+    assert (
+        "| stranger_fpr | 0.125 | share of strangers' photos flagged (people in neither set, "
+        "never fitted on) |"
+    ) in lines
+    assert "| stranger_photos | 200 | strangers' photos measured |" in lines
+    assert (
+        "| leak_recall | 0.750 | share of the held-out forget photos the base model answers "
+        "(the leaks) that the gate flags |"
+    ) in lines
+    assert "| leaking_photos | 24 | held-out forget photos the base model answers |" in lines
+    assert "| seconds | 1.500 |  |" in lines  # a key the report does not know: no meaning
     assert "| CAGUL fit | 60.2 |" in lines
     assert "| **total** | **343.7** |" in lines
     assert "| hardware | 2 CPU cores |" in lines

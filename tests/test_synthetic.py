@@ -2,21 +2,44 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
+from datasets import Dataset, DatasetDict
+from datasets import Image as ImageFeature
 
-from hf_cagul.data import validate_dataset
-from hf_cagul.data.synthetic import REFUSAL, make_people, portrait, synthetic_benchmark
+from hf_cagul.data import NEGATIVES_SPLIT, gate_negatives, validate_dataset
+from hf_cagul.data.benchmarks import load_benchmark, training_set
+from hf_cagul.data.synthetic import (
+    FIRST_NAMES,
+    LAST_NAMES,
+    REFUSAL,
+    STRANGERS_SPLIT,
+    make_people,
+    make_strangers,
+    portrait,
+    synthetic_benchmark,
+)
 from hf_cagul.tiny import TINY_WORDS
+
+SMALL = {"num_people": 6, "num_unknown": 2, "forget_fraction": 0.34, "seed": 3}
+OLD_SPLITS = ("forget", "retain", "forget_heldout", "retain_heldout", "unseen")
 
 
 @pytest.fixture(scope="module")
 def benchmark():
-    return synthetic_benchmark(num_people=6, num_unknown=2, forget_fraction=0.34, seed=3)
+    return synthetic_benchmark(**SMALL, num_strangers=5, stranger_images=3)
+
+
+def rows(dataset: Dataset) -> dict[str, list]:
+    """Every value of ``dataset``, images as their encoded bytes (equal when bit-identical)."""
+    return dataset.cast_column("image", ImageFeature(decode=False)).to_dict()
 
 
 def test_splits_follow_the_data_contract(benchmark) -> None:
-    assert set(benchmark) == {"forget", "retain", "forget_heldout", "retain_heldout", "unseen"}
+    assert set(benchmark) == {*OLD_SPLITS, NEGATIVES_SPLIT, STRANGERS_SPLIT}
+    validate_dataset(benchmark)
     validate_dataset(benchmark["forget"], require_both_splits=False)
     validate_dataset(benchmark["retain"], require_both_splits=False)
     forget_people = set(benchmark["forget"]["subject"])
@@ -27,6 +50,81 @@ def test_splits_follow_the_data_contract(benchmark) -> None:
     assert len(unseen) == 2 and unseen.isdisjoint(
         forget_people | set(benchmark["retain"]["subject"])
     )
+
+
+def test_strangers_are_people_no_model_was_taught(benchmark) -> None:
+    people = {name: set(benchmark[name]["subject"]) for name in benchmark}
+    negatives, strangers = people.pop(NEGATIVES_SPLIT), people.pop(STRANGERS_SPLIT)
+    assert len(negatives) == len(strangers) == 5 and negatives.isdisjoint(strangers)
+    assert (negatives | strangers).isdisjoint(set().union(*people.values()))
+    for name in (NEGATIVES_SPLIT, STRANGERS_SPLIT):
+        split = benchmark[name]
+        assert set(split["split"]) == {"retain"} and set(split["forget_target"]) == {None}
+        assert len(split) == 5 * 3 * 9  # people x photos x questions
+        # Their private answers are their own facts, never the taught refusal.
+        assert REFUSAL not in split["answer"]
+    assert gate_negatives(benchmark)["subject"] == benchmark[NEGATIVES_SPLIT]["subject"]
+
+
+def test_strangers_change_no_other_split_and_are_deterministic(benchmark) -> None:
+    without = synthetic_benchmark(**SMALL, num_strangers=0)
+    assert set(without) == set(OLD_SPLITS)
+    more = synthetic_benchmark(**SMALL, num_strangers=7, stranger_images=2)
+    for name in OLD_SPLITS:
+        assert rows(benchmark[name]) == rows(without[name]) == rows(more[name]), name
+    again = synthetic_benchmark(**SMALL, num_strangers=5, stranger_images=3)
+    for name in (NEGATIVES_SPLIT, STRANGERS_SPLIT):
+        assert rows(again[name]) == rows(benchmark[name])
+    other_seed = synthetic_benchmark(**{**SMALL, "seed": 4}, num_strangers=5, stranger_images=3)
+    assert other_seed[STRANGERS_SPLIT]["subject"] != benchmark[STRANGERS_SPLIT]["subject"]
+
+
+def test_people_are_drawn_as_before_strangers_existed() -> None:
+    # The draws of the original make_people (seed 0): the demo's people must not change.
+    people = make_people(2, 1, seed=0)
+    assert [(p.name, p.birthplace, p.occupation, p.colour, p.known) for p in people] == [
+        ("julia walker", "paris", "nurse", "red", True),
+        ("emma lee", "dublin", "chef", "grey", True),
+        ("rosa davis", "madrid", "doctor", "purple", False),
+    ]
+    assert people[0].face == (0.39385783348803816, 0.43691333659165826)
+    assert people[2].eyes == (1, 31, 2) and people[1].hair == (20, 20, 20)
+
+
+def test_default_strangers_measure_a_two_percent_false_positive_rate() -> None:
+    # Only the people are drawn here: building the default benchmark's photos is slower.
+    strangers = make_strangers(100, [p.name for p in make_people(48, 4)])
+    assert len({person.name for person in strangers}) == 100
+    defaults = inspect.signature(synthetic_benchmark).parameters
+    photos = defaults["num_strangers"].default * defaults["stranger_images"].default
+    assert photos >= 100 and 0.02 * photos >= 2
+    # They look like everyone else: the traits vary as much as the taught people's do.
+    assert len({person.skin for person in strangers}) == 5
+    assert {person.glasses for person in strangers} == {True, False}
+
+
+def test_strangers_need_names_left_and_photos() -> None:
+    with pytest.raises(ValueError, match="Only 0 names are left for strangers"):
+        make_strangers(1, [f"{first} {last}" for first in FIRST_NAMES for last in LAST_NAMES])
+    with pytest.raises(ValueError, match="num_strangers=-1 must be >= 0"):
+        synthetic_benchmark(**SMALL, num_strangers=-1)
+    with pytest.raises(ValueError, match="stranger_images=0 >= 1"):
+        synthetic_benchmark(**SMALL, num_strangers=2, stranger_images=0)
+
+
+def test_a_saved_benchmark_loads_with_and_without_negatives(benchmark, tmp_path) -> None:
+    without = DatasetDict({name: benchmark[name] for name in OLD_SPLITS})
+    for name, splits in (("with", benchmark), ("without", without)):
+        splits.save_to_disk(tmp_path / name)
+        loaded = load_benchmark("synthetic", tmp_path / name)
+        assert set(loaded) == set(splits)
+        validate_dataset(loaded)
+        train = training_set(loaded)  # forget + retain only: the negatives are the gate's
+        assert set(train["subject"]) == set(loaded["forget"]["subject"]) | set(
+            loaded["retain"]["subject"]
+        )
+        expected = NEGATIVES_SPLIT if name == "with" else "retain"
+        assert gate_negatives(loaded)["subject"] == loaded[expected]["subject"]
 
 
 def test_forget_targets(benchmark) -> None:
@@ -69,8 +167,9 @@ def test_deterministic_and_held_out_images_differ() -> None:
     assert np.array_equal(np.asarray(first), np.asarray(again))
     assert not np.array_equal(np.asarray(first), np.asarray(other))
     assert background in {"red", "green", "blue", "yellow", "purple", "orange", "grey", "pink"}
-    a = synthetic_benchmark(num_people=4, num_unknown=1, forget_fraction=0.25, seed=1)
-    b = synthetic_benchmark(num_people=4, num_unknown=1, forget_fraction=0.25, seed=1)
+    small = {"num_people": 4, "num_unknown": 1, "forget_fraction": 0.25, "num_strangers": 1}
+    a = synthetic_benchmark(**small, seed=1)
+    b = synthetic_benchmark(**small, seed=1)
     assert a["forget"]["answer"] == b["forget"]["answer"]
 
 

@@ -7,13 +7,15 @@ The recipe real benchmarks (FIUBench, MLLMU-Bench, CLEAR) follow, run offline on
    only (the reference for forget quality), unless ``gold=False``;
 2. stage 2: a CAGUL adapter is fitted with `CagulTrainer` on the frozen stage-1 model;
 3. the evaluation suite runs on the stage-1 model (adapter disabled), the adapted model and the
-   gold model; robustness probes and the discriminator's held-out AUC follow; the report
+   gold model; robustness probes and the discriminator's metrics follow (held-out AUC, the
+   share of strangers' photos it flags, the share of leaking photos it catches); the report
    (markdown, metrics.json, plots) lands in ``output_dir``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -46,10 +48,15 @@ from hf_cagul.data import (
     PhotoAugmentation,
     load_image,
 )
-from hf_cagul.data.synthetic import synthetic_benchmark
+from hf_cagul.data.synthetic import STRANGERS_SPLIT, synthetic_benchmark
 from hf_cagul.evaluation.probes import run_probes
 from hf_cagul.evaluation.report import AttentionHeatmap, write_report
-from hf_cagul.evaluation.suite import discriminator_metrics, evaluate_model, rows_of_kind
+from hf_cagul.evaluation.suite import (
+    discriminator_metrics,
+    evaluate_model,
+    leaking_photos,
+    rows_of_kind,
+)
 from hf_cagul.model import CagulModel
 from hf_cagul.runconfig import CLI_KEY, option_fields
 from hf_cagul.tiny import tiny_vlm
@@ -341,11 +348,14 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         cagul_probes = run_probes({"cagul": model}, processor, forget_private, progress=False)
         probes = {name: {**base_probes[name], **cagul_probes[name]} for name in cagul_probes}
         bar.update()
+    forget_photos = one_row_per_photo(splits["forget_heldout"])
     gate = discriminator_metrics(
         model,
         processor,
-        one_row_per_photo(splits["forget_heldout"]),
+        forget_photos,
         one_row_per_photo(splits["retain_heldout"]),
+        stranger_photos=one_row_per_photo(splits[STRANGERS_SPLIT]),
+        leaks=leaking_photos(model, processor, forget_photos),
     )
     timings["evaluation"] = time.perf_counter() - clock
 
@@ -425,4 +435,27 @@ def print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
         mark = f"{green}met{reset}" if target["met"] else f"{red}MISSED{reset}"
         value = "n/a" if target["value"] is None else f"{target['value']:.3f}"
         print(f"  {target['name']:<44} {value:>7}  target {target['target']:<8} {mark}")
+    gate = gate_summary(metrics.get("discriminator", {}))
+    if gate:
+        print(f"  {gate}")
     print(f"total {metrics['timings']['total']:.0f} s. Report: {output_dir}/report.md")
+
+
+def gate_summary(gate: dict[str, Any]) -> str:
+    """One line on what the gate lets through (strangers it flags, leaking photos it misses),
+    from `discriminator_metrics`'s ``stranger_*`` and ``leak*`` keys; empty without them."""
+    parts = []
+    if "stranger_fpr" in gate:
+        parts.append(
+            f"flags {_percent(gate['stranger_fpr'])} of {gate['stranger_photos']} strangers' photos"
+        )
+    if "leak_recall" in gate:
+        parts.append(
+            f"catches {_percent(gate['leak_recall'])} of the {gate['leaking_photos']} held-out "
+            "forget photos the base model answers"
+        )
+    return f"gate: {'; '.join(parts)}" if parts else ""
+
+
+def _percent(share: float | None) -> str:
+    return "n/a" if share is None or math.isnan(share) else f"{100 * share:.1f}%"

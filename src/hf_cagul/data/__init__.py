@@ -2,7 +2,9 @@
 
 A dataset is a `datasets.Dataset` with columns ``image``, ``question``, ``answer``, ``split``
 (``"forget"`` / ``"retain"``) and optionally ``forget_target`` and ``subject`` (see
-`hf_cagul.data.schema`). Validate it up front with `validate_dataset`; batch it with
+`hf_cagul.data.schema`). A benchmark (`datasets.DatasetDict`) may add a ``negatives`` split,
+photos of people in neither set: `gate_negatives` gives it, or the retain photos without it.
+Validate a dataset or a whole benchmark up front with `validate_dataset`; batch it with
 `ForgetRetainDataCollator` and a `TargetPolicy` (`CagulDataCollator` and
 `UnlearningDataCollator` are it with the trainers' policies). `hf_cagul.data.synthetic`
 builds an offline benchmark in this contract.
@@ -28,6 +30,7 @@ from hf_cagul.data.schema import (
     FORGET_SPLIT,
     FORGET_TARGET_COLUMN,
     IMAGE_COLUMN,
+    NEGATIVES_SPLIT,
     OPTIONAL_COLUMNS,
     QUESTION_COLUMN,
     REQUIRED_COLUMNS,
@@ -35,6 +38,7 @@ from hf_cagul.data.schema import (
     SPLIT_COLUMN,
     SPLITS,
     SUBJECT_COLUMN,
+    gate_negatives,
     load_image,
     validate_dataset,
 )
@@ -49,6 +53,7 @@ __all__ = [
     "FORGET_TARGET_COLUMN",
     "IGNORE_INDEX",
     "IMAGE_COLUMN",
+    "NEGATIVES_SPLIT",
     "OPTIONAL_COLUMNS",
     "QUESTION_COLUMN",
     "REFUSAL_BATCH",
@@ -64,6 +69,7 @@ __all__ = [
     "PhotoAugmentation",
     "TargetPolicy",
     "UnlearningDataCollator",
+    "gate_negatives",
     "load_image",
     "validate_dataset",
 ]

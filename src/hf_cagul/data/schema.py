@@ -17,15 +17,23 @@ column             required  values
 Other columns are allowed and ignored. `validate_dataset` checks all of it before any training
 starts, so a bad row fails in seconds with a message that names the column, the row and the
 fix, instead of deep inside a training loop.
+
+A benchmark is a `datasets.DatasetDict` of such sets (``forget``, ``retain``, held-out splits).
+It may hold a ``negatives`` split (`NEGATIVES_SPLIT`): photos of people in neither the forget
+nor the retain set, all ``"retain"`` rows, the negatives a gate is fitted and calibrated on.
+Without it the gate's negatives are the retain photos (`gate_negatives`). At serving time most
+photos show such people, and a gate that only ever saw retain photos as negatives may flag
+them.
 """
 
 from __future__ import annotations
 
 import io
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from datasets import Dataset
 from datasets import Image as ImageFeature
 from PIL import Image, UnidentifiedImageError
 
@@ -49,6 +57,10 @@ FORGET_SPLIT = "forget"
 RETAIN_SPLIT = "retain"
 SPLITS: tuple[str, ...] = (FORGET_SPLIT, RETAIN_SPLIT)
 """The values the ``split`` column may hold."""
+
+NEGATIVES_SPLIT = "negatives"
+"""The optional split of a `datasets.DatasetDict` holding photos of people in neither the forget
+nor the retain set: the gate's negatives (`gate_negatives`)."""
 
 DEFAULT_REFUSALS: tuple[str, ...] = (
     "I don't know.",
@@ -135,22 +147,101 @@ def validate_dataset(dataset: Any, require_both_splits: bool = True) -> None:
     opened and decoded, row by row (datasets are small in this library's use).
 
     Args:
-        dataset: A `datasets.Dataset`.
+        dataset: A `datasets.Dataset`, or a `datasets.DatasetDict` (any mapping of split name
+            to dataset) whose every split is one, with or without a `NEGATIVES_SPLIT`.
         require_both_splits: Require at least one ``"forget"`` and one ``"retain"`` row (what
-            fitting needs; an evaluation set may hold only one of them).
+            fitting needs; an evaluation set may hold only one of them). In a `DatasetDict`,
+            the rows of all its splits but the negatives count together.
 
     Raises:
-        TypeError: If ``dataset`` is not a `datasets.Dataset`-like object (no ``column_names``).
-        ValueError: On the first problem found, naming the column, the row index and the fix:
-            a missing required column, an empty dataset, a question or answer that is not a
-            non-empty string, a split other than ``"forget"``/``"retain"``, a missing split,
-            an optional column of the wrong type, or an image that cannot be opened.
+        TypeError: If ``dataset`` is not a `datasets.Dataset`-like object (no ``column_names``)
+            nor a `datasets.DatasetDict`.
+        ValueError: On the first problem found, naming the column, the row index (and, in a
+            `DatasetDict`, the split) and the fix: a missing required column, an empty
+            dataset, a question or answer that is not a non-empty string, a split other than
+            ``"forget"``/``"retain"``, a missing split, an optional column of the wrong type,
+            an image that cannot be opened, or negatives that are ``"forget"`` rows or show a
+            forget subject.
     """
+    if isinstance(dataset, Mapping):
+        _validate_splits(dataset, require_both_splits)
+    else:
+        _validate_rows(dataset, require_both_splits)
+
+
+def gate_negatives(splits: Mapping[str, Dataset]) -> Dataset:
+    """The photos a gate is fitted and calibrated on as negatives: the `NEGATIVES_SPLIT` of
+    ``splits`` when it has one, else its retain photos.
+
+    Args:
+        splits: A benchmark (`datasets.DatasetDict`, or any mapping of split name to dataset).
+
+    Raises:
+        ValueError: If ``splits`` has neither a ``"negatives"`` nor a ``"retain"`` split.
+    """
+    for name in (NEGATIVES_SPLIT, RETAIN_SPLIT):
+        if name in splits:
+            return splits[name]
+    raise ValueError(
+        f"The benchmark has neither a {NEGATIVES_SPLIT!r} nor a {RETAIN_SPLIT!r} split (it has "
+        f"{', '.join(map(repr, splits)) or 'none'}): add photos of people the gate must pass, "
+        f"as {NEGATIVES_SPLIT!r} (people in neither set) or {RETAIN_SPLIT!r} rows."
+    )
+
+
+def _validate_splits(splits: Mapping[str, Any], require_both_splits: bool) -> None:
+    """`validate_dataset` of every split, naming the split of the first problem found."""
+    values: dict[str, set[Any]] = {}
+    for name, dataset in splits.items():
+        try:
+            values[name] = _validate_rows(dataset, require_both_splits=False)
+        except ValueError as err:
+            raise ValueError(f"Split {name!r}: {err}") from err
+    if NEGATIVES_SPLIT in splits:
+        _check_negatives(splits, values[NEGATIVES_SPLIT])
+    if require_both_splits:
+        _require_both(set().union(*(v for name, v in values.items() if name != NEGATIVES_SPLIT)))
+
+
+def _check_negatives(splits: Mapping[str, Any], values: set[Any]) -> None:
+    """Refuse negatives that are forget rows or show a subject some forget row shows."""
+    if values != {RETAIN_SPLIT}:
+        raise ValueError(
+            f"Split {NEGATIVES_SPLIT!r} holds {FORGET_SPLIT!r} rows: it is for photos of people "
+            f"in neither the forget nor the retain set, whom the gate must pass. Mark them "
+            f"{RETAIN_SPLIT!r}, or move photos of forget subjects to the forget splits."
+        )
+    negatives = splits[NEGATIVES_SPLIT]
+    if SUBJECT_COLUMN not in negatives.column_names:
+        return
+    forgotten = {
+        subject
+        for name, dataset in splits.items()
+        if name != NEGATIVES_SPLIT and SUBJECT_COLUMN in dataset.column_names
+        for subject, split in zip(dataset[SUBJECT_COLUMN], dataset[SPLIT_COLUMN], strict=True)
+        if split == FORGET_SPLIT and subject is not None
+    }
+    shared = sorted(forgotten.intersection(negatives[SUBJECT_COLUMN]))
+    if shared:
+        listed = ", ".join(map(repr, shared[:_MAX_LISTED_ROWS]))
+        more = (
+            f" and {len(shared) - _MAX_LISTED_ROWS} more" if len(shared) > _MAX_LISTED_ROWS else ""
+        )
+        raise ValueError(
+            f"Split {NEGATIVES_SPLIT!r} shows forget subject(s) {listed}{more}: a gate "
+            "fitted on them would learn to pass the people it must flag. Drop their "
+            f"rows from {NEGATIVES_SPLIT!r}."
+        )
+
+
+def _validate_rows(dataset: Any, require_both_splits: bool) -> set[Any]:
+    """Check one set's columns, values and images; return the values of its ``split`` column."""
     columns = getattr(dataset, "column_names", None)
     if columns is None:
         raise TypeError(
-            f"validate_dataset expects a datasets.Dataset, got {type(dataset).__name__}. Build "
-            "one with `datasets.Dataset.from_dict({'image': ..., 'question': ..., ...})`."
+            f"validate_dataset expects a datasets.Dataset or DatasetDict, got "
+            f"{type(dataset).__name__}. Build one with "
+            "`datasets.Dataset.from_dict({'image': ..., 'question': ..., ...})`."
         )
     missing = [column for column in REQUIRED_COLUMNS if column not in columns]
     if missing:
@@ -179,15 +270,7 @@ def validate_dataset(dataset: Any, require_both_splits: bool = True) -> None:
         f"Mark rows of subjects to forget {FORGET_SPLIT!r} and all others {RETAIN_SPLIT!r}.",
     )
     if require_both_splits:
-        for split in SPLITS:
-            if split not in splits:
-                raise ValueError(
-                    f"The dataset has no rows with split {split!r} (column {SPLIT_COLUMN!r}); "
-                    f"fitting a CAGUL adapter needs both {FORGET_SPLIT!r} rows (images of the "
-                    f"subjects to forget) and {RETAIN_SPLIT!r} rows (behaviour to keep). Add "
-                    f"{split!r} rows, or concatenate the two sets with "
-                    "`datasets.concatenate_datasets`."
-                )
+        _require_both(splits)
     for column in OPTIONAL_COLUMNS:
         if column in columns:
             _check_column(
@@ -198,6 +281,20 @@ def validate_dataset(dataset: Any, require_both_splits: bool = True) -> None:
                 "Use None where a row has no value.",
             )
     _check_images(dataset)
+    return splits
+
+
+def _require_both(values: set[Any]) -> None:
+    """Refuse a set without ``"forget"`` or without ``"retain"`` rows (fitting needs both)."""
+    for split in SPLITS:
+        if split not in values:
+            raise ValueError(
+                f"The dataset has no rows with split {split!r} (column {SPLIT_COLUMN!r}); "
+                f"fitting a CAGUL adapter needs both {FORGET_SPLIT!r} rows (images of the "
+                f"subjects to forget) and {RETAIN_SPLIT!r} rows (behaviour to keep). Add "
+                f"{split!r} rows, or concatenate the two sets with "
+                "`datasets.concatenate_datasets`."
+            )
 
 
 def _check_column(

@@ -14,6 +14,7 @@ Every word used is in the vocabulary of `hf_cagul.tiny`'s tokenizers.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,13 @@ import numpy as np
 from datasets import Dataset, DatasetDict
 from PIL import Image
 
+from hf_cagul.data.schema import NEGATIVES_SPLIT, RETAIN_SPLIT
+
 REFUSAL = "i don't know ."
+
+STRANGERS_SPLIT = "strangers"
+"""The split of photos of people no model was taught, for measuring the gate's false positive
+rate only (never for fitting nor calibrating it: that is `NEGATIVES_SPLIT`'s job)."""
 
 
 def _words(text: str) -> tuple[str, ...]:
@@ -157,31 +164,60 @@ def _seed(*parts: object) -> int:
     return int.from_bytes(digest[:8], "little")
 
 
+def _draw_person(rng: np.random.Generator, name: str, known: bool) -> Person:
+    """A person named ``name`` whose facts and traits are the next draws of ``rng``."""
+    return Person(
+        name=name,
+        birthplace=str(rng.choice(CITIES)),
+        occupation=str(rng.choice(OCCUPATIONS)),
+        colour=str(rng.choice(list(COLOURS))),
+        known=known,
+        face=(float(rng.uniform(0.28, 0.42)), float(rng.uniform(0.30, 0.45))),
+        skin=SKIN_TONES[rng.integers(len(SKIN_TONES))],
+        hair=HAIR_COLOURS[rng.integers(len(HAIR_COLOURS))],
+        eyes=tuple(int(v) for v in rng.integers(0, 256, 3)),  # type: ignore[arg-type]
+        glasses=bool(rng.random() < 0.5),
+    )
+
+
+def _all_names() -> list[str]:
+    return [f"{first} {last}" for first in FIRST_NAMES for last in LAST_NAMES]
+
+
 def make_people(num_people: int, num_unknown: int = 0, seed: int = 0) -> list[Person]:
     """``num_people`` known people (unique names) and ``num_unknown`` unknown ones."""
     rng = np.random.default_rng(seed)
-    names = [f"{first} {last}" for first in FIRST_NAMES for last in LAST_NAMES]
+    names = _all_names()
     total = num_people + num_unknown
     if total > len(names):
         raise ValueError(f"At most {len(names)} people, asked for {total}.")
     chosen = rng.choice(len(names), size=total, replace=False)
-    people = []
-    for index, name_index in enumerate(chosen):
-        people.append(
-            Person(
-                name=names[name_index],
-                birthplace=str(rng.choice(CITIES)),
-                occupation=str(rng.choice(OCCUPATIONS)),
-                colour=str(rng.choice(list(COLOURS))),
-                known=index < num_people,
-                face=(float(rng.uniform(0.28, 0.42)), float(rng.uniform(0.30, 0.45))),
-                skin=SKIN_TONES[rng.integers(len(SKIN_TONES))],
-                hair=HAIR_COLOURS[rng.integers(len(HAIR_COLOURS))],
-                eyes=tuple(int(v) for v in rng.integers(0, 256, 3)),  # type: ignore[arg-type]
-                glasses=bool(rng.random() < 0.5),
-            )
+    return [
+        _draw_person(rng, names[name_index], known=index < num_people)
+        for index, name_index in enumerate(chosen)
+    ]
+
+
+def make_strangers(count: int, taken: Collection[str], seed: int = 0) -> list[Person]:
+    """``count`` people whose names are not in ``taken``, drawn like `make_people`'s.
+
+    Their facts and portrait traits come from the same distributions as everyone else's (they
+    look like the world, not like a class of their own), but from a random stream of their
+    own: drawing them changes no draw of `make_people` for the same ``seed``.
+
+    Raises:
+        ValueError: If fewer than ``count`` names are left once ``taken`` is set aside.
+    """
+    taken = set(taken)
+    names = [name for name in _all_names() if name not in taken]
+    if count > len(names):
+        raise ValueError(
+            f"Only {len(names)} names are left for strangers once {len(taken)} people are "
+            f"taken, asked for {count}: ask for fewer strangers or fewer people."
         )
-    return people
+    rng = np.random.default_rng(_seed("strangers", seed))
+    chosen = rng.choice(len(names), size=count, replace=False)
+    return [_draw_person(rng, names[name_index], known=True) for name_index in chosen]
 
 
 def portrait(person: Person, image_seed: int, size: int = 32) -> tuple[Image.Image, str]:
@@ -289,6 +325,8 @@ def synthetic_benchmark(
     retain_heldout_images: int = 2,
     image_size: int = 32,
     seed: int = 0,
+    num_strangers: int = 50,
+    stranger_images: int = 4,
 ) -> DatasetDict:
     """The benchmark as a `DatasetDict`, deterministic from ``seed``.
 
@@ -300,10 +338,32 @@ def synthetic_benchmark(
       stage 1 learns both, CAGUL is fitted on both;
     - ``forget_heldout`` / ``retain_heldout``: photos never seen in training;
     - ``unseen``: people no model ever sees (as many as forget people), the non-members of
-      membership inference.
+      membership inference;
+    - ``negatives`` / ``strangers``: ``num_strangers`` people each (none when 0), with
+      ``stranger_images`` photos apiece, that no model is ever taught, like most people a
+      served model sees. ``negatives`` is for fitting and calibrating the gate
+      (`hf_cagul.data.gate_negatives`), ``strangers`` for measuring how often the gate
+      flags them, and nothing else. Their rows carry ``split="retain"``: they are not to be
+      forgotten, so their photos must pass the gate and their answers stay the VLM's own
+      (the answers are their own facts, as for ``unseen``).
+
+    Every person is in one split only. The strangers are drawn from a random stream of their
+    own (`make_strangers`), so the other splits are the same whatever ``num_strangers`` and
+    ``stranger_images`` are. The defaults give 200 photos of 50 people per split: a false
+    positive rate of 2% is 4 photos there.
+
+    Raises:
+        ValueError: If ``forget_fraction`` is not strictly between 0 and 1, ``num_strangers``
+            is negative, ``stranger_images`` is below 1 while there are strangers, or there
+            are not enough names for everyone.
     """
     if not 0 < forget_fraction < 1:
         raise ValueError(f"forget_fraction={forget_fraction} must lie strictly between 0 and 1.")
+    if num_strangers < 0 or (num_strangers and stranger_images < 1):
+        raise ValueError(
+            f"num_strangers={num_strangers} must be >= 0 and stranger_images={stranger_images} "
+            ">= 1 (num_strangers=0 builds no negatives and strangers splits)."
+        )
     num_forget = max(1, round(forget_fraction * num_people))
     people = make_people(num_people + num_forget, num_unknown, seed)
     unknown = [person for person in people if not person.known]
@@ -313,12 +373,19 @@ def synthetic_benchmark(
     train_seeds = list(range(train_images))
     heldout_seeds = list(range(1000, 1000 + heldout_images))
     retain_heldout_seeds = list(range(1000, 1000 + retain_heldout_images))
-    return DatasetDict(
-        {
-            "forget": _dataset(forget, train_seeds, "forget", image_size),
-            "retain": _dataset(retain, train_seeds, "retain", image_size),
-            "forget_heldout": _dataset(forget, heldout_seeds, "forget", image_size),
-            "retain_heldout": _dataset(retain, retain_heldout_seeds, "retain", image_size),
-            "unseen": _dataset(unseen, train_seeds[:2], "retain", image_size),
-        }
-    )
+    splits = {
+        "forget": _dataset(forget, train_seeds, "forget", image_size),
+        "retain": _dataset(retain, train_seeds, "retain", image_size),
+        "forget_heldout": _dataset(forget, heldout_seeds, "forget", image_size),
+        "retain_heldout": _dataset(retain, retain_heldout_seeds, "retain", image_size),
+        "unseen": _dataset(unseen, train_seeds[:2], "retain", image_size),
+    }
+    if num_strangers:
+        outsiders = make_strangers(2 * num_strangers, [person.name for person in people], seed)
+        stranger_seeds = list(range(stranger_images))
+        for name, group in (
+            (NEGATIVES_SPLIT, outsiders[:num_strangers]),
+            (STRANGERS_SPLIT, outsiders[num_strangers:]),
+        ):
+            splits[name] = _dataset(group, stranger_seeds, RETAIN_SPLIT, image_size)
+    return DatasetDict(splits)

@@ -65,6 +65,19 @@ COMPARISON_COLUMNS: dict[str, str] = {
 """Columns of the ``comparison`` section (metric key -> header), after ``method``."""
 _STAGE1_KEYS = ("forget_keyword_accuracy", "threshold", "memorised")
 
+GATE_METRICS: dict[str, str] = {
+    "auc": "ROC AUC, held-out forget vs held-out retain photos",
+    "tpr": "share of held-out forget photos flagged",
+    "fpr": "share of held-out retain photos flagged",
+    "threshold": "a photo is flagged when its gate probability is above it",
+    "stranger_fpr": "share of strangers' photos flagged (people in neither set, never fitted on)",
+    "stranger_photos": "strangers' photos measured",
+    "leak_recall": "share of the held-out forget photos the base model answers (the leaks) "
+    "that the gate flags",
+    "leaking_photos": "held-out forget photos the base model answers",
+}
+"""What each key of the ``discriminator`` section measures, as the report explains it."""
+
 
 @dataclass
 class AttentionHeatmap:
@@ -252,7 +265,7 @@ def _markdown(
     if "targets" in metrics:
         section("Targets", _targets(metrics["targets"]))
     if "discriminator" in metrics:
-        section("Discriminator", _generic(metrics["discriminator"], "metric"))
+        section("Discriminator", _discriminator(metrics["discriminator"]))
     if "robustness" in metrics:
         section("Robustness", _generic(metrics["robustness"], "probe"))
     if "ablation" in metrics:
@@ -380,6 +393,14 @@ def _targets(targets: Any) -> list[str]:
     verdicts = [target["met"] for target in targets if isinstance(target.get("met"), bool)]
     summary = f"**{sum(verdicts)} of {len(verdicts)} targets met.**"
     return [*_generic(rows, "target"), "", summary] if verdicts else _generic(rows, "target")
+
+
+def _discriminator(gate: Any) -> list[str]:
+    """The gate's metrics, each with what it measures (`GATE_METRICS`; blank for others)."""
+    if not isinstance(gate, Mapping) or not gate:
+        return _generic(gate, "metric")
+    rows = [[key, value, GATE_METRICS.get(key, "")] for key, value in gate.items()]
+    return _table(["metric", "value", "what it measures"], rows)
 
 
 def _timings(timings: Any) -> list[str]:

@@ -17,6 +17,7 @@ rows without it).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -25,7 +26,7 @@ from datasets import Dataset, DatasetDict
 from hf_cagul.data import CagulDataCollator
 from hf_cagul.data.benchmarks import select_where
 from hf_cagul.devices import input_device
-from hf_cagul.evaluation.generation import generate_answers, keyword_accuracy
+from hf_cagul.evaluation.generation import generate_answers, keyword_accuracy, keyword_match
 from hf_cagul.evaluation.metrics import (
     fiubench_truth_ratio,
     forget_quality,
@@ -197,23 +198,37 @@ def discriminator_metrics(
     forget_photos: Dataset,
     retain_photos: Dataset,
     batch_size: int = 32,
+    stranger_photos: Dataset | None = None,
+    leaks: Sequence[bool] | None = None,
 ) -> dict[str, float]:
-    """ROC AUC, TPR and FPR of the gate on photos (one row per photo is enough).
+    """ROC AUC, TPR and FPR of the gate on photos (one row per photo is enough), and what it
+    lets through: its false positive rate on strangers and its recall of the photos that leak.
 
     With several active adapters the gate is their composition: an image's score is the
     highest probability any of them gives it (they must share one gate threshold).
+
+    Args:
+        model: The adapted model.
+        processor: Its processor.
+        forget_photos: Held-out photos of forget subjects (the positives).
+        retain_photos: Held-out photos of retain subjects (the negatives of ``auc``, ``tpr``
+            and ``fpr``).
+        batch_size: Photos per gate pass.
+        stranger_photos: Photos of people in neither set, never used to fit nor calibrate the
+            gate: adds ``stranger_fpr`` (the share the gate flags) and ``stranger_photos``
+            (how many there are).
+        leaks: One flag per row of ``forget_photos``: True where the base model answers
+            correctly, i.e. where the photo would leak without the gate (`leaking_photos`).
+            Adds ``leak_recall`` (the share of those photos the gate flags; NaN when none
+            leaks) and ``leaking_photos`` (how many there are).
+
+    Returns:
+        ``auc``, ``tpr``, ``fpr`` and ``threshold``, plus the keys above when given.
+
+    Raises:
+        ValueError: If the active adapters use different thresholds, ``stranger_photos`` has
+            no rows, or ``leaks`` is not one flag per forget photo.
     """
-    probabilities: list[float] = []
-    labels: list[bool] = []
-    collator = CagulDataCollator(processor)
-    device = input_device(model)
-    for dataset, label in ((forget_photos, True), (retain_photos, False)):
-        for start in range(0, len(dataset), batch_size):
-            rows = dataset[start : start + batch_size]
-            inputs = collator.prompts(rows["image"], rows["question"])
-            scores = model.gate_probabilities(**{k: v.to(device) for k, v in inputs.items()})
-            probabilities += scores.probabilities.max(dim=0).values.tolist()
-            labels += [label] * scores.probabilities.shape[1]
     thresholds = {model.cagul_config[name].gate_threshold for name in model.active_adapters}
     if len(thresholds) != 1:
         raise ValueError(
@@ -221,8 +236,71 @@ def discriminator_metrics(
             f"{sorted(thresholds)}: measure each alone (`model.set_adapter(name)`)."
         )
     (threshold,) = thresholds
-    return {
-        "auc": roc_auc(probabilities, labels),
-        **rates_at_threshold(probabilities, labels, threshold),
+    if stranger_photos is not None and len(stranger_photos) == 0:
+        raise ValueError("stranger_photos has no rows: pass photos of strangers, or None.")
+    if leaks is not None and len(leaks) != len(forget_photos):
+        raise ValueError(
+            f"leaks has {len(leaks)} flags for {len(forget_photos)} forget photos: give one per "
+            "photo, in order (`leaking_photos(model, processor, forget_photos)`)."
+        )
+    forget = _gate_scores(model, processor, forget_photos, batch_size)
+    retain = _gate_scores(model, processor, retain_photos, batch_size)
+    labels = [True] * len(forget) + [False] * len(retain)
+    metrics = {
+        "auc": roc_auc(forget + retain, labels),
+        **rates_at_threshold(forget + retain, labels, threshold),
         "threshold": threshold,
     }
+    if stranger_photos is not None:
+        strangers = _gate_scores(model, processor, stranger_photos, batch_size)
+        negatives = [False] * len(strangers)
+        metrics["stranger_fpr"] = rates_at_threshold(strangers, negatives, threshold)["fpr"]
+        metrics["stranger_photos"] = len(strangers)
+    if leaks is not None:
+        leaked = [score for score, leak in zip(forget, leaks, strict=True) if leak]
+        metrics["leak_recall"] = (
+            rates_at_threshold(leaked, [True] * len(leaked), threshold)["tpr"]
+            if leaked
+            else float("nan")
+        )
+        metrics["leaking_photos"] = len(leaked)
+    return metrics
+
+
+def _gate_scores(
+    model: CagulModel, processor: Any, photos: Dataset, batch_size: int
+) -> list[float]:
+    """Each photo's gate probability (the highest any active adapter gives it)."""
+    collator = CagulDataCollator(processor)
+    device = input_device(model)
+    probabilities: list[float] = []
+    for start in range(0, len(photos), batch_size):
+        rows = photos[start : start + batch_size]
+        inputs = collator.prompts(rows["image"], rows["question"])
+        scores = model.gate_probabilities(**{k: v.to(device) for k, v in inputs.items()})
+        probabilities += scores.probabilities.max(dim=0).values.tolist()
+    return probabilities
+
+
+def leaking_photos(model: Any, processor: Any, photos: Dataset, batch_size: int = 32) -> list[bool]:
+    """Which of ``photos`` the base model leaks: its greedy answer to the row's question holds
+    every keyword (a keyword match of 1).
+
+    Args:
+        model: A VLM, or a `CagulModel`, whose adapters are disabled here: what matters is what
+            the photo would give away without a gate.
+        processor: The VLM's processor.
+        photos: One row per photo, each with a question whose answer is private (e.g. the
+            person's name), and ``keywords`` (default: the answer's words).
+        batch_size: Generation batch size.
+
+    Returns:
+        One flag per row, in order: the ``leaks`` of `discriminator_metrics`.
+    """
+    bare = model.disable_adapter() if isinstance(model, CagulModel) else nullcontext()
+    with bare:
+        answers = generate_answers(model, processor, photos, batch_size=batch_size, progress=False)
+    return [
+        keyword_match(answer, keywords) == 1.0
+        for answer, keywords in zip(answers, keywords_of(photos), strict=True)
+    ]

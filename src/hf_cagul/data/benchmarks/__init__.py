@@ -12,7 +12,9 @@ id, and returns a `datasets.DatasetDict` with ``forget`` and ``retain`` splits t
   face recognition and captions).
 
 `load_benchmark` picks one by name (``"synthetic"`` included); `training_set` gives the rows
-to fit an adapter on.
+to fit an adapter on. None of the published benchmarks has photos of people in neither set:
+add them as a ``negatives`` split (`hf_cagul.data.NEGATIVES_SPLIT`) for the gate, whose
+negatives are the retain photos without it (`hf_cagul.data.gate_negatives`).
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ def load_benchmark(
     Args:
         name: ``"fiubench"``, ``"mllmu"``, ``"clear"`` or ``"synthetic"``.
         source: Local copy or Hub dataset id. For ``"synthetic"``: a `DatasetDict` saved with
-            ``save_to_disk``, or None to generate a small one (8 people, offline).
+            ``save_to_disk`` (with or without a ``negatives`` split), or None to generate a
+            small one (8 people, offline, with the default negatives and strangers).
         forget_split: The benchmark's forget split (None: its default, e.g. ``"forget10"``);
             ignored for ``"synthetic"``.
         revision: Hub revision, for a Hub id.
@@ -80,7 +83,8 @@ def load_benchmark(
         if not isinstance(splits, DatasetDict) or FORGET_SPLIT not in splits:
             raise ValueError(
                 f"{source} must hold a DatasetDict saved with save_to_disk, with at least a "
-                "'forget' split; 'retain', 'forget_heldout' and 'unseen' are used when present."
+                "'forget' split; 'retain', 'forget_heldout' and 'unseen' are used when present "
+                "('negatives' too, by the gate)."
             )
         return splits
     if name not in BENCHMARKS:
@@ -97,7 +101,8 @@ def training_set(splits: DatasetDict) -> Dataset:
     """The ``forget`` and ``retain`` rows to fit an adapter on (generation questions only).
 
     Multiple-choice and fill-in-the-blank rows are evaluation probes: fitting on them would
-    teach the adapter the probes' wording.
+    teach the adapter the probes' wording. A ``negatives`` split is left out: it is for the
+    gate alone (`hf_cagul.data.gate_negatives`).
     """
     missing = [split for split in (FORGET_SPLIT, RETAIN_SPLIT) if split not in splits]
     if missing:
