@@ -413,6 +413,7 @@ def _fit(args: argparse.Namespace) -> int:
     """Fit a CAGUL adapter on a benchmark with `CagulTrainer`; resumable from checkpoints."""
     from transformers.trainer_utils import get_last_checkpoint
 
+    from hf_cagul.data import NEGATIVES_SPLIT
     from hf_cagul.data.benchmarks import training_set
     from hf_cagul.model import get_cagul_model
     from hf_cagul.trainer import CagulTrainer
@@ -429,7 +430,8 @@ def _fit(args: argparse.Namespace) -> int:
             f"{output_dir} already holds {Path(checkpoint).name}: pass --resume to continue "
             "that run, or choose another --output-dir."
         )
-    train = training_set(build(args, BenchmarkArguments).load())
+    splits = build(args, BenchmarkArguments).load()
+    train = training_set(splits)
     # The training config before the VLM: under `accelerate launch` with a DeepSpeed ZeRO-3
     # config, from_pretrained partitions the VLM as it loads only once the config exists, and
     # under torchrun the config picks each process's GPU, which "cuda" then means. On the CPU,
@@ -447,6 +449,8 @@ def _fit(args: argparse.Namespace) -> int:
         args=training_config,
         train_dataset=train,
         processing_class=processor,
+        # Photos of people in neither set, when the benchmark has them (--gate-fit apart).
+        gate_negatives=splits.get(NEGATIVES_SPLIT) if training_config.gate_fit == "apart" else None,
     )
     if checkpoint is not None:
         print(f"Resuming from {checkpoint}")

@@ -25,7 +25,7 @@ from hf_cagul.evaluation.metrics import (
 )
 from hf_cagul.evaluation.report import AttentionHeatmap, format_value, write_report
 from hf_cagul.evaluation.scoring import answer_nlls, mean_nll, min_k_mia_auc
-from hf_cagul.evaluation.suite import discriminator_metrics, evaluate_model
+from hf_cagul.evaluation.suite import discriminator_metrics, evaluate_model, leaking_photos
 from hf_cagul.evaluation.tasks import (
     fill_blank_accuracy,
     fill_blank_match,
@@ -47,6 +47,7 @@ __all__ = [
     "generate_answers",
     "keyword_accuracy",
     "keyword_match",
+    "leaking_photos",
     "mean_nll",
     "mean_rouge",
     "min_k_mia_auc",
