@@ -16,6 +16,7 @@ from hf_cagul.data.collator import IGNORE_INDEX
 
 __all__ = [
     "answer_log_probs",
+    "answer_unlikelihoods",
     "dpo_loss",
     "half_per_class",
     "mean_answer_nll",
@@ -34,13 +35,39 @@ def answer_log_probs(
         ``(log_probs, counts)``, both ``(batch,)``: the sum over the answer tokens of
         ``log pi(token | prefix)`` (float32) and the number of answer tokens of each row.
     """
-    shifted_logits = logits[:, :-1].float()
+    log_probs, targets, answer = _shifted_log_probs(logits, labels)
+    token_log_probs = torch.gather(log_probs, 2, targets.unsqueeze(-1)).squeeze(-1)
+    return (token_log_probs * answer).sum(dim=1), answer.sum(dim=1)
+
+
+def answer_unlikelihoods(
+    logits: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unlikelihood of each row's answer (Welleck et al. 2019, arXiv 1908.04319) and its token
+    count.
+
+    Returns:
+        ``(unlikelihoods, counts)``, both ``(batch,)``: the sum over the answer tokens of
+        ``-log(1 - pi(token | prefix))`` (float32), and the number of answer tokens of each row.
+        Near zero for an unlikely answer, large for a likely one; its gradient fades as a token
+        becomes unlikely, so minimising it stops pushing once the answer is gone.
+    """
+    log_probs, targets, answer = _shifted_log_probs(logits, labels)
+    # log(1 - p) as the log-sum of every other token's probability: exact and differentiable
+    # even where the answer token's probability rounds to 1 (a memorised answer).
+    is_target = F.one_hot(targets, log_probs.shape[-1]).bool()
+    others = torch.logsumexp(log_probs.masked_fill(is_target, float("-inf")), dim=-1)
+    return (-others * answer).sum(dim=1), answer.sum(dim=1)
+
+
+def _shifted_log_probs(
+    logits: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Float32 log-softmax of the logits that predict a label, the labels they predict
+    (``IGNORE_INDEX`` clamped to token 0), and the mask of the answer tokens among them."""
     targets = labels[:, 1:]
     answer = targets != IGNORE_INDEX
-    token_log_probs = torch.gather(
-        F.log_softmax(shifted_logits, dim=-1), 2, targets.clamp_min(0).unsqueeze(-1)
-    ).squeeze(-1)
-    return (token_log_probs * answer).sum(dim=1), answer.sum(dim=1)
+    return F.log_softmax(logits[:, :-1].float(), dim=-1), targets.clamp_min(0), answer
 
 
 def mean_answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
