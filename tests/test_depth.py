@@ -38,7 +38,7 @@ def test_the_depth_term_is_off_by_default_and_its_batch_changes_nothing(tmp_path
     default.train()
     for entry in default.state.log_history:
         if "forget_loss" in entry:
-            assert DEPTH_OFF_KEYS <= set(entry) and "depth_loss" not in entry
+            assert set(entry) >= DEPTH_OFF_KEYS and "depth_loss" not in entry
 
     carrying, carrying_model = make_trainer(tmp_path / "carrying", **settings)
     carrying.data_collator = CagulDataCollator(
@@ -100,18 +100,20 @@ def test_the_depth_term_lowers_the_true_answers_likelihood_faster(
     assert len(logged) == 6 and all(math.isfinite(entry["depth_loss"]) for entry in logged)
 
 
-def _token_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> list[list[torch.Tensor]]:
+def _token_log_probs(
+    logits: torch.Tensor, labels: torch.Tensor
+) -> list[list[tuple[torch.Tensor, int]]]:
     """Per row, the float64 log-softmax at each position whose next label is an answer token,
     and that token: ``[[(log_softmax, token), ...], ...]``, by explicit loops."""
-    rows = []
+    rows: list[list[tuple[torch.Tensor, int]]] = []
     for row in range(labels.shape[0]):
-        tokens = []
+        tokens: list[tuple[torch.Tensor, int]] = []
         for position in range(labels.shape[1] - 1):
             token = int(labels[row, position + 1])
             if token != -100:
                 tokens.append((torch.log_softmax(logits[row, position].double(), -1), token))
         rows.append(tokens)
-    return rows  # type: ignore[return-value]
+    return rows
 
 
 def _depth_only_trainer(tmp_path, **overrides: Any) -> tuple[CagulTrainer, CagulModel]:
