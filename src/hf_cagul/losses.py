@@ -35,8 +35,12 @@ def answer_log_probs(
         ``(log_probs, counts)``, both ``(batch,)``: the sum over the answer tokens of
         ``log pi(token | prefix)`` (float32) and the number of answer tokens of each row.
     """
-    log_probs, targets, answer = _shifted_log_probs(logits, labels)
-    token_log_probs = torch.gather(log_probs, 2, targets.unsqueeze(-1)).squeeze(-1)
+    shifted_logits = logits[:, :-1].float()
+    targets = labels[:, 1:]
+    answer = targets != IGNORE_INDEX
+    token_log_probs = torch.gather(
+        F.log_softmax(shifted_logits, dim=-1), 2, targets.clamp_min(0).unsqueeze(-1)
+    ).squeeze(-1)
     return (token_log_probs * answer).sum(dim=1), answer.sum(dim=1)
 
 
@@ -52,22 +56,16 @@ def answer_unlikelihoods(
         Near zero for an unlikely answer, large for a likely one; its gradient fades as a token
         becomes unlikely, so minimising it stops pushing once the answer is gone.
     """
-    log_probs, targets, answer = _shifted_log_probs(logits, labels)
-    # log(1 - p) as the log-sum of every other token's probability: exact and differentiable
-    # even where the answer token's probability rounds to 1 (a memorised answer).
-    is_target = F.one_hot(targets, log_probs.shape[-1]).bool()
-    others = torch.logsumexp(log_probs.masked_fill(is_target, float("-inf")), dim=-1)
-    return (-others * answer).sum(dim=1), answer.sum(dim=1)
-
-
-def _shifted_log_probs(
-    logits: torch.Tensor, labels: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Float32 log-softmax of the logits that predict a label, the labels they predict
-    (``IGNORE_INDEX`` clamped to token 0), and the mask of the answer tokens among them."""
     targets = labels[:, 1:]
     answer = targets != IGNORE_INDEX
-    return F.log_softmax(logits[:, :-1].float(), dim=-1), targets.clamp_min(0), answer
+    # Only the answer positions: a vocabulary-wide tensor per answer token, not per position.
+    log_probs = F.log_softmax(logits[:, :-1][answer].float(), dim=-1)
+    # log(1 - p) as the log-sum of every other token's probability: exact and differentiable
+    # even where the answer token's probability rounds to 1 (a memorised answer).
+    others = log_probs.scatter(-1, targets[answer].unsqueeze(-1), float("-inf"))
+    per_token = log_probs.new_zeros(answer.shape)
+    per_token[answer] = -torch.logsumexp(others, dim=-1)
+    return per_token.sum(dim=1), answer.sum(dim=1)
 
 
 def mean_answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
