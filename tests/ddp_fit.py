@@ -60,6 +60,8 @@ def fit(
     deepspeed_vlm: Path | None = None,
     method: str = CAGUL,
     find_unused_parameters: bool = False,
+    depth_weight: float = 0.0,
+    depth_loss: str = "npo",
 ) -> None:
     """Fit the adapter of a tiny LLaVA for ``steps`` steps and save it to ``output_dir``.
 
@@ -69,6 +71,7 @@ def fit(
     LLaVA is loaded after the training config, so ``from_pretrained`` partitions it.
     ``method``: `CAGUL`, or a baseline fitting LoRA adapters (rank 4) on the language model.
     ``find_unused_parameters``: CAGUL under DDP's unused-parameter search.
+    ``depth_weight``, ``depth_loss``: CAGUL with its depth term.
     """
     vlm, processor = tiny_vlm("llava")  # before the config: never under ZeRO-3's init
     if method != CAGUL:
@@ -97,6 +100,8 @@ def fit(
         max_steps=steps,
         per_device_train_batch_size=per_device_batch,
         ddp_find_unused_parameters=find_unused_parameters,
+        depth_weight=depth_weight,
+        depth_loss=depth_loss,
         **placement,
     )
     if deepspeed_vlm is not None:
@@ -147,6 +152,8 @@ def main() -> None:
     parser.add_argument(
         "--find-unused-parameters", action="store_true", help="ddp_find_unused_parameters=True"
     )
+    parser.add_argument("--depth-weight", type=float, default=0.0, help="CAGUL's depth term")
+    parser.add_argument("--depth-loss", default="npo", help="npo or unlikelihood")
     options = parser.parse_args()
     fit(
         options.output_dir,
@@ -155,6 +162,8 @@ def main() -> None:
         deepspeed_vlm=options.deepspeed,
         method=options.method,
         find_unused_parameters=options.find_unused_parameters,
+        depth_weight=options.depth_weight,
+        depth_loss=options.depth_loss,
     )
 
 

@@ -8,6 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import io
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from PIL import Image
 from vlm_inputs import processor_keys, tokens_per_image
 
 from hf_cagul.data import (
+    CAGUL_TARGETS,
     DATA_COLUMNS,
     DEFAULT_REFUSALS,
     FORGET_FLAG,
@@ -27,6 +29,7 @@ from hf_cagul.data import (
     REFUSAL_BATCH,
     REQUIRED_COLUMNS,
     SUPERVISED_TARGETS,
+    TRUE_ANSWER_BATCH,
     CagulDataCollator,
     ForgetRetainDataCollator,
     PhotoAugmentation,
@@ -385,6 +388,37 @@ def test_target_policies_share_one_collation(family: str) -> None:
     cagul_targets = _targets(cagul["labels"])
     assert _targets(unlearning[REFUSAL_BATCH]["labels"]) == [cagul_targets[i] for i in forget]
     assert set(unlearning[REFUSAL_BATCH]) == set(supervised)
+    assert TRUE_ANSWER_BATCH not in cagul and TRUE_ANSWER_BATCH not in unlearning
+
+
+def test_the_true_answer_batch_holds_the_forget_rows_answers_only_when_asked() -> None:
+    """CAGUL's depth term reads the forget rows with their true answers, as a nested batch that
+    leaves every other key of the batch as it was, and shares each augmented photo."""
+    _, processor = _vlm("llava")
+    policy = replace(CAGUL_TARGETS, true_answer_batch=True)
+    plain = CagulDataCollator(processor, augment=PhotoAugmentation(seed=1))(_features())
+    batch = CagulDataCollator(processor, augment=PhotoAugmentation(seed=1), policy=policy)(
+        _features()
+    )
+    assert set(batch) == set(plain) | {TRUE_ANSWER_BATCH}
+    for key in plain:
+        assert torch.equal(batch[key], plain[key]), key
+    nested = batch[TRUE_ANSWER_BATCH]
+    assert set(nested) == set(plain) - {FORGET_FLAG}
+    tokenizer = processor.tokenizer
+    answers = [tokenizer.decode(target).split() for target in _targets(nested["labels"])]
+    forget = [row for row in ROWS if row["split"] == "forget"]
+    assert answers == [[*_words(row["answer"]), tokenizer.eos_token] for row in forget]
+    assert torch.equal(nested["pixel_values"], batch["pixel_values"][: len(forget)])
+    # The same prompts as the main batch: the query mask ranks the same visual tokens.
+    for index in range(len(forget)):
+        query = batch["query_mask"][index]
+        assert torch.equal(
+            nested["input_ids"][index][nested["query_mask"][index]],
+            batch["input_ids"][index][query],
+        )
+    retain_only = [row for row in _features() if row["split"] == "retain"]
+    assert TRUE_ANSWER_BATCH not in CagulDataCollator(processor, policy=policy)(retain_only)
 
 
 def test_the_refusal_batch_shares_each_augmented_photo_and_needs_forget_rows() -> None:

@@ -75,6 +75,21 @@ def test_baselines_under_two_ddp_processes_fit_the_lora_of_one_process(
     assert any(bool(tensor.abs().max() > 0) for name, tensor in one.items() if "lora_B" in name)
 
 
+@pytest.mark.parametrize("depth_loss", ["npo", "unlikelihood"])
+def test_the_depth_term_under_two_ddp_processes_fits_the_adapter_of_one_process(
+    tmp_path: Path, depth_loss: str
+) -> None:
+    """The depth term is normalised over the whole batch (per forget row for NPO, per
+    true-answer token for unlikelihood), and a process whose micro-batch holds no forget row
+    still runs its forwards (weighing nothing): half the batch on each of 2 processes fits the
+    adapter of 1 process with the whole batch."""
+    depth = ("--depth-weight", "1.0", "--depth-loss", depth_loss)
+    fit(tmp_path / "one", per_device_batch=4, steps=3, depth_weight=1.0, depth_loss=depth_loss)
+    arguments = ("--per-device-batch", "2", "--steps", "3", *depth)
+    launch_two(TORCHRUN, "ddp_fit.py", str(tmp_path / "two"), *arguments)
+    assert_same_fit(tmp_path / "two", tmp_path / "one", 2e-5, loss_keys=(*LOSS_KEYS, "depth_loss"))
+
+
 def test_deepspeed_zero3_fits_the_adapter_of_one_process_with_the_whole_batch(
     tmp_path: Path, one_process_fit: Path
 ) -> None:

@@ -9,6 +9,7 @@ import torch
 
 from hf_cagul.losses import (
     answer_log_probs,
+    answer_unlikelihoods,
     dpo_loss,
     half_per_class,
     mean_answer_nll,
@@ -41,6 +42,31 @@ def test_answer_log_probs_sum_the_answer_tokens_only() -> None:
     assert counts.tolist() == [2, 1]
     expected = [math.log(0.5) + math.log(0.25), math.log(0.75)]
     assert log_probs.tolist() == pytest.approx(expected, abs=1e-6)
+
+
+def test_answer_unlikelihoods_sum_minus_log_one_minus_p_over_the_answer_tokens() -> None:
+    logits, labels = two_token_case()
+    unlikelihoods, counts = answer_unlikelihoods(logits, labels)
+    assert counts.tolist() == [2, 1]
+    expected = [-(math.log(1 - 0.5) + math.log(1 - 0.25)), -math.log(1 - 0.75)]
+    assert unlikelihoods.tolist() == pytest.approx(expected, abs=1e-6)
+
+
+def test_answer_unlikelihood_of_a_certain_token_is_finite_with_a_gradient() -> None:
+    """A memorised token whose probability rounds to 1 in float32: ``-log(1 - p)`` computed as
+    ``-log(1 - exp(log p))`` would be infinite, with no gradient to push it down."""
+    logits = torch.tensor([[[0.0, 0.0, 0.0], [0.0, 0.0, 40.0], [0.0, 0.0, 0.0]]])
+    logits.requires_grad_(True)
+    labels = torch.tensor([[IGNORE, IGNORE, 2]])
+    assert float(torch.softmax(logits[0, 1], dim=-1)[2]) == 1.0
+    unlikelihood, count = answer_unlikelihoods(logits, labels)
+    # 1 - p = 2 e^-40 / (2 e^-40 + 1): -log(1 - p) = 40 - ln 2 (to float32 precision).
+    assert float(unlikelihood) == pytest.approx(40 - math.log(2), rel=1e-6)
+    assert count.tolist() == [1]
+    unlikelihood.sum().backward()
+    assert logits.grad is not None
+    assert float(logits.grad[0, 1, 2]) == pytest.approx(1.0, abs=1e-5)  # p, as p -> 1
+    assert float(logits.grad[0, 0].abs().sum()) == 0.0  # the prompt's position carries nothing
 
 
 def test_mean_answer_nll_is_per_row_and_per_token() -> None:

@@ -16,6 +16,7 @@ from hf_cagul.data.collator import IGNORE_INDEX
 
 __all__ = [
     "answer_log_probs",
+    "answer_unlikelihoods",
     "dpo_loss",
     "half_per_class",
     "mean_answer_nll",
@@ -41,6 +42,30 @@ def answer_log_probs(
         F.log_softmax(shifted_logits, dim=-1), 2, targets.clamp_min(0).unsqueeze(-1)
     ).squeeze(-1)
     return (token_log_probs * answer).sum(dim=1), answer.sum(dim=1)
+
+
+def answer_unlikelihoods(
+    logits: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unlikelihood of each row's answer (Welleck et al. 2019, arXiv 1908.04319) and its token
+    count.
+
+    Returns:
+        ``(unlikelihoods, counts)``, both ``(batch,)``: the sum over the answer tokens of
+        ``-log(1 - pi(token | prefix))`` (float32), and the number of answer tokens of each row.
+        Near zero for an unlikely answer, large for a likely one; its gradient fades as a token
+        becomes unlikely, so minimising it stops pushing once the answer is gone.
+    """
+    targets = labels[:, 1:]
+    answer = targets != IGNORE_INDEX
+    # Only the answer positions: a vocabulary-wide tensor per answer token, not per position.
+    log_probs = F.log_softmax(logits[:, :-1][answer].float(), dim=-1)
+    # log(1 - p) as the log-sum of every other token's probability: exact and differentiable
+    # even where the answer token's probability rounds to 1 (a memorised answer).
+    others = log_probs.scatter(-1, targets[answer].unsqueeze(-1), float("-inf"))
+    per_token = log_probs.new_zeros(answer.shape)
+    per_token[answer] = -torch.logsumexp(others, dim=-1)
+    return per_token.sum(dim=1), answer.sum(dim=1)
 
 
 def mean_answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -39,6 +39,7 @@ __all__ = [
     "IGNORE_INDEX",
     "REFUSAL_BATCH",
     "SUPERVISED_TARGETS",
+    "TRUE_ANSWER_BATCH",
     "UNLEARNING_TARGETS",
     "CagulDataCollator",
     "ForgetRetainDataCollator",
@@ -54,6 +55,9 @@ FORGET_FLAG = "forget"
 
 REFUSAL_BATCH = "refusal"
 """Batch key of the nested batch of the forget rows with their refusals as targets."""
+
+TRUE_ANSWER_BATCH = "true_answer"
+"""Batch key of the nested batch of the forget rows with their true answers as targets."""
 
 # Stands in for an assistant answer when rendering the chat template once, to learn what the
 # template writes between the generation prompt and the answer (e.g. a space after "ASSISTANT:").
@@ -78,12 +82,17 @@ class TargetPolicy:
             (augmented) photos and their forget target as the target, as a nested batch with
             its own ``labels`` (IdkPO's preferred answers). Absent from a batch without forget
             rows.
+        true_answer_batch: Add ``true_answer`` (`TRUE_ANSWER_BATCH`): the forget rows alone,
+            same (augmented) photos, with their true ``answer`` as the target, as a nested batch
+            with its own ``labels`` (and ``query_mask`` when the policy adds one): what
+            `CagulTrainer`'s depth term pushes down. Absent from a batch without forget rows.
     """
 
     forget_targets: bool = False
     flag_forget: bool = True
     query_mask: bool = False
     refusal_batch: bool = False
+    true_answer_batch: bool = False
 
 
 CAGUL_TARGETS = TargetPolicy(forget_targets=True, query_mask=True)
@@ -131,7 +140,8 @@ class ForgetRetainDataCollator:
       placeholder into another token (Gemma3), the tokenizer's ``image_token``;
     * with ``policy.flag_forget``, ``forget`` ``(batch,)`` bool: True for forget rows;
     * with ``policy.refusal_batch``, ``refusal``: the forget rows' batch toward their forget
-      targets (see `TargetPolicy`).
+      targets; with ``policy.true_answer_batch``, ``true_answer``: the forget rows' batch toward
+      their true answers (see `TargetPolicy`).
 
     For a prefix LM, whose processor takes a ``suffix`` (PaliGemma), ``token_type_ids`` marks the
     target as the causal suffix (1) and the prompt as the bidirectional prefix (0), as the
@@ -242,7 +252,7 @@ class ForgetRetainDataCollator:
         """
         if self.policy.forget_targets and feature[SPLIT_COLUMN] == FORGET_SPLIT:
             return self.forget_target_text(feature)
-        return str(feature[ANSWER_COLUMN])
+        return _true_answer(feature)
 
     def forget_target_text(self, feature: dict[str, Any]) -> str:
         """What a forget row should be answered instead: its ``forget_target`` when non-empty,
@@ -310,13 +320,19 @@ class ForgetRetainDataCollator:
         forget = [feature[SPLIT_COLUMN] == FORGET_SPLIT for feature in features]
         if self.policy.flag_forget:
             output[FORGET_FLAG] = torch.tensor(forget)
-        if self.policy.refusal_batch and any(forget):
-            rows = [index for index, is_forget in enumerate(forget) if is_forget]
-            output[REFUSAL_BATCH] = self._collate(
-                [features[index] for index in rows],
-                [images[index] for index in rows],
-                [self.forget_target_text(features[index]) for index in rows],
-            )
+        rows = [index for index, is_forget in enumerate(forget) if is_forget]
+        nested: tuple[tuple[str, bool, Callable[[dict[str, Any]], str]], ...] = (
+            (REFUSAL_BATCH, self.policy.refusal_batch, self.forget_target_text),
+            (TRUE_ANSWER_BATCH, self.policy.true_answer_batch, _true_answer),
+        )
+        for key, wanted, target_of in nested:
+            if wanted and rows:
+                # The same photo objects as the main batch: one augmentation per photo.
+                output[key] = self._collate(
+                    [features[index] for index in rows],
+                    [images[index] for index in rows],
+                    [target_of(features[index]) for index in rows],
+                )
         return output
 
     def _collate(
@@ -566,6 +582,11 @@ class UnlearningDataCollator(ForgetRetainDataCollator):
     def __post_init__(self) -> None:
         self.policy = replace(UNLEARNING_TARGETS, refusal_batch=self.with_refusals)
         super().__post_init__()
+
+
+def _true_answer(feature: dict[str, Any]) -> str:
+    """A row's true ``answer``, as a target."""
+    return str(feature[ANSWER_COLUMN])
 
 
 def _common_prefix(first: Sequence[int], second: Sequence[int]) -> int:

@@ -11,10 +11,13 @@ from hf_cagul.trainer.gate_fit import GateFitSettings
 TRAINING_CONFIG_NAME = "cagul_training_args.json"
 GATE_FIT_CHOICES = ("joint", "apart")
 
+DEPTH_LOSSES = ("npo", "unlikelihood")
+"""The formulations of `CagulTrainer`'s depth term (`CagulTrainingConfig.depth_loss`)."""
+
 
 @dataclass
 class CagulTrainingConfig(ForgetRetainTrainingConfig):
-    """`TrainingArguments` for `CagulTrainer`, with the weights of the three loss terms.
+    """`TrainingArguments` for `CagulTrainer`, with the weights of its loss terms.
 
     Defaults differ from `TrainingArguments` where adapters need it: a learning rate suited to
     small freshly initialised modules, ``remove_unused_columns=False`` (the collator needs the
@@ -44,6 +47,13 @@ class CagulTrainingConfig(ForgetRetainTrainingConfig):
             this.
         gate_calibration_fraction: Fraction of the negative photos held out, never fitted on,
             to calibrate the threshold.
+        depth_weight: Weight of the depth term, which lowers the likelihood of the forget rows'
+            true answers under the rewritten tokens (0, the default: no depth term, and the
+            collator builds no batch for it).
+        depth_loss: The depth term's formulation: ``"npo"``, ``(2 / depth_beta) * log(1 +
+            (pi(y|x) / pi_ref(y|x)) ** depth_beta)`` per forget row, relative to the frozen
+            VLM; or ``"unlikelihood"``, ``-log(1 - pi(y_t | prefix))`` per true-answer token.
+        depth_beta: Inverse temperature of the ``"npo"`` depth term.
     """
 
     forget_weight: float = field(
@@ -87,6 +97,20 @@ class CagulTrainingConfig(ForgetRetainTrainingConfig):
         default=0.25,
         metadata={"help": "Fraction of the negative photos held out to calibrate the threshold."},
     )
+    depth_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the depth term (lowers the true answers' likelihood on forget "
+            "rows; 0: off)."
+        },
+    )
+    depth_loss: str = field(
+        default="npo",
+        metadata={"help": "Formulation of the depth term.", "choices": list(DEPTH_LOSSES)},
+    )
+    depth_beta: float = field(
+        default=0.1, metadata={"help": "Inverse temperature of the NPO depth term."}
+    )
     learning_rate: float = field(
         default=1e-3, metadata={"help": "AdamW learning rate for the adapter's modules."}
     )
@@ -100,9 +124,18 @@ class CagulTrainingConfig(ForgetRetainTrainingConfig):
     )
 
     def __post_init__(self) -> None:
-        self.require_non_negative("forget_weight", "retain_weight", "discriminator_weight")
-        if self.forget_weight == self.retain_weight == self.discriminator_weight == 0:
-            raise ValueError("All three loss weights are 0: nothing would be trained.")
+        self.require_non_negative(
+            "forget_weight", "retain_weight", "discriminator_weight", "depth_weight"
+        )
+        weights = (self.forget_weight, self.retain_weight, self.discriminator_weight)
+        if self.depth_weight == 0 and all(weight == 0 for weight in weights):
+            raise ValueError("All the loss weights are 0: nothing would be trained.")
+        if self.depth_loss not in DEPTH_LOSSES:
+            raise ValueError(
+                f"depth_loss={self.depth_loss!r}: choose one of {', '.join(DEPTH_LOSSES)}."
+            )
+        if self.depth_beta <= 0:
+            raise ValueError(f"depth_beta={self.depth_beta} must be > 0 (NPO divides by it).")
         self._check_gate_fit()
         super().__post_init__()
 

@@ -1,8 +1,8 @@
 """`CagulTrainer`: fit a CAGUL adapter with transformers' `Trainer`.
 
 Only the adapter (discriminator + encoder) is trained; the VLM stays frozen. The loss has three
-terms, each weighted in `CagulTrainingConfig` (the paper leaves all three open; these are the
-project's documented choices, see ``docs/training.md``):
+terms and an optional fourth, each weighted in `CagulTrainingConfig` (the paper leaves them
+open; these are the project's documented choices, see ``docs/training.md``):
 
 * **forget**: cross-entropy toward the forget target (a refusal) on forget rows, with their
   selected visual tokens rewritten;
@@ -10,7 +10,11 @@ project's documented choices, see ``docs/training.md``):
   a false positive of the discriminator costs little. Base logits come from
   `ForgetRetainTrainer.reference_logits`: the same model inside ``disable_adapter()`` under
   ``torch.no_grad()``, so there is never a second VLM in memory;
-* **discriminator**: binary cross-entropy of each image's gate logit, forget vs retain.
+* **discriminator**: binary cross-entropy of each image's gate logit, forget vs retain;
+* **depth** (off by default, ``depth_weight``): the forget rows' TRUE answers made unlikely
+  under the rewritten tokens, NPO relative to the base or unlikelihood (``depth_loss``), so that
+  the answer is not merely outranked by the refusal but loses its likelihood. Its batch is the
+  collator's ``true_answer`` (`TRUE_ANSWER_BATCH`).
 
 Each term is a mean over the whole batch, across processes under DDP / FSDP / ZeRO-3
 (`ForgetRetainTrainer.global_means`, ``docs/distributed.md``).
@@ -22,6 +26,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +39,18 @@ from transformers.trainer_utils import TrainOutput
 from hf_cagul import persistence
 from hf_cagul.config import WEIGHTS_NAME
 from hf_cagul.data import (
+    CAGUL_TARGETS,
     FORGET_SPLIT,
     IGNORE_INDEX,
     IMAGE_COLUMN,
     QUESTION_COLUMN,
     SPLIT_COLUMN,
+    TRUE_ANSWER_BATCH,
     CagulDataCollator,
     ForgetRetainDataCollator,
 )
 from hf_cagul.devices import is_partitioned
-from hf_cagul.losses import token_kl
+from hf_cagul.losses import answer_log_probs, answer_unlikelihoods, npo_loss, token_kl
 from hf_cagul.model import CagulModel
 from hf_cagul.trainer.cagul_config import TRAINING_CONFIG_NAME, CagulTrainingConfig
 from hf_cagul.trainer.forget_retain_config import ForgetRetainTrainingConfig
@@ -290,9 +297,14 @@ class CagulTrainer(ForgetRetainTrainer):
         return report
 
     def default_collator(self, processing_class: Any, args: ForgetRetainTrainingConfig) -> Any:
-        """`CagulDataCollator` on the VLM's processor, with the arguments' data options."""
+        """`CagulDataCollator` on the VLM's processor, with the arguments' data options; with
+        the depth term on, its batches also carry the forget rows' true answers."""
+        assert isinstance(args, CagulTrainingConfig)
         return CagulDataCollator(
-            processing_class, max_length=args.max_length, augment=args.photo_augmentation()
+            processing_class,
+            max_length=args.max_length,
+            augment=args.photo_augmentation(),
+            policy=replace(CAGUL_TARGETS, true_answer_batch=args.depth_weight > 0),
         )
 
     def compute_loss(
@@ -302,7 +314,8 @@ class CagulTrainer(ForgetRetainTrainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
-        """The weighted sum of the forget, retain and discriminator terms (each logged)."""
+        """The weighted sum of the forget, retain, discriminator and (when weighted) depth
+        terms, each logged."""
         cagul = self.accelerator.unwrap_model(model)
         assert isinstance(cagul, CagulModel)
         args = self.args
@@ -310,6 +323,7 @@ class CagulTrainer(ForgetRetainTrainer):
         inputs = dict(inputs)
         forget = self.pop_forget_flags(inputs)
         query_mask = inputs.pop("query_mask", None)
+        true_answers = inputs.pop(TRUE_ANSWER_BATCH, None)
         labels = inputs.pop("labels")
         answer = labels[:, 1:] != IGNORE_INDEX  # positions whose next token is an answer token
         retain_rows = answer & ~forget.unsqueeze(1)
@@ -340,12 +354,17 @@ class CagulTrainer(ForgetRetainTrainer):
             image_forget = forget[outputs["image_spans"][:, 0].to(forget.device)]
             gate_sums = _gate_bce_sums(gate_logits[0], image_forget).float()
             image_forget = image_forget.to(forget_rows.device)
-        counts = torch.stack(
-            [forget_rows.sum(), retain_rows.sum(), image_forget.sum(), (~image_forget).sum()]
-        )
-        forget_loss, retain_loss, gate_forget, gate_retain = self.global_means(
-            torch.stack([forget_sum, retain_sum, gate_sums[0], gate_sums[1]]), counts
-        )
+        sums = [forget_sum, retain_sum, gate_sums[0], gate_sums[1]]
+        counts = [forget_rows.sum(), retain_rows.sum(), image_forget.sum(), (~image_forget).sum()]
+        if args.depth_weight > 0:  # off: the same terms, forwards and collectives as before
+            if true_answers is None and not self.must_compute(forget):
+                depth = (self.empty_term(logits), counts[0].new_zeros(()))
+            else:
+                depth = self._depth_term(model, inputs, query_mask, labels, forget, true_answers)
+            sums.append(depth[0])
+            counts.append(depth[1].to(counts[0].device))
+        means = self.global_means(torch.stack(sums), torch.stack(counts))
+        forget_loss, retain_loss, gate_forget, gate_retain = means[:4]
         # Each class present in the batch weighs one half, whatever its count: forget sets
         # are small, and an unweighted BCE lets the gate say "retain" to every image.
         gate_loss = 0.5 * (gate_forget + gate_retain)
@@ -354,10 +373,53 @@ class CagulTrainer(ForgetRetainTrainer):
             + args.retain_weight * retain_loss
             + args.discriminator_weight * gate_loss
         )
-        self.record_terms(
-            model, forget_loss=forget_loss, retain_kl=retain_loss, discriminator_loss=gate_loss
-        )
+        terms = {
+            "forget_loss": forget_loss,
+            "retain_kl": retain_loss,
+            "discriminator_loss": gate_loss,
+        }
+        if args.depth_weight > 0:
+            loss = loss + args.depth_weight * means[4]
+            terms["depth_loss"] = means[4]
+        self.record_terms(model, **terms)
         return (loss, outputs) if return_outputs else loss
+
+    def _depth_term(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        query_mask: torch.Tensor | None,
+        labels: torch.Tensor,
+        forget: torch.Tensor,
+        true_answers: dict[str, Any] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The depth term of this process's forget rows: its sum and its count (rows for NPO,
+        true-answer tokens for unlikelihood), over the ``true_answers`` batch, rewritten."""
+        args = self.args
+        assert isinstance(args, CagulTrainingConfig)
+        rows = int(forget.sum())  # the true-answer batch holds the forget rows, in order
+        if true_answers is None:
+            if rows:
+                raise ValueError(
+                    "depth_weight > 0 needs the forget rows' true answers in each batch: collate "
+                    "with `CagulDataCollator(processor, policy=dataclasses.replace(CAGUL_TARGETS, "
+                    "true_answer_batch=True))`, or leave data_collator unset (CagulTrainer's "
+                    "default collator adds them when depth_weight > 0)."
+                )
+            # No forget row here, yet the other processes run the depth passes, whose forwards
+            # carry collectives: run them on this batch, and keep none of its rows.
+            true_answers = {**inputs, "query_mask": query_mask, "labels": labels}
+        batch = dict(true_answers)
+        answer_labels = batch.pop("labels")
+        answer_query = batch.pop("query_mask", None)
+        with self.accelerator.unwrap_model(model).force_gate(True):
+            logits = model(**batch, query_mask=answer_query).logits
+        if args.depth_loss == "unlikelihood":
+            unlikelihoods, tokens = answer_unlikelihoods(logits, answer_labels)
+            return unlikelihoods[:rows].sum(), tokens[:rows].sum()
+        log_probs = answer_log_probs(logits, answer_labels)[0][:rows]
+        reference = answer_log_probs(self.reference_logits(model, batch), answer_labels)[0][:rows]
+        return npo_loss(log_probs, reference, args.depth_beta, "sum"), forget.sum()
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Save the fitted (active) adapter only, in ``output_dir`` itself; never the VLM.

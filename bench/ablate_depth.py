@@ -1,0 +1,217 @@
+"""Ablation of CAGUL's depth term: fits with and without it, over seeds, on the demo's benchmark.
+
+For each seed, the demo's synthetic benchmark and its stage-1 tiny LLaVA (`hf_cagul.demo.teach`,
+full fine-tuning on every taught person) and, unless ``--no-gold``, the gold model (taught the
+retain people only: the reference of membership inference and truth ratio); both are cached
+under ``--cache`` with ``save_pretrained``, so a rerun teaches nothing. Then one CAGUL adapter
+per variant is fitted on the frozen stage-1 model exactly as the demo fits it
+(`hf_cagul.demo.cagul_fit_settings`), with the variant's depth term, and evaluated by the
+demo's suite. Printed: a markdown table, each figure the mean +- the standard deviation over
+the seeds, of
+
+* forget keyword accuracy on training and on held-out photos (lower is better);
+* retain ratio: retain keyword accuracy over the stage-1 model's (1 is perfect);
+* MIA AUC: min-k% membership inference, forget vs unseen people (0.5: cannot tell; gold's is
+  the target);
+* forget truth ratio (FIUBench's score; gold's is the target) and forget quality (the KS-test
+  p-value against gold's truth ratios; higher is better);
+* the fit's wall time.
+
+A variant is ``off`` (no depth term) or ``LOSS:WEIGHT`` (``npo:0.3``, ``unlikelihood:1``)::
+
+    python bench/ablate_depth.py                       # seeds 0 1 2, the demo's settings
+    python bench/ablate_depth.py --quick --seeds 0 --stage1-steps 20 --cagul-steps 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from datasets import concatenate_datasets
+
+from hf_cagul.cli import load_vlm
+from hf_cagul.compare import CagulFitSettings, fit_cagul_adapter
+from hf_cagul.demo import DemoConfig, cagul_fit_settings, teach
+from hf_cagul.evaluation.suite import evaluate_model
+from hf_cagul.trainer.cagul_config import DEPTH_LOSSES
+
+DEFAULT_VARIANTS = ("off", "npo:0.1", "npo:0.3", "npo:1", "unlikelihood:1")
+STAGE1_FIELDS = (
+    "people",
+    "unknown",
+    "forget_fraction",
+    "train_images",
+    "heldout_images",
+    "stage1_steps",
+    "stage1_learning_rate",
+)
+"""The `DemoConfig` fields a stage-1 (or gold) model depends on, besides the seed."""
+
+COLUMNS = (
+    ("forget kw (train)", "forget_keyword"),
+    ("forget kw (held-out)", "forget_heldout_keyword"),
+    ("retain ratio", "retain_ratio"),
+    ("MIA AUC", "mia_auc"),
+    ("forget truth ratio", "forget_truth_ratio"),
+    ("forget quality", "forget_quality"),
+    ("fit s", "fit_seconds"),
+)
+
+
+@dataclass
+class DepthFitSettings(CagulFitSettings):
+    """The demo's CAGUL fit with a depth term (see `CagulTrainingConfig.depth_weight`)."""
+
+    depth_weight: float = 0.0
+    depth_loss: str = "npo"
+
+    def training_arguments(self, output_dir: str) -> dict[str, Any]:
+        """`CagulFitSettings.training_arguments` with the depth term's weight and loss."""
+        return {
+            **super().training_arguments(output_dir),
+            "depth_weight": self.depth_weight,
+            "depth_loss": self.depth_loss,
+        }
+
+
+def parse_variant(variant: str) -> tuple[str, float]:
+    """``"off"`` -> ``("npo", 0.0)``; ``"LOSS:WEIGHT"`` -> ``(LOSS, WEIGHT)``."""
+    if variant == "off":
+        return "npo", 0.0
+    loss, _, weight = variant.partition(":")
+    if loss not in DEPTH_LOSSES or not weight:
+        raise SystemExit(
+            f"Variant {variant!r}: write 'off' or LOSS:WEIGHT with LOSS one of "
+            f"{', '.join(DEPTH_LOSSES)} (e.g. npo:0.3)."
+        )
+    return loss, float(weight)
+
+
+def cached_teach(config: DemoConfig, cache: Path, gold: bool) -> tuple[Any, Any]:
+    """The stage-1 (or, with ``gold``, the retain-only) model of ``config``, taught once and
+    then loaded from ``cache`` (always loaded, so a first run and a rerun see the same model)."""
+    settings = {name: getattr(config, name) for name in STAGE1_FIELDS}
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    directory = cache / f"{'gold' if gold else 'stage1'}-seed{config.seed}-{key}"
+    if not (directory / "config.json").is_file():
+        splits = config.benchmark()
+        rows = (
+            splits["retain"] if gold else concatenate_datasets([splits["forget"], splits["retain"]])
+        )
+        vlm, processor = teach(config, rows, "gold (retain only)" if gold else "stage 1")
+        vlm.save_pretrained(directory)
+        processor.save_pretrained(directory)
+        (directory / "demo_settings.json").write_text(json.dumps(settings, indent=2))
+    return load_vlm(str(directory), device="cpu")
+
+
+def run_seed(
+    config: DemoConfig, variants: Sequence[str], cache: Path, with_gold: bool
+) -> dict[str, dict[str, Any]]:
+    """Every variant's metrics (and ``stage 1``'s, ``gold``'s) on one seed's benchmark."""
+    splits = config.benchmark()
+    train = concatenate_datasets([splits["forget"], splits["retain"]])
+    rows = config.max_eval_rows
+    results: dict[str, dict[str, Any]] = {}
+    reference = None
+    if with_gold:
+        gold, gold_processor = cached_teach(config, cache, gold=True)
+        results["gold"] = evaluate_model(gold, gold_processor, splits, max_rows=rows)
+        reference = results["gold"].get("forget_truth_ratios")
+    vlm, processor = cached_teach(config, cache, gold=False)
+    results["stage 1"] = evaluate_model(vlm, processor, splits, reference, max_rows=rows)
+    base = cagul_fit_settings(config)
+    shared = {item.name: getattr(base, item.name) for item in fields(CagulFitSettings)}
+    for variant in variants:
+        loss, weight = parse_variant(variant)
+        settings = DepthFitSettings(**shared, depth_weight=weight, depth_loss=loss)
+        clock = time.perf_counter()
+        model = fit_cagul_adapter(vlm, processor, train, settings)
+        seconds = time.perf_counter() - clock
+        results[variant] = {
+            **evaluate_model(model, processor, splits, reference, max_rows=rows),
+            "fit_seconds": seconds,
+        }
+        vlm = model.unload()
+    before = results["stage 1"].get("retain_keyword")
+    for values in results.values():
+        after = values.get("retain_keyword")
+        values["retain_ratio"] = after / before if before and after is not None else None
+    return results
+
+
+def cell(values: Sequence[float | None]) -> str:
+    """``mean +- standard deviation`` of the seeds' values (``n/a`` where one is missing)."""
+    if not values or any(value is None for value in values):
+        return "n/a"
+    numbers = [float(value) for value in values if value is not None]
+    mean = statistics.fmean(numbers)
+    if len(numbers) == 1:
+        return f"{mean:.3f}"
+    return f"{mean:.3f} ± {statistics.stdev(numbers):.3f}"
+
+
+def markdown_table(per_seed: Sequence[dict[str, dict[str, Any]]]) -> list[str]:
+    """One row per model (stage 1, gold, each variant), one column per metric."""
+    header = ["model", *(title for title, _ in COLUMNS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name in per_seed[0]:
+        values = [cell([seed[name].get(key) for seed in per_seed]) for _, key in COLUMNS]
+        lines.append("| " + " | ".join([name, *values]) + " |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS))
+    parser.add_argument("--quick", action="store_true", help="DemoConfig.quick (a smoke test)")
+    parser.add_argument("--stage1-steps", type=int, help="override the preset's stage-1 steps")
+    parser.add_argument("--cagul-steps", type=int, help="override the preset's CAGUL steps")
+    parser.add_argument("--max-eval-rows", type=int, help="override rows per split and kind")
+    parser.add_argument("--no-gold", action="store_true", help="skip the retain-only model")
+    parser.add_argument("--cache", type=Path, default=Path("outputs/ablate_depth"))
+    parser.add_argument("--output", type=Path, help="also write the table (markdown) here")
+    options = parser.parse_args()
+    for variant in options.variants:
+        parse_variant(variant)  # a typo fails here, before any teaching
+    if len(set(options.variants)) != len(options.variants):
+        raise SystemExit(f"--variants {' '.join(options.variants)}: name each variant once.")
+    overrides = {
+        name: value
+        for name, value in (
+            ("stage1_steps", options.stage1_steps),
+            ("cagul_steps", options.cagul_steps),
+            ("max_eval_rows", options.max_eval_rows),
+        )
+        if value is not None
+    }
+    started = time.perf_counter()
+    per_seed = []
+    for seed in options.seeds:
+        config = (DemoConfig.quick if options.quick else DemoConfig)(seed=seed, **overrides)
+        per_seed.append(run_seed(config, options.variants, options.cache, not options.no_gold))
+    seeds = ", ".join(map(str, options.seeds))
+    lines = [
+        f"Depth-term ablation, seeds {seeds} ({'quick' if options.quick else 'demo'} settings"
+        f"{', ' + json.dumps(overrides) if overrides else ''}): mean ± std over the seeds.",
+        "",
+        *markdown_table(per_seed),
+        "",
+        f"total {time.perf_counter() - started:.0f} s",
+    ]
+    print("\n".join(lines))
+    if options.output is not None:
+        options.output.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
