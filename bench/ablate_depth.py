@@ -26,35 +26,22 @@ A variant is ``off`` (no depth term) or ``LOSS:WEIGHT`` (``npo:0.3``, ``unlikeli
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ablation import cached_teach, cell
 from datasets import concatenate_datasets
 
-from hf_cagul.cli import load_vlm
 from hf_cagul.compare import CagulFitSettings, fit_cagul_adapter
-from hf_cagul.demo import DemoConfig, cagul_fit_settings, teach
+from hf_cagul.demo import DemoConfig, cagul_fit_settings
 from hf_cagul.evaluation.suite import evaluate_model
 from hf_cagul.trainer.cagul_config import DEPTH_LOSSES
 
 DEFAULT_VARIANTS = ("off", "npo:0.1", "npo:0.3", "npo:1", "unlikelihood:1")
-STAGE1_FIELDS = (
-    "people",
-    "unknown",
-    "forget_fraction",
-    "train_images",
-    "heldout_images",
-    "stage1_steps",
-    "stage1_learning_rate",
-)
-"""The `DemoConfig` fields a stage-1 (or gold) model depends on, besides the seed."""
-
 COLUMNS = (
     ("forget kw (train)", "forget_keyword"),
     ("forget kw (held-out)", "forget_heldout_keyword"),
@@ -95,24 +82,6 @@ def parse_variant(variant: str) -> tuple[str, float]:
     return loss, float(weight)
 
 
-def cached_teach(config: DemoConfig, cache: Path, gold: bool) -> tuple[Any, Any]:
-    """The stage-1 (or, with ``gold``, the retain-only) model of ``config``, taught once and
-    then loaded from ``cache`` (always loaded, so a first run and a rerun see the same model)."""
-    settings = {name: getattr(config, name) for name in STAGE1_FIELDS}
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    directory = cache / f"{'gold' if gold else 'stage1'}-seed{config.seed}-{key}"
-    if not (directory / "config.json").is_file():
-        splits = config.benchmark()
-        rows = (
-            splits["retain"] if gold else concatenate_datasets([splits["forget"], splits["retain"]])
-        )
-        vlm, processor = teach(config, rows, "gold (retain only)" if gold else "stage 1")
-        vlm.save_pretrained(directory)
-        processor.save_pretrained(directory)
-        (directory / "demo_settings.json").write_text(json.dumps(settings, indent=2))
-    return load_vlm(str(directory), device="cpu")
-
-
 def run_seed(
     config: DemoConfig, variants: Sequence[str], cache: Path, with_gold: bool
 ) -> dict[str, dict[str, Any]]:
@@ -148,17 +117,6 @@ def run_seed(
     return results
 
 
-def cell(values: Sequence[float | None]) -> str:
-    """``mean +- standard deviation`` of the seeds' values (``n/a`` where one is missing)."""
-    if not values or any(value is None for value in values):
-        return "n/a"
-    numbers = [float(value) for value in values if value is not None]
-    mean = statistics.fmean(numbers)
-    if len(numbers) == 1:
-        return f"{mean:.3f}"
-    return f"{mean:.3f} ± {statistics.stdev(numbers):.3f}"
-
-
 def markdown_table(per_seed: Sequence[dict[str, dict[str, Any]]]) -> list[str]:
     """One row per model (stage 1, gold, each variant), one column per metric."""
     header = ["model", *(title for title, _ in COLUMNS)]
@@ -178,7 +136,7 @@ def main() -> None:
     parser.add_argument("--cagul-steps", type=int, help="override the preset's CAGUL steps")
     parser.add_argument("--max-eval-rows", type=int, help="override rows per split and kind")
     parser.add_argument("--no-gold", action="store_true", help="skip the retain-only model")
-    parser.add_argument("--cache", type=Path, default=Path("outputs/ablate_depth"))
+    parser.add_argument("--cache", type=Path, default=Path("outputs/stage1"))
     parser.add_argument("--output", type=Path, help="also write the table (markdown) here")
     options = parser.parse_args()
     for variant in options.variants:

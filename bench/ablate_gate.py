@@ -1,0 +1,149 @@
+"""Ablation of the gate: its input, its negatives and its calibration, over seeds.
+
+For each seed, the demo's synthetic benchmark and its stage-1 tiny LLaVA (taught once and
+cached under ``--cache``, shared with ``bench/ablate_depth.py``). Then, for each gate input, a
+gate is fitted apart from the encoder on cached features (`hf_cagul.trainer.gate_fit.fit_gate`:
+the photos and augmented variants of them, class-balanced BCE), with two kinds of negatives:
+
+* ``retain``: the retain people's training photos (the default when a dataset has no
+  ``negatives`` split);
+* ``retain+strangers``: those and the ``negatives`` split's photos of people nobody was taught.
+
+A quarter of the negatives is held out, never fitted on, to calibrate the threshold to a
+false-positive rate of ``--target-fpr``; every gate is measured at that calibrated threshold
+and at the fixed 0.5. Measured on photos never fitted on (`discriminator_metrics`): held-out
+forget photos against held-out retain photos (AUC, TPR, FPR), the ``strangers`` split (FPR) and
+``leak recall``, the share of held-out forget photos the base model answers that the gate
+flags. Printed as a markdown table, each figure the mean ± standard deviation over the seeds::
+
+    python bench/ablate_gate.py                         # seeds 0 1 2, the demo's settings
+    python bench/ablate_gate.py --quick --seeds 0 --stage1-steps 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ablation import cached_teach, cell
+
+from hf_cagul import CagulConfig, CagulTrainingConfig, get_cagul_model
+from hf_cagul.data import NEGATIVES_SPLIT, CagulDataCollator
+from hf_cagul.data.synthetic import STRANGERS_SPLIT
+from hf_cagul.demo import DemoConfig, one_row_per_photo
+from hf_cagul.evaluation.suite import discriminator_metrics, leaking_photos
+from hf_cagul.trainer.gate_fit import fit_gate, unique_photos
+
+COLUMNS = (
+    ("AUC", "auc"),
+    ("TPR", "tpr"),
+    ("FPR retain", "fpr"),
+    ("FPR strangers", "stranger_fpr"),
+    ("leak recall", "leak_recall"),
+)
+
+
+def gate_inputs(depth: int) -> dict[str, dict[str, Any]]:
+    """The gate designs compared, by label: the `CagulConfig` fields of each."""
+    return {
+        "visual tokens (paper)": {"gate": "visual_tokens"},
+        f"LM state, layer {depth // 2}": {"gate": "language_state", "gate_layer": depth // 2},
+        f"LM state, layer {depth - 1} (last)": {"gate": "language_state"},
+    }
+
+
+def photos(rows: Any) -> list[Any]:
+    """The distinct photos of ``rows`` with a question each."""
+    return unique_photos(rows["image"], rows["question"])
+
+
+def run_seed(config: DemoConfig, cache: Path, target_fpr: float) -> dict[str, dict[str, Any]]:
+    """Every gate variant's metrics on one seed's benchmark."""
+    splits = config.benchmark()
+    vlm, processor = cached_teach(config, cache, gold=False)
+    forget_heldout = one_row_per_photo(splits["forget_heldout"])
+    measured = {
+        "forget_photos": forget_heldout,
+        "retain_photos": one_row_per_photo(splits["retain_heldout"]),
+        "stranger_photos": one_row_per_photo(splits[STRANGERS_SPLIT]),
+        "leaks": leaking_photos(vlm, processor, forget_heldout),
+    }
+    negatives = {
+        "retain": photos(splits["retain"]),
+        "retain+strangers": photos(splits["retain"]) + photos(splits[NEGATIVES_SPLIT]),
+    }
+    forget = photos(splits["forget"])
+    collator = CagulDataCollator(processor)
+    depth = vlm.config.get_text_config().num_hidden_layers
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as output_dir:
+        settings = CagulTrainingConfig(
+            output_dir=output_dir,
+            gate_fit="apart",
+            gate_target_fpr=target_fpr,
+            seed=config.seed,
+            report_to=[],
+        ).gate_fit_settings()
+    for label, fields in gate_inputs(depth).items():
+        for kind, negative_photos in negatives.items():
+            model = get_cagul_model(vlm, CagulConfig(**fields))
+            clock = time.perf_counter()
+            fit_gate(model, collator, forget, negative_photos, settings)
+            seconds = time.perf_counter() - clock
+            calibrated = model.active_config
+            for threshold, name in ((calibrated.gate_threshold, "calibrated"), (0.5, "0.5")):
+                model.cagul_config["default"] = dataclasses.replace(
+                    calibrated, gate_threshold=threshold
+                )
+                metrics = discriminator_metrics(model, processor, **measured)
+                results[f"{label} | {kind} | {name}"] = {**metrics, "fit_seconds": seconds}
+            vlm = model.unload()
+    return results
+
+
+def markdown_table(per_seed: list[dict[str, dict[str, Any]]]) -> list[str]:
+    """One row per variant (gate input, negatives, threshold), one column per metric."""
+    header = ["gate input", "negatives", "threshold", *(title for title, _ in COLUMNS), "fit s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name in per_seed[0]:
+        values = [cell([seed[name].get(key) for seed in per_seed]) for _, key in COLUMNS]
+        seconds = cell([seed[name]["fit_seconds"] for seed in per_seed])
+        lines.append("| " + " | ".join([*name.split(" | "), *values, seconds]) + " |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--quick", action="store_true", help="DemoConfig.quick (a smoke test)")
+    parser.add_argument("--stage1-steps", type=int, help="override the preset's stage-1 steps")
+    parser.add_argument("--target-fpr", type=float, default=0.02)
+    parser.add_argument("--cache", type=Path, default=Path("outputs/stage1"))
+    parser.add_argument("--output", type=Path, help="also write the table (markdown) here")
+    options = parser.parse_args()
+    overrides = {} if options.stage1_steps is None else {"stage1_steps": options.stage1_steps}
+    started = time.perf_counter()
+    per_seed = []
+    for seed in options.seeds:
+        config = (DemoConfig.quick if options.quick else DemoConfig)(seed=seed, **overrides)
+        per_seed.append(run_seed(config, options.cache, options.target_fpr))
+    seeds = ", ".join(map(str, options.seeds))
+    lines = [
+        f"Gate ablation, seeds {seeds} ({'quick' if options.quick else 'demo'} settings), "
+        f"calibrated to FPR {options.target_fpr} on held-out negatives: mean ± std over seeds.",
+        "",
+        *markdown_table(per_seed),
+        "",
+        f"total {time.perf_counter() - started:.0f} s",
+    ]
+    print("\n".join(lines))
+    if options.output is not None:
+        options.output.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
