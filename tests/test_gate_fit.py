@@ -43,10 +43,10 @@ def people_dataset(forget_photos: int = 4, retain_people: int = 4, photos: int =
     )
 
 
-def make_trainer(tmp_path, dataset=None, gate_negatives=None, **overrides):
+def make_trainer(tmp_path, dataset=None, gate_negatives=None, gate="visual_tokens", **overrides):
     vlm, processor = tiny_vlm("llava")
     torch.manual_seed(0)
-    model = get_cagul_model(vlm, CagulConfig())
+    model = get_cagul_model(vlm, CagulConfig(gate=gate))
     settings = {"max_steps": 2, **overrides}
     trainer = CagulTrainer(
         model=model,
@@ -64,11 +64,13 @@ def gate_scores(model: CagulModel, processor, images) -> list[float]:
     return model.gate_probabilities(**inputs).probabilities[0].tolist()
 
 
-def test_the_gate_fitted_apart_separates_forget_from_retain_photos(tmp_path) -> None:
+@pytest.mark.parametrize("gate", ["visual_tokens", "language_state"])
+def test_the_gate_fitted_apart_separates_forget_from_retain_photos(tmp_path, gate) -> None:
     dataset = people_dataset()
     trainer, model, processor = make_trainer(
         tmp_path,
         dataset,
+        gate=gate,
         gate_fit="apart",
         gate_epochs=60,
         gate_variants=2,

@@ -18,7 +18,7 @@ import hashlib
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
@@ -98,12 +98,15 @@ class GateFeatureCache:
         labels: ``(images,)`` bool: True for images of forget photos.
         device: Where the gate computes (its inputs are moved there, a batch at a time).
         seconds: Time spent computing the features.
+        states: Per image, its ``(hidden,)`` language-model state, for a gate that reads it
+            (`hf_cagul.gates.LANGUAGE_STATE`); else empty.
     """
 
     tokens: list[torch.Tensor]
     labels: torch.Tensor
     device: torch.device
     seconds: float = 0.0
+    states: list[torch.Tensor] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -111,7 +114,7 @@ class GateFeatureCache:
     @property
     def nbytes(self) -> int:
         """Memory the cached tokens take."""
-        return sum(t.numel() * t.element_size() for t in self.tokens)
+        return sum(t.numel() * t.element_size() for t in [*self.tokens, *self.states])
 
     def inputs(self, indices: Sequence[int]) -> GateInputs:
         """The `GateInputs` of the images ``indices``, as one call's, on `device`."""
@@ -120,7 +123,8 @@ class GateFeatureCache:
             [torch.full((t.shape[0],), row, dtype=torch.long) for row, t in enumerate(chosen)]
         )
         device = self.device
-        return GateInputs(torch.cat(chosen).to(device), image_index.to(device), len(chosen))
+        states = torch.stack([self.states[i] for i in indices]).to(device) if self.states else None
+        return GateInputs(torch.cat(chosen).to(device), image_index.to(device), len(chosen), states)
 
     @classmethod
     def compute(
@@ -160,6 +164,7 @@ class GateFeatureCache:
         device = input_device(model)
         gate_device = next(model.active_adapter_module.parameters()).device
         tokens: list[torch.Tensor] = []
+        states: list[torch.Tensor] = []
         was_training = model.training
         model.eval()  # the frozen VLM's own dropout (if any) must not perturb the features
         try:
@@ -169,10 +174,12 @@ class GateFeatureCache:
                     found = model.gate_inputs(**{k: v.to(device) for k, v in batch.items()})
                     index = found.image_index
                     tokens += [found.tokens[index == row].cpu() for row in range(found.num_images)]
+                    if found.language_state is not None:
+                        states += list(found.language_state.cpu())
         finally:
             model.train(was_training)
         labels = torch.full((len(tokens),), label, dtype=torch.bool)
-        return cls(tokens, labels, gate_device, time.perf_counter() - start)
+        return cls(tokens, labels, gate_device, time.perf_counter() - start, states)
 
     def __add__(self, other: GateFeatureCache) -> GateFeatureCache:
         return GateFeatureCache(
@@ -180,6 +187,7 @@ class GateFeatureCache:
             torch.cat([self.labels, other.labels]),
             self.device,
             self.seconds + other.seconds,
+            self.states + other.states,
         )
 
     @torch.no_grad()
