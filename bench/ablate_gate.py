@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import datasets
 from ablation import cached_teach, cell
 
 from hf_cagul import CagulConfig, CagulTrainingConfig, get_cagul_model
@@ -92,12 +93,13 @@ def run_seed(config: DemoConfig, cache: Path, target_fpr: float) -> dict[str, di
         for kind, negative_photos in negatives.items():
             model = get_cagul_model(vlm, CagulConfig(**fields))
             clock = time.perf_counter()
-            fit_gate(model, collator, forget, negative_photos, settings)
+            report = fit_gate(model, collator, forget, negative_photos, settings)
             seconds = time.perf_counter() - clock
-            calibrated = model.active_config
-            for threshold, name in ((calibrated.gate_threshold, "calibrated"), (0.5, "0.5")):
+            assert report.calibration is not None
+            fitted = model.active_config
+            for threshold, name in ((report.calibration["threshold"], "calibrated"), (0.5, "0.5")):
                 model.cagul_config["default"] = dataclasses.replace(
-                    calibrated, gate_threshold=threshold
+                    fitted, gate_threshold=threshold
                 )
                 metrics = discriminator_metrics(model, processor, **measured)
                 results[f"{label} | {kind} | {name}"] = {**metrics, "fit_seconds": seconds}
@@ -125,6 +127,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("outputs/stage1"))
     parser.add_argument("--output", type=Path, help="also write the table (markdown) here")
     options = parser.parse_args()
+    datasets.disable_progress_bars()
     overrides = {} if options.stage1_steps is None else {"stage1_steps": options.stage1_steps}
     started = time.perf_counter()
     per_seed = []

@@ -342,10 +342,12 @@ def fit_gate(
     photo is cached itself and with ``settings.variants`` augmented variants
     (`PhotoAugmentation` seeded with ``settings.seed``). The gate then trains for
     ``settings.epochs`` epochs with AdamW on a binary cross-entropy in which each class weighs
-    one half, whatever its count. With a target FPR, the threshold of the active adapter's
-    `CagulConfig` is then set by `calibrate_threshold` on the held-out negatives, and the TPR
-    at it is measured on fresh augmented variants of the forget photos (never fitted on;
-    augmentation seeded with ``settings.seed + 1``); both go in ``gate_calibration``.
+    one half, whatever its count. With a target FPR, `calibrate_threshold` then picks the
+    threshold on the held-out negatives, and the TPR at it is measured on fresh augmented
+    variants of the forget photos (never fitted on; augmentation seeded with
+    ``settings.seed + 1``); both are in the report's ``calibration``, which the caller writes
+    into the adapter's config (`CagulTrainer` does: ``gate_threshold`` and
+    ``gate_calibration``).
 
     Args:
         model: The `CagulModel` whose active adapter's gate is fitted (its VLM is frozen).
