@@ -33,7 +33,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ablation import cached_teach, cell
+from ablation import cached_teach, cell, report
 from datasets import concatenate_datasets
 
 from hf_cagul.compare import CagulFitSettings, fit_cagul_adapter
@@ -158,17 +158,11 @@ def main() -> None:
         config = (DemoConfig.quick if options.quick else DemoConfig)(seed=seed, **overrides)
         per_seed.append(run_seed(config, options.variants, options.cache, not options.no_gold))
     seeds = ", ".join(map(str, options.seeds))
-    lines = [
+    title = (
         f"Depth-term ablation, seeds {seeds} ({'quick' if options.quick else 'demo'} settings"
-        f"{', ' + json.dumps(overrides) if overrides else ''}): mean ± std over the seeds.",
-        "",
-        *markdown_table(per_seed),
-        "",
-        f"total {time.perf_counter() - started:.0f} s",
-    ]
-    print("\n".join(lines))
-    if options.output is not None:
-        options.output.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        f"{', ' + json.dumps(overrides) if overrides else ''}): mean ± std over the seeds."
+    )
+    report(title, markdown_table(per_seed), started, options.output)
 
 
 if __name__ == "__main__":

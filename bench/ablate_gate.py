@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-from ablation import cached_teach, cell
+from ablation import cached_teach, cell, report
 
 from hf_cagul import CagulConfig, CagulTrainingConfig, get_cagul_model
 from hf_cagul.data import NEGATIVES_SPLIT, CagulDataCollator
@@ -135,17 +135,11 @@ def main() -> None:
         config = (DemoConfig.quick if options.quick else DemoConfig)(seed=seed, **overrides)
         per_seed.append(run_seed(config, options.cache, options.target_fpr))
     seeds = ", ".join(map(str, options.seeds))
-    lines = [
+    title = (
         f"Gate ablation, seeds {seeds} ({'quick' if options.quick else 'demo'} settings), "
-        f"calibrated to FPR {options.target_fpr} on held-out negatives: mean ± std over seeds.",
-        "",
-        *markdown_table(per_seed),
-        "",
-        f"total {time.perf_counter() - started:.0f} s",
-    ]
-    print("\n".join(lines))
-    if options.output is not None:
-        options.output.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        f"calibrated to FPR {options.target_fpr} on held-out negatives: mean ± std over seeds."
+    )
+    report(title, markdown_table(per_seed), started, options.output)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,3 +55,12 @@ def cell(values: Sequence[float | None]) -> str:
     if len(numbers) == 1:
         return f"{mean:.3f}"
     return f"{mean:.3f} ± {statistics.stdev(numbers):.3f}"
+
+
+def report(title: str, table: list[str], started: float, output: Path | None) -> None:
+    """Print ``title``, the markdown ``table`` and the time since ``started``; also write them
+    to ``output`` when given."""
+    lines = [title, "", *table, "", f"total {time.perf_counter() - started:.0f} s"]
+    print("\n".join(lines))
+    if output is not None:
+        output.write_text("\n".join(lines) + "\n", encoding="utf-8")
