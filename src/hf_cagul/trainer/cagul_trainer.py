@@ -49,6 +49,7 @@ from hf_cagul.data import (
     CagulDataCollator,
     ForgetRetainDataCollator,
 )
+from hf_cagul.data.benchmarks import select_where
 from hf_cagul.devices import is_partitioned
 from hf_cagul.losses import answer_log_probs, answer_unlikelihoods, npo_loss, token_kl
 from hf_cagul.model import CagulModel
@@ -268,11 +269,10 @@ class CagulTrainer(ForgetRetainTrainer):
         args = self.args
         assert isinstance(args, CagulTrainingConfig)
         train: Any = self.train_dataset
-        splits = train[SPLIT_COLUMN]
-        forget = train.select([i for i, split in enumerate(splits) if split == FORGET_SPLIT])
+        forget = select_where(train, SPLIT_COLUMN, lambda split: split == FORGET_SPLIT)
         negatives = self.gate_negatives
         if negatives is None:
-            negatives = train.select([i for i, split in enumerate(splits) if split != FORGET_SPLIT])
+            negatives = select_where(train, SPLIT_COLUMN, lambda split: split != FORGET_SPLIT)
         forget_photos = unique_photos(forget[IMAGE_COLUMN], forget[QUESTION_COLUMN])
         # A photo of a forget row is a positive, even if a retain row shows it too.
         known = {photo.key for photo in forget_photos}

@@ -30,6 +30,7 @@ from hf_cagul.data.schema import load_image
 from hf_cagul.devices import input_device
 from hf_cagul.evaluation.metrics import rates_at_threshold, roc_auc
 from hf_cagul.gates import Gate, GateInputs
+from hf_cagul.losses import half_per_class
 from hf_cagul.model import CagulModel
 
 __all__ = [
@@ -445,7 +446,7 @@ def _train(gate: Gate, cache: GateFeatureCache, settings: GateFitSettings) -> fl
         return None
     labels = cache.labels
     # Each class weighs one half of every epoch, whatever its count (forget sets are small).
-    weights = torch.where(labels, 0.5 / labels.sum(), 0.5 / (~labels).sum()).float()
+    weights = half_per_class(labels).float()
     optimizer = torch.optim.AdamW(
         parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay
     )
