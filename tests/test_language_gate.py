@@ -7,10 +7,12 @@ import torch
 from vlm_inputs import snapshot, standard_batch, tiny_dataset
 
 from hf_cagul import CagulConfig, CagulTrainer, CagulTrainingConfig, get_cagul_model
-from hf_cagul.gates import LanguageStateGate
+from hf_cagul.gates import GATES, LANGUAGE_STATE, GateInputs
 from hf_cagul.tiny import TINY_FAMILIES, tiny_vlm
 
 families = pytest.mark.parametrize("family", TINY_FAMILIES)
+STATE_GATES = sorted(name for name, gate in GATES.items() if gate.reads == LANGUAGE_STATE)
+state_gates = pytest.mark.parametrize("gate", STATE_GATES)
 
 
 def pair(family: str, **config: object):
@@ -25,16 +27,17 @@ def pair(family: str, **config: object):
     return processor, state, encoder
 
 
+@state_gates
 @families
-def test_closed_state_gate_is_bit_identical_and_costs_no_second_pass(family) -> None:
+def test_closed_state_gate_is_bit_identical_and_costs_no_second_pass(family, gate) -> None:
     vlm, processor = tiny_vlm(family, num_hidden_layers=4)
     inputs = standard_batch(processor, family)
     with torch.no_grad():
         bare = vlm(**inputs).logits
         bare_tokens = vlm.generate(**inputs, max_new_tokens=3, do_sample=False)
     before = snapshot(vlm)
-    model = get_cagul_model(vlm, CagulConfig(gate="language_state"))
-    assert isinstance(model.active_adapter_module.discriminator, LanguageStateGate)
+    model = get_cagul_model(vlm, CagulConfig(gate=gate))
+    assert isinstance(model.active_adapter_module.discriminator, GATES[gate])
     calls = []
     first = model.family.decoder(vlm).layers[0]
     handle = first.register_forward_pre_hook(lambda *_: calls.append(1))
@@ -97,9 +100,10 @@ def test_the_gate_reads_the_state_after_its_layer_at_the_last_prompt_token(famil
     assert features.language_state.shape == (len(traces), vlm.config.get_text_config().hidden_size)
 
 
-def test_the_trainer_fits_a_state_gate(tmp_path) -> None:
+@state_gates
+def test_the_trainer_fits_a_state_gate(tmp_path, gate) -> None:
     vlm, processor = tiny_vlm("llava", num_hidden_layers=4)
-    model = get_cagul_model(vlm, CagulConfig(gate="language_state"))
+    model = get_cagul_model(vlm, CagulConfig(gate=gate))
     head = model.active_adapter_module.discriminator.head
     before = head.weight.clone()
     args = CagulTrainingConfig(
@@ -114,3 +118,25 @@ def test_the_trainer_fits_a_state_gate(tmp_path) -> None:
         model=model, args=args, train_dataset=tiny_dataset(), processing_class=processor
     ).train()
     assert not torch.equal(head.weight, before)
+
+
+def test_the_combined_gate_reads_the_tokens_and_the_state() -> None:
+    vlm, processor = tiny_vlm("llava", num_hidden_layers=4)
+    model = get_cagul_model(vlm, CagulConfig(gate="visual_and_language_state"))
+    gate = model.active_adapter_module.discriminator
+    with torch.no_grad():
+        for parameter in gate.parameters():
+            parameter.normal_(std=0.5)
+    features = model.gate_inputs(**standard_batch(processor, "llava"))
+    assert features.language_state is not None
+    with torch.no_grad():
+        logits = gate(features)
+        other_state = gate(
+            GateInputs(**{**vars(features), "language_state": features.language_state.flip(0)})
+        )
+        other_tokens = gate(GateInputs(**{**vars(features), "tokens": features.tokens * 2}))
+    assert logits.shape == (features.num_images,)
+    assert not torch.allclose(logits, other_state)
+    assert not torch.allclose(logits, other_tokens)
+    with pytest.raises(ValueError, match="language_state"):
+        gate(GateInputs(features.tokens, features.image_index, features.num_images))

@@ -54,7 +54,8 @@ class CagulConfig:
         num_tokens: A fixed number of tokens to rewrite per image; overrides ``token_ratio``.
         gate: Name of the gate design (a class registered in `hf_cagul.gates`):
             ``"visual_tokens"`` is the paper's discriminator over the projected visual tokens,
-            ``"language_state"`` reads the frozen language model's hidden state.
+            ``"language_state"`` reads the frozen language model's hidden state,
+            ``"visual_and_language_state"`` reads both.
         gate_layer: Decoder layer whose output a gate that reads the language model's state
             reads (``None``: the last layer).
         encoder_hidden_size: Width of the token encoder's hidden layer.
@@ -136,8 +137,8 @@ class CagulConfig:
     gate_layer: int | None = field(
         default=None,
         metadata={
-            "help": "Decoder layer whose output the 'language_state' gate reads (None: the "
-            "last layer)."
+            "help": "Decoder layer whose output a gate reading the language model's state "
+            "reads (None: the last layer)."
         },
     )
     encoder_hidden_size: int = field(

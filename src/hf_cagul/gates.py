@@ -33,11 +33,13 @@ from hf_cagul.config import DEFAULT_GATE, CagulConfig
 __all__ = [
     "GATES",
     "LANGUAGE_STATE",
+    "VISUAL_AND_LANGUAGE",
     "VISUAL_TOKENS",
     "ForgetDiscriminator",
     "Gate",
     "GateInputs",
     "LanguageStateGate",
+    "VisualAndLanguageGate",
     "gate_class",
     "register_gate",
     "segment_mean",
@@ -47,6 +49,8 @@ VISUAL_TOKENS = "visual_tokens"
 """`Gate.reads` of a gate that reads only the projected visual tokens."""
 LANGUAGE_STATE = "language_state"
 """`Gate.reads` of a gate that also reads the frozen language model's hidden state."""
+VISUAL_AND_LANGUAGE = "visual_and_language_state"
+"""The name of `VisualAndLanguageGate`, which reads both."""
 
 
 def segment_mean(values: torch.Tensor, segment: torch.Tensor, num_segments: int) -> torch.Tensor:
@@ -173,12 +177,28 @@ class ForgetDiscriminator(Gate):
 
     def forward(self, inputs: GateInputs) -> torch.Tensor:
         """Logits of shape ``(num_images,)`` from the visual tokens of all images."""
-        features = self.token_mlp(self.norm(inputs.tokens))
-        index = inputs.image_index.unsqueeze(-1).expand_as(features)
-        peak = features.new_full((inputs.num_images, features.shape[-1]), float("-inf"))
-        peak = peak.scatter_reduce(0, index, features, reduce="amax")
-        mean = segment_mean(features, inputs.image_index, inputs.num_images)
-        return self.head(torch.cat([mean, peak], dim=-1)).squeeze(-1)
+        return self.head(_pooled_tokens(self.norm, self.token_mlp, inputs)).squeeze(-1)
+
+
+def _pooled_tokens(norm: nn.Module, token_mlp: nn.Module, inputs: GateInputs) -> torch.Tensor:
+    """``(num_images, 2 * inner)``: the token-wise MLP of the normalised visual tokens, pooled
+    per image by mean and by max."""
+    features = token_mlp(norm(inputs.tokens))
+    index = inputs.image_index.unsqueeze(-1).expand_as(features)
+    peak = features.new_full((inputs.num_images, features.shape[-1]), float("-inf"))
+    peak = peak.scatter_reduce(0, index, features, reduce="amax")
+    mean = segment_mean(features, inputs.image_index, inputs.num_images)
+    return torch.cat([mean, peak], dim=-1)
+
+
+def _language_state(gate: Gate, inputs: GateInputs) -> torch.Tensor:
+    """``inputs.language_state``, or a clear error when the call did not read it."""
+    if inputs.language_state is None:
+        raise ValueError(
+            f"{type(gate).__name__} reads GateInputs.language_state, which this call lacks: "
+            "build the inputs with CagulModel.gate_inputs, which reads it."
+        )
+    return inputs.language_state
 
 
 @register_gate
@@ -212,9 +232,43 @@ class LanguageStateGate(Gate):
 
     def forward(self, inputs: GateInputs) -> torch.Tensor:
         """Logits of shape ``(num_images,)`` from each image's language state."""
-        if inputs.language_state is None:
-            raise ValueError(
-                "LanguageStateGate reads GateInputs.language_state, which this call lacks: "
-                "build the inputs with CagulModel.gate_inputs, which reads it."
-            )
-        return self.head(self.mlp(self.norm(inputs.language_state))).squeeze(-1)
+        return self.head(self.mlp(self.norm(_language_state(self, inputs)))).squeeze(-1)
+
+
+@register_gate
+class VisualAndLanguageGate(Gate):
+    """A gate that reads both what the photo shows and what the model makes of it: the paper's
+    pooled visual tokens (`ForgetDiscriminator`'s branch) beside the language model's state
+    (`LanguageStateGate`'s), one linear head over both.
+
+    The two disagree where each is weak: the visual tokens carry the face whatever the
+    question, the state carries the model's recognition, which is what leaks.
+
+    Args:
+        hidden_size: Width of the visual tokens and of the language model's state.
+        inner_size: Width of each branch's hidden layer.
+    """
+
+    name = VISUAL_AND_LANGUAGE
+    reads = LANGUAGE_STATE
+
+    def __init__(self, hidden_size: int, inner_size: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden_size)
+        self.token_mlp = nn.Sequential(nn.Linear(hidden_size, inner_size), nn.GELU())
+        self.state_norm = nn.LayerNorm(hidden_size)
+        self.state_mlp = nn.Sequential(nn.Linear(hidden_size, inner_size), nn.GELU())
+        self.head = nn.Linear(3 * inner_size, 1)
+        nn.init.zeros_(self.head.weight)  # closed at start, as every gate
+        nn.init.constant_(self.head.bias, -4.0)
+
+    @classmethod
+    def from_config(cls, config: CagulConfig) -> VisualAndLanguageGate:
+        """A gate whose branches have width ``config.discriminator_hidden_size``."""
+        return cls(config.hidden_size or 0, config.discriminator_hidden_size)
+
+    def forward(self, inputs: GateInputs) -> torch.Tensor:
+        """Logits of shape ``(num_images,)`` from each image's tokens and language state."""
+        state = self.state_mlp(self.state_norm(_language_state(self, inputs)))
+        visual = _pooled_tokens(self.norm, self.token_mlp, inputs)
+        return self.head(torch.cat([visual, state], dim=-1)).squeeze(-1)
