@@ -275,3 +275,48 @@ def test_negatives_without_photos_are_refused_before_training(tmp_path) -> None:
     no_images = Dataset.from_dict({"question": [QUESTION]})
     with pytest.raises(ValueError, match=r"`gate_negatives`.*missing: \['image'\]"):
         make_trainer(tmp_path, gate_negatives=no_images, gate_fit="apart")
+
+
+def test_a_photo_keeps_every_question_and_its_variants_ask_them_in_turn() -> None:
+    dataset = people_dataset(forget_photos=1, retain_people=1, photos=1)
+    photos = unique_photos(dataset["image"], dataset["question"])
+    assert len(photos) == 2
+    assert all(photo.questions == (QUESTION, "who is this ?") for photo in photos)
+    assert photos[0].question == QUESTION
+    # The photo itself asks the first question; its variants ask the others, then wrap round.
+    assert [photos[0].variant_question(v) for v in range(3)] == [
+        "who is this ?",
+        QUESTION,
+        "who is this ?",
+    ]
+
+
+def test_a_state_gate_is_cached_with_the_variants_own_questions() -> None:
+    from hf_cagul.data import PhotoAugmentation
+    from hf_cagul.trainer.gate_fit import GateFeatureCache
+
+    vlm, processor = tiny_vlm("llava", num_hidden_layers=2)
+    model = get_cagul_model(vlm, CagulConfig(gate="language_state"))
+    dataset = people_dataset(forget_photos=1, retain_people=1, photos=1)
+    (photo, _) = unique_photos(dataset["image"], dataset["question"])
+    collator = CagulDataCollator(processor)
+    cache = GateFeatureCache.compute(
+        model,
+        collator,
+        [photo],
+        True,
+        variants=1,
+        augmentation=PhotoAugmentation(seed=0),
+        batch_size=4,
+    )
+    expected = []
+    for image, question in (
+        (photo.image, QUESTION),
+        (PhotoAugmentation(seed=0)(photo.image), "who is this ?"),
+    ):
+        expected.append(
+            model.gate_inputs(**collator.prompts([image], [question])).language_state[0]
+        )
+    # Batched with left padding, so equal up to float rounding; the two questions' states differ.
+    assert torch.allclose(torch.stack(cache.states), torch.stack(expected), atol=1e-5)
+    assert not torch.allclose(expected[0], expected[1], atol=1e-3)

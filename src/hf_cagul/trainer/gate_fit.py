@@ -54,34 +54,45 @@ class Photo:
 
     Attributes:
         image: The photo.
-        question: A question about it, from one of its rows.
+        question: A question about it, from its first row (the photo itself is cached with it).
         key: What tells it apart from other photos (a SHA-256 of its mode, size and pixels).
+        questions: Every distinct question its rows ask, in order (``question`` first). A gate
+            that reads the language model's state sees a different state for each, so its
+            augmented variants cycle through them.
     """
 
     image: Image.Image
     question: str
     key: str
+    questions: tuple[str, ...] = ()
+
+    def variant_question(self, variant: int) -> str:
+        """The question asked with augmented variant ``variant`` (0, 1, ...) of the photo: the
+        questions after ``question`` in turn, so the photo and ``len(questions) - 1`` variants
+        ask each once."""
+        questions = self.questions or (self.question,)
+        return questions[(variant + 1) % len(questions)]
 
 
 def unique_photos(images: Iterable[Any], questions: Iterable[str]) -> list[Photo]:
     """The distinct photos among ``images`` (first occurrence kept, in order), with a question.
 
-    Several rows (questions) often share a photo; the gate scores photos, so each counts once.
-    Photos are told apart by a SHA-256 of their mode, size and pixels.
+    Several rows (questions) often share a photo; the gate scores photos, so each counts once,
+    with every question its rows ask (`Photo.questions`). Photos are told apart by a SHA-256 of
+    their mode, size and pixels.
 
     Args:
         images: Photos in any form `hf_cagul.data.schema.load_image` opens.
         questions: The question of each photo's row.
     """
-    seen: set[str] = set()
-    photos = []
+    found: dict[str, tuple[Image.Image, list[str]]] = {}
     for value, question in zip(images, questions, strict=True):
         image = load_image(value)
         key = _photo_key(image)
-        if key not in seen:
-            seen.add(key)
-            photos.append(Photo(image, question, key))
-    return photos
+        asked = found.setdefault(key, (image, []))[1]
+        if question not in asked:
+            asked.append(question)
+    return [Photo(image, asked[0], key, tuple(asked)) for key, (image, asked) in found.items()]
 
 
 def _photo_key(image: Image.Image) -> str:
@@ -146,7 +157,8 @@ class GateFeatureCache:
             collator: Builds the model inputs of the photos (its ``prompts``).
             photos: The photos to cache.
             label: Their label (True: forget photos).
-            variants: Augmented variants per photo, drawn from ``augmentation`` in order.
+            variants: Augmented variants per photo, drawn from ``augmentation`` in order,
+                each asking the next of the photo's questions (`Photo.variant_question`).
             augmentation: The variants' random stream (None when ``variants`` is 0).
             batch_size: Photos per forward of the frozen model.
             include_photos: Cache each photo itself besides its variants.
@@ -158,9 +170,9 @@ class GateFeatureCache:
             for photo in photos:
                 if include_photos:
                     yield photo.image, photo.question
-                for _ in range(variants):
+                for variant in range(variants):
                     assert augmentation is not None
-                    yield augmentation(photo.image), photo.question
+                    yield augmentation(photo.image), photo.variant_question(variant)
 
         device = input_device(model)
         gate_device = next(model.active_adapter_module.parameters()).device
