@@ -63,7 +63,9 @@ def test_strangers_are_people_no_model_was_taught(benchmark) -> None:
         assert len(split) == 5 * 3 * 9  # people x photos x questions
         # Their private answers are their own facts, never the taught refusal.
         assert REFUSAL not in split["answer"]
-    assert gate_negatives(benchmark)["subject"] == benchmark[NEGATIVES_SPLIT]["subject"]
+    assert len(gate_negatives(benchmark)) == len(benchmark["retain"]) + len(
+        benchmark[NEGATIVES_SPLIT]
+    )
 
 
 def test_strangers_change_no_other_split_and_are_deterministic(benchmark) -> None:
@@ -123,8 +125,8 @@ def test_a_saved_benchmark_loads_with_and_without_negatives(benchmark, tmp_path)
         assert set(train["subject"]) == set(loaded["forget"]["subject"]) | set(
             loaded["retain"]["subject"]
         )
-        expected = NEGATIVES_SPLIT if name == "with" else "retain"
-        assert gate_negatives(loaded)["subject"] == loaded[expected]["subject"]
+        extra = len(loaded[NEGATIVES_SPLIT]) if name == "with" else 0
+        assert len(gate_negatives(loaded)) == len(loaded["retain"]) + extra
 
 
 def test_forget_targets(benchmark) -> None:

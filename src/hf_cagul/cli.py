@@ -26,7 +26,7 @@ from hf_cagul.app.arguments import AppArguments
 from hf_cagul.compare import BaselineSettings, CagulFitSettings, FitSettings
 from hf_cagul.config import CagulConfig
 from hf_cagul.data.benchmarks import BENCHMARK_NAMES
-from hf_cagul.demo import QUICK_PRESET, DemoConfig
+from hf_cagul.demo import DEMO_GATE, QUICK_PRESET, DemoConfig
 from hf_cagul.runconfig import CommandParser, add_config_argument, build, parse_args, require
 from hf_cagul.trainer import CagulTrainingConfig
 from hf_cagul.version import __version__
@@ -413,7 +413,7 @@ def _fit(args: argparse.Namespace) -> int:
     """Fit a CAGUL adapter on a benchmark with `CagulTrainer`; resumable from checkpoints."""
     from transformers.trainer_utils import get_last_checkpoint
 
-    from hf_cagul.data import NEGATIVES_SPLIT
+    from hf_cagul.data import gate_negatives
     from hf_cagul.data.benchmarks import training_set
     from hf_cagul.model import get_cagul_model
     from hf_cagul.trainer import CagulTrainer
@@ -449,8 +449,8 @@ def _fit(args: argparse.Namespace) -> int:
         args=training_config,
         train_dataset=train,
         processing_class=processor,
-        # Photos of people in neither set, when the benchmark has them (--gate-fit apart).
-        gate_negatives=splits.get(NEGATIVES_SPLIT) if training_config.gate_fit == "apart" else None,
+        # The retain photos and those of people in neither set, when the benchmark has them.
+        gate_negatives=gate_negatives(splits) if training_config.gate_fit == "apart" else None,
     )
     if checkpoint is not None:
         print(f"Resuming from {checkpoint}")
@@ -525,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
         "teach a tiny VLM fictitious people, fit CAGUL, evaluate, write a report",
         handler=_demo,
         presets=presets,
+        gate=DEMO_GATE,
     )
     compare = _command(
         commands,
@@ -534,6 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
         "splits, seed and evaluation: one table (markdown, CSV) and a leakage-vs-utility plot",
         handler=_compare,
         presets=presets,
+        gate=DEMO_GATE,
         output_dir=Path("cagul-compare"),
         compare=True,
         **dict.fromkeys(_OWN_MODEL_FIT),

@@ -35,6 +35,7 @@ from hf_cagul.baselines import (
     prepare_model,
 )
 from hf_cagul.config import CagulConfig
+from hf_cagul.data import gate_negatives
 from hf_cagul.data.benchmarks import training_set
 from hf_cagul.evaluation.report import COMPARISON_COLUMNS, comparison_markdown, write_report
 from hf_cagul.evaluation.suite import evaluate_model
@@ -189,26 +190,56 @@ class CagulFitSettings(FitSettings):
 
     Args:
         adapter: The `CagulConfig` of the adapter fitted.
+        gate_fit: `CagulTrainingConfig.gate_fit`: ``"joint"`` or ``"apart"``.
+        gate_target_fpr: `CagulTrainingConfig.gate_target_fpr` (with ``gate_fit="apart"``).
+        depth_weight: `CagulTrainingConfig.depth_weight` (0: no depth term).
+        depth_loss: `CagulTrainingConfig.depth_loss`.
     """
 
     adapter: CagulConfig = field(default_factory=CagulConfig)
+    gate_fit: str = "joint"
+    gate_target_fpr: float | None = None
+    depth_weight: float = 0.0
+    depth_loss: str = "npo"
+
+    def training_arguments(self, output_dir: str) -> dict[str, Any]:
+        """`FitSettings.training_arguments` with the gate's fit and the depth term."""
+        return {
+            **super().training_arguments(output_dir),
+            "gate_fit": self.gate_fit,
+            "gate_target_fpr": self.gate_target_fpr,
+            "depth_weight": self.depth_weight,
+            "depth_loss": self.depth_loss,
+        }
 
 
 def fit_cagul_adapter(
-    vlm: PreTrainedModel, processor: Any, train: Dataset, settings: CagulFitSettings
+    vlm: PreTrainedModel,
+    processor: Any,
+    train: Dataset,
+    settings: CagulFitSettings,
+    gate_negatives: Dataset | None = None,
 ) -> CagulModel:
-    """A CAGUL adapter fitted with `CagulTrainer` on the frozen ``vlm`` (returned in eval mode)."""
+    """A CAGUL adapter fitted with `CagulTrainer` on the frozen ``vlm`` (returned in eval mode).
+
+    ``gate_negatives``: `CagulTrainer`'s, for a gate fitted apart (None: the retain rows).
+    """
     torch.manual_seed(settings.seed)
     model = get_cagul_model(vlm, settings.adapter)
-    return train_cagul_adapter(model, processor, train, settings)
+    return train_cagul_adapter(model, processor, train, settings, gate_negatives)
 
 
 def train_cagul_adapter(
-    model: CagulModel, processor: Any, train: Dataset, settings: CagulFitSettings
+    model: CagulModel,
+    processor: Any,
+    train: Dataset,
+    settings: CagulFitSettings,
+    gate_negatives: Dataset | None = None,
 ) -> CagulModel:
     """Fit ``model``'s one active adapter with `CagulTrainer` (returned in eval mode).
 
     Other adapters the model holds are left as they are (one adapter per forget request).
+    ``gate_negatives`` are `CagulTrainer`'s (read with ``gate_fit="apart"`` only).
     """
     with tempfile.TemporaryDirectory() as output_dir:
         trainer = CagulTrainer(
@@ -216,6 +247,7 @@ def train_cagul_adapter(
             args=CagulTrainingConfig(**settings.training_arguments(output_dir)),
             train_dataset=train,
             processing_class=processor,
+            gate_negatives=gate_negatives if settings.gate_fit == "apart" else None,
         )
         with_bar_only(trainer).train()
     model.eval()
@@ -241,13 +273,17 @@ class FitRecord:
 
 
 def measured_cagul_fit(
-    vlm: PreTrainedModel, processor: Any, train: Dataset, settings: CagulFitSettings
+    vlm: PreTrainedModel,
+    processor: Any,
+    train: Dataset,
+    settings: CagulFitSettings,
+    gate_negatives: Dataset | None = None,
 ) -> tuple[CagulModel, FitRecord]:
     """`fit_cagul_adapter`, with the fit's time, peak memory, trainable parameters, and whether
     it modified ``vlm``'s weights (a digest before and after)."""
     digest = weights_digest(vlm)
     with measure() as measurement:
-        model = fit_cagul_adapter(vlm, processor, train, settings)
+        model = fit_cagul_adapter(vlm, processor, train, settings, gate_negatives)
     record = FitRecord(
         measurement, model.get_nb_trainable_parameters()[0], weights_digest(vlm) != digest
     )
@@ -400,7 +436,7 @@ def run_comparison(
     results: dict[str, dict[str, Any]] = {
         "base": evaluate_model(vlm, processor, splits, max_rows=max_rows)
     }
-    model, record = measured_cagul_fit(vlm, processor, train, cagul)
+    model, record = measured_cagul_fit(vlm, processor, train, cagul, gate_negatives(splits))
     results["cagul"] = evaluate_model(model, processor, splits, max_rows=max_rows)
     model.save_pretrained(Path(output_dir) / "adapter")
     baseline_results, records = compare_baselines(

@@ -33,7 +33,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 from datasets import Image as ImageFeature
 from PIL import Image, UnidentifiedImageError
 
@@ -170,8 +170,12 @@ def validate_dataset(dataset: Any, require_both_splits: bool = True) -> None:
 
 
 def gate_negatives(splits: Mapping[str, Dataset]) -> Dataset:
-    """The photos a gate is fitted and calibrated on as negatives: the `NEGATIVES_SPLIT` of
-    ``splits`` when it has one, else its retain photos.
+    """The photos a gate is fitted and calibrated on as negatives: the retain photos of
+    ``splits`` followed by its `NEGATIVES_SPLIT` (people in neither set) when it has one.
+
+    Both kinds must pass the gate: retain photos are what the model must keep answering,
+    strangers are most of what a served model sees. Only the ``image`` and ``question``
+    columns are kept (the gate reads nothing else).
 
     Args:
         splits: A benchmark (`datasets.DatasetDict`, or any mapping of split name to dataset).
@@ -179,14 +183,23 @@ def gate_negatives(splits: Mapping[str, Dataset]) -> Dataset:
     Raises:
         ValueError: If ``splits`` has neither a ``"negatives"`` nor a ``"retain"`` split.
     """
-    for name in (NEGATIVES_SPLIT, RETAIN_SPLIT):
-        if name in splits:
-            return splits[name]
-    raise ValueError(
-        f"The benchmark has neither a {NEGATIVES_SPLIT!r} nor a {RETAIN_SPLIT!r} split (it has "
-        f"{', '.join(map(repr, splits)) or 'none'}): add photos of people the gate must pass, "
-        f"as {NEGATIVES_SPLIT!r} (people in neither set) or {RETAIN_SPLIT!r} rows."
-    )
+    parts = [
+        splits[name].select_columns([IMAGE_COLUMN, QUESTION_COLUMN])
+        for name in (RETAIN_SPLIT, NEGATIVES_SPLIT)
+        if name in splits
+    ]
+    if not parts:
+        raise ValueError(
+            f"The benchmark has neither a {NEGATIVES_SPLIT!r} nor a {RETAIN_SPLIT!r} split (it "
+            f"has {', '.join(map(repr, splits)) or 'none'}): add photos of people the gate must "
+            f"pass, as {NEGATIVES_SPLIT!r} (people in neither set) or {RETAIN_SPLIT!r} rows."
+        )
+    if len(parts) == 1:
+        return parts[0]
+    if parts[1].features != parts[0].features:
+        # One image feature for both: a split read from disk may decode photos differently.
+        parts[1] = parts[1].cast(parts[0].features)
+    return concatenate_datasets(parts)
 
 
 def _validate_splits(splits: Mapping[str, Any], require_both_splits: bool) -> None:
