@@ -15,11 +15,17 @@ the seeds, of
   the target);
 * forget truth ratio (FIUBench's score; gold's is the target) and forget quality (the KS-test
   p-value against gold's truth ratios; higher is better);
-* the fit's wall time.
+* the gate on held-out photos (`discriminator_metrics`): its recall of the photos that leak
+  (the base model answers them) and its false-positive rates on retain photos and strangers;
+* the fit's wall time (the gate's fit included).
 
-A variant is ``off`` (no depth term) or ``LOSS:WEIGHT`` (``npo:0.3``, ``unlikelihood:1``)::
+The gate's design and fit are the demo's unless ``--gate``, ``--gate-fit`` or
+``--gate-target-fpr`` say otherwise; a gate fitted apart gets `gate_negatives` (the retain
+photos and the strangers of the ``negatives`` split). A variant is ``off`` (no depth term) or
+``LOSS:WEIGHT`` (``npo:0.3``, ``unlikelihood:1``)::
 
     python bench/ablate_depth.py                       # seeds 0 1 2, the demo's settings
+    python bench/ablate_depth.py --variants off npo:1 --gate-fit joint --gate visual_tokens
     python bench/ablate_depth.py --quick --seeds 0 --stage1-steps 20 --cagul-steps 10
 """
 
@@ -29,16 +35,19 @@ import argparse
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ablation import cached_teach, cell, report
 from datasets import concatenate_datasets
 
-from hf_cagul.compare import CagulFitSettings, fit_cagul_adapter
-from hf_cagul.demo import DemoConfig, cagul_fit_settings
-from hf_cagul.evaluation.suite import evaluate_model
+from hf_cagul import CagulConfig
+from hf_cagul.compare import fit_cagul_adapter
+from hf_cagul.data import gate_negatives
+from hf_cagul.data.synthetic import STRANGERS_SPLIT
+from hf_cagul.demo import DemoConfig, cagul_fit_settings, one_row_per_photo
+from hf_cagul.evaluation.suite import discriminator_metrics, evaluate_model, leaking_photos
 from hf_cagul.trainer.cagul_config import DEPTH_LOSSES
 
 DEFAULT_VARIANTS = ("off", "npo:0.1", "npo:0.3", "npo:1", "unlikelihood:1")
@@ -49,24 +58,11 @@ COLUMNS = (
     ("MIA AUC", "mia_auc"),
     ("forget truth ratio", "forget_truth_ratio"),
     ("forget quality", "forget_quality"),
+    ("gate leak recall", "gate_leak_recall"),
+    ("gate FPR retain", "gate_fpr"),
+    ("gate FPR strangers", "gate_stranger_fpr"),
     ("fit s", "fit_seconds"),
 )
-
-
-@dataclass
-class DepthFitSettings(CagulFitSettings):
-    """The demo's CAGUL fit with a depth term (see `CagulTrainingConfig.depth_weight`)."""
-
-    depth_weight: float = 0.0
-    depth_loss: str = "npo"
-
-    def training_arguments(self, output_dir: str) -> dict[str, Any]:
-        """`CagulFitSettings.training_arguments` with the depth term's weight and loss."""
-        return {
-            **super().training_arguments(output_dir),
-            "depth_weight": self.depth_weight,
-            "depth_loss": self.depth_loss,
-        }
 
 
 def parse_variant(variant: str) -> tuple[str, float]:
@@ -97,16 +93,25 @@ def run_seed(
         reference = results["gold"].get("forget_truth_ratios")
     vlm, processor = cached_teach(config, cache, gold=False)
     results["stage 1"] = evaluate_model(vlm, processor, splits, reference, max_rows=rows)
-    base = cagul_fit_settings(config)
-    shared = {item.name: getattr(base, item.name) for item in fields(CagulFitSettings)}
+    forget_photos = one_row_per_photo(splits["forget_heldout"])
+    gate_photos = {
+        "forget_photos": forget_photos,
+        "retain_photos": one_row_per_photo(splits["retain_heldout"]),
+        "stranger_photos": one_row_per_photo(splits[STRANGERS_SPLIT]),
+        "leaks": leaking_photos(vlm, processor, forget_photos),
+    }
     for variant in variants:
         loss, weight = parse_variant(variant)
-        settings = DepthFitSettings(**shared, depth_weight=weight, depth_loss=loss)
+        settings = replace(cagul_fit_settings(config), depth_weight=weight, depth_loss=loss)
         clock = time.perf_counter()
-        model = fit_cagul_adapter(vlm, processor, train, settings)
+        model = fit_cagul_adapter(vlm, processor, train, settings, gate_negatives(splits))
         seconds = time.perf_counter() - clock
         results[variant] = {
             **evaluate_model(model, processor, splits, reference, max_rows=rows),
+            **{
+                f"gate_{key}": value
+                for key, value in discriminator_metrics(model, processor, **gate_photos).items()
+            },
             "fit_seconds": seconds,
         }
         vlm = model.unload()
@@ -136,6 +141,11 @@ def main() -> None:
     parser.add_argument("--cagul-steps", type=int, help="override the preset's CAGUL steps")
     parser.add_argument("--max-eval-rows", type=int, help="override rows per split and kind")
     parser.add_argument("--no-gold", action="store_true", help="skip the retain-only model")
+    parser.add_argument("--gate", help="CagulConfig.gate of every fit (default: the demo's)")
+    parser.add_argument("--gate-fit", choices=("joint", "apart"), help="default: the demo's")
+    parser.add_argument(
+        "--gate-target-fpr", type=float, help="calibration target (default: the demo's)"
+    )
     parser.add_argument("--cache", type=Path, default=Path("outputs/stage1"))
     parser.add_argument("--output", type=Path, help="also write the table (markdown) here")
     options = parser.parse_args()
@@ -152,15 +162,22 @@ def main() -> None:
         )
         if value is not None
     }
+    if options.gate_fit is not None:
+        overrides["gate_fit"] = options.gate_fit
+    if options.gate_target_fpr is not None:
+        overrides["gate_target_fpr"] = options.gate_target_fpr
+    adapter = {} if options.gate is None else {"adapter": CagulConfig(gate=options.gate)}
     started = time.perf_counter()
     per_seed = []
     for seed in options.seeds:
-        config = (DemoConfig.quick if options.quick else DemoConfig)(seed=seed, **overrides)
+        preset = DemoConfig.quick if options.quick else DemoConfig
+        config = preset(seed=seed, **overrides, **adapter)
         per_seed.append(run_seed(config, options.variants, options.cache, not options.no_gold))
     seeds = ", ".join(map(str, options.seeds))
     title = (
         f"Depth-term ablation, seeds {seeds} ({'quick' if options.quick else 'demo'} settings"
-        f"{', ' + json.dumps(overrides) if overrides else ''}): mean ± std over the seeds."
+        f"{', ' + json.dumps(overrides) if overrides else ''}, gate {config.adapter.gate}, "
+        f"gate fit {config.gate_fit}): mean ± std over the seeds."
     )
     report(title, markdown_table(per_seed), started, options.output)
 

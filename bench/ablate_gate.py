@@ -54,6 +54,7 @@ def gate_inputs(depth: int) -> dict[str, dict[str, Any]]:
         "visual tokens (paper)": {"gate": "visual_tokens"},
         f"LM state, layer {depth // 2}": {"gate": "language_state", "gate_layer": depth // 2},
         f"LM state, layer {depth - 1} (last)": {"gate": "language_state"},
+        f"visual tokens + LM state, layer {depth - 1}": {"gate": "visual_and_language_state"},
     }
 
 

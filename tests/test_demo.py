@@ -12,7 +12,7 @@ from run_settings import micro_demo
 
 from hf_cagul import CagulModel
 from hf_cagul.cli import main
-from hf_cagul.demo import print_summary, run_demo
+from hf_cagul.demo import demo_targets, print_summary, run_demo
 from hf_cagul.tiny import tiny_vlm
 
 
@@ -62,7 +62,7 @@ def test_demo_metrics_cover_the_suite(micro_run) -> None:
     assert 0 <= gate["leaking_photos"] <= 2  # one forget person, two held-out photos
     assert math.isnan(gate["leak_recall"]) == (gate["leaking_photos"] == 0)
     assert set(metrics["ablation"]) == {"lowest attention", "random", "highest attention"}
-    assert len(metrics["targets"]) == 6
+    assert len(metrics["targets"]) == 10
     assert all(isinstance(target["met"], bool) for target in metrics["targets"])
     assert metrics["stage1"]["memorised"] == (
         metrics["results"]["base"]["forget_keyword"] >= metrics["stage1"]["threshold"]
@@ -120,3 +120,49 @@ def test_summary_says_what_the_gate_lets_through(tmp_path, capsys) -> None:
     del metrics["discriminator"]
     print_summary(metrics, tmp_path)
     assert "gate:" not in capsys.readouterr().out
+
+
+def _measured(**cagul: float) -> dict:
+    base = {"forget_keyword": 1.0, "retain_keyword": 0.9, "forget_visual_keyword": 1.0}
+    return {
+        "results": {
+            "base": base,
+            "gold": {"forget_truth_ratio": 0.55},
+            "cagul": {
+                "forget_keyword": 0.0,
+                "forget_heldout_keyword": 0.03,
+                "retain_keyword": 0.89,
+                "forget_visual_keyword": 1.0,
+                "mia_auc": 0.5,
+                "forget_truth_ratio": 0.5,
+                **cagul,
+            },
+        },
+        "discriminator": {"leak_recall": 0.96, "fpr": 0.0125, "stranger_fpr": 0.015},
+    }
+
+
+def test_targets_judge_held_out_photos_the_gate_and_depth() -> None:
+    targets = {target["name"]: target for target in demo_targets(_measured())}
+    assert all(target["met"] for target in targets.values()), targets
+    assert targets["retain keyword accuracy / before"]["value"] == pytest.approx(0.89 / 0.9)
+    assert targets["forget truth ratio, distance to gold"]["value"] == pytest.approx(0.05)
+    assert targets["MIA AUC, forget vs unseen"]["target"] == "0.4 to 0.6"
+    # Each bound bites: over-forgetting (MIA below 0.4) is missed as well as under-forgetting.
+    for change, name in (
+        ({"mia_auc": 0.35}, "MIA AUC, forget vs unseen"),
+        ({"mia_auc": 0.65}, "MIA AUC, forget vs unseen"),
+        ({"forget_truth_ratio": 0.3}, "forget truth ratio, distance to gold"),
+        ({"forget_keyword": 0.03}, "forget keyword accuracy, training photos"),
+        ({"retain_keyword": 0.87}, "retain keyword accuracy / before"),
+    ):
+        missed = [t["name"] for t in demo_targets(_measured(**change)) if not t["met"]]
+        assert missed == [name], (change, missed)
+    no_gate = _measured()
+    no_gate["discriminator"] = {"leak_recall": math.nan}
+    missed = {t["name"] for t in demo_targets(no_gate) if not t["met"]}
+    assert missed == {
+        "gate: leaking photos flagged",
+        "gate: FPR on held-out retain photos",
+        "gate: FPR on strangers' photos",
+    }

@@ -46,6 +46,7 @@ from hf_cagul.data import (
     CagulDataCollator,
     ForgetRetainDataCollator,
     PhotoAugmentation,
+    gate_negatives,
     load_image,
 )
 from hf_cagul.data.synthetic import STRANGERS_SPLIT, synthetic_benchmark
@@ -57,12 +58,19 @@ from hf_cagul.evaluation.suite import (
     leaking_photos,
     rows_of_kind,
 )
+from hf_cagul.gates import VISUAL_AND_LANGUAGE
 from hf_cagul.model import CagulModel
 from hf_cagul.runconfig import CLI_KEY, option_fields
 from hf_cagul.tiny import tiny_vlm
 
 MEMORISED = 0.9
 """Forget-set keyword accuracy a stage-1 model must reach to count as having memorised."""
+
+
+DEMO_GATE = VISUAL_AND_LANGUAGE
+"""The gate design of the demo's adapters (`DemoConfig.adapter`, ``hf-cagul demo --gate``),
+chosen by the gate ablation (``bench/ablate_gate.py``); the library's default stays the
+paper's."""
 
 
 QUICK_PRESET: dict[str, Any] = {
@@ -108,6 +116,24 @@ class DemoConfig:
     cagul_learning_rate: float = field(
         default=3e-3, metadata={"help": "Learning rate of each CAGUL fit."}
     )
+    gate_fit: Literal["joint", "apart"] = field(
+        default="apart",
+        metadata={
+            "help": "Fit the gate with the encoder ('joint', the paper's) or first and alone, "
+            "on cached features ('apart'; see CagulTrainingConfig.gate_fit)."
+        },
+    )
+    gate_target_fpr: float | None = field(
+        default=0.02,
+        metadata={
+            "help": "False-positive rate the gate's threshold is calibrated to, on negatives "
+            "held out from its fit (gate_fit='apart'; None: threshold 0.5)."
+        },
+    )
+    depth_weight: float = field(
+        default=1.0,
+        metadata={"help": "Weight of CAGUL's depth term (NPO on the true answers; 0: off)."},
+    )
     gold: bool = field(
         default=True, metadata={"help": "Also teach the retain-only (gold) reference model."}
     )
@@ -119,7 +145,9 @@ class DemoConfig:
     compare: bool = field(
         default=False, metadata={"help": "Also fit and evaluate the fine-tuning baselines."}
     )
-    adapter: CagulConfig = field(default_factory=CagulConfig, metadata={CLI_KEY: False})
+    adapter: CagulConfig = field(
+        default_factory=lambda: CagulConfig(gate=DEMO_GATE), metadata={CLI_KEY: False}
+    )
     baselines: BaselineSettings = field(default_factory=BaselineSettings, metadata={CLI_KEY: False})
 
     @classmethod
@@ -197,9 +225,13 @@ def fit_cagul(
     processor: Any,
     dataset: Dataset,
     selection: Literal["lowest", "random", "highest"],
+    negatives: Dataset | None = None,
 ) -> CagulModel:
-    """Stage 2: a CAGUL adapter fitted on the frozen ``vlm`` (CPU, photos augmented)."""
-    return fit_cagul_adapter(vlm, processor, dataset, cagul_fit_settings(config, selection))
+    """Stage 2: a CAGUL adapter fitted on the frozen ``vlm`` (CPU, photos augmented);
+    ``negatives`` are the gate's (`gate_negatives`), for a gate fitted apart."""
+    return fit_cagul_adapter(
+        vlm, processor, dataset, cagul_fit_settings(config, selection), negatives
+    )
 
 
 def cagul_fit_settings(
@@ -217,6 +249,9 @@ def cagul_fit_settings(
         seed=config.seed,
         use_cpu=True,
         adapter=adapter,
+        gate_fit=config.gate_fit,
+        gate_target_fpr=config.gate_target_fpr if config.gate_fit == "apart" else None,
+        depth_weight=config.depth_weight,
     )
 
 
@@ -263,44 +298,61 @@ def attention_heatmap(model: CagulModel, processor: Any, rows: Dataset) -> Atten
     )
 
 
-def _check(name: str, value: float | None, bound: float, at_least: bool) -> dict[str, Any]:
-    met = value is not None and (value >= bound if at_least else value <= bound)
-    target = f"{'>=' if at_least else '<='} {bound}"
+def _check(
+    name: str, value: float | None, low: float | None = None, high: float | None = None
+) -> dict[str, Any]:
+    """A target: ``value`` must lie in ``[low, high]`` (a missing bound is no bound)."""
+    met = (
+        value is not None
+        and not math.isnan(value)
+        and (low is None or value >= low)
+        and (high is None or value <= high)
+    )
+    if low is not None and high is not None:
+        target = f"{low} to {high}"
+    else:
+        target = f">= {low}" if low is not None else f"<= {high}"
     return {"name": name, "value": value, "target": target, "met": met}
 
 
-def _targets(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """The project's targets for the default run, each with its measured value."""
-    base, cagul = metrics["results"]["base"], metrics["results"]["cagul"]
+def demo_targets(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The project's targets for the default run, each with its measured value.
+
+    Forgetting is judged on held-out photos as well as training ones, and in depth (membership
+    inference and truth ratio against the gold model that never saw the forget people); the
+    gate by the photos that would leak (the base model answers them) and by the false
+    positives it costs on retain photos and on strangers.
+    """
+    results = metrics["results"]
+    base, cagul, gold = results["base"], results["cagul"], results.get("gold", {})
+    gate = metrics.get("discriminator", {})
 
     def relative(key: str) -> float | None:
         before, after = base.get(key), cagul.get(key)
         return None if not before or after is None else after / before
 
+    truth_gap = None
+    if gold.get("forget_truth_ratio") is not None and cagul.get("forget_truth_ratio") is not None:
+        truth_gap = abs(cagul["forget_truth_ratio"] - gold["forget_truth_ratio"])
     return [
-        _check("stage-1 forget keyword accuracy", base.get("forget_keyword"), MEMORISED, True),
-        _check(
-            "forget keyword accuracy, training photos", cagul.get("forget_keyword"), 0.05, False
-        ),
+        _check("stage-1 forget keyword accuracy", base.get("forget_keyword"), low=MEMORISED),
+        _check("forget keyword accuracy, training photos", cagul.get("forget_keyword"), high=0.02),
         _check(
             "forget keyword accuracy, held-out photos",
             cagul.get("forget_heldout_keyword"),
-            0.05,
-            False,
+            high=0.05,
         ),
-        _check("retain keyword accuracy / before", relative("retain_keyword"), 0.95, True),
+        _check("retain keyword accuracy / before", relative("retain_keyword"), low=0.98),
         _check(
             "visual accuracy on forget photos / before",
             relative("forget_visual_keyword"),
-            0.9,
-            True,
+            low=0.98,
         ),
-        _check(
-            "discriminator AUC, held-out photos",
-            metrics.get("discriminator", {}).get("auc"),
-            0.98,
-            True,
-        ),
+        _check("gate: leaking photos flagged", gate.get("leak_recall"), low=0.95),
+        _check("gate: FPR on held-out retain photos", gate.get("fpr"), high=0.02),
+        _check("gate: FPR on strangers' photos", gate.get("stranger_fpr"), high=0.02),
+        _check("MIA AUC, forget vs unseen", cagul.get("mia_auc"), low=0.4, high=0.6),
+        _check("forget truth ratio, distance to gold", truth_gap, high=0.1),
     ]
 
 
@@ -320,7 +372,9 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         gold, _ = teach(config, splits["retain"], "gold (retain only)")
         timings["gold model (retain only)"] = time.perf_counter() - clock
 
-    model, cagul_fit = measured_cagul_fit(vlm, processor, train, cagul_fit_settings(config))
+    model, cagul_fit = measured_cagul_fit(
+        vlm, processor, train, cagul_fit_settings(config), gate_negatives(splits)
+    )
     timings["CAGUL fit"] = cagul_fit.measurement.seconds
 
     clock = time.perf_counter()
@@ -382,13 +436,16 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             ("highest", "highest attention"),
         )
         for selection, label in variants:
-            variant = fit_cagul(config, bare, processor, train, selection)
+            variant = fit_cagul(config, bare, processor, train, selection, gate_negatives(splits))
             ablation[label] = scalar_metrics(
                 evaluate_model(variant, processor, splits, reference, config.max_eval_rows)
             )
             bare = variant.unload()
         metrics["ablation"] = {
-            label: {key: values.get(key) for key in ("forget_keyword", "retain_keyword")}
+            label: {
+                key: values.get(key)
+                for key in ("forget_keyword", "forget_heldout_keyword", "retain_keyword")
+            }
             for label, values in ablation.items()
         }
         timings["ablation"] = time.perf_counter() - clock
@@ -414,7 +471,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         )
         write_comparison(metrics["comparison"], config.output_dir)
         timings["baselines (fit + evaluation)"] = time.perf_counter() - clock
-    metrics["targets"] = _targets(metrics)
+    metrics["targets"] = demo_targets(metrics)
     timings["total"] = time.perf_counter() - started
     metrics["timings"] = timings
     write_report(config.output_dir, metrics, heatmap)

@@ -170,8 +170,9 @@ def write_report(
     - ``accuracy.png``: per model, bars of the accuracy metrics present (``forget_keyword``,
       ``forget_heldout_keyword``, ``forget_visual_keyword`` or ``forget_visual``,
       ``retain_keyword``, ``retain_visual_keyword`` or ``retain_visual``).
-    - ``leakage_vs_utility.png``: leakage (``forget_keyword``) against utility, one labelled
-      point per model and per ``ablation`` variant (square markers). Utility is
+    - ``leakage_vs_utility.png``: leakage against utility, one labelled point per model and
+      per ``ablation`` variant (square markers). Leakage is ``forget_heldout_keyword`` (photos
+      never fitted on) when every point has it, else ``forget_keyword``; utility is
       ``model_utility`` when every plotted point has it, else ``retain_keyword``, so that
       all points share one axis.
     - ``attention_heatmap.png``, when ``heatmap`` is given: the photo and the attention
@@ -385,7 +386,7 @@ def _targets(targets: Any) -> list[str]:
     if not (isinstance(targets, list) and all(isinstance(item, Mapping) for item in targets)):
         return _generic(targets, "target")
     rows = [
-        {**target, "met": "✅" if target["met"] else "❌"}
+        {**target, "met": "✅" if target["met"] else '❌ <span style="color:red">MISSED</span>'}
         if isinstance(target.get("met"), bool)
         else target
         for target in targets
@@ -484,11 +485,22 @@ def _leakage_figure(results: Mapping[str, Mapping[str, Any]], ablation: Any) -> 
             name: values for name, values in ablation.items() if isinstance(values, Mapping)
         }
         groups.append(("ablation", variants))
+    # Held-out photos when every point has them: the training photos flatter the method.
+    leakage = (
+        "forget_heldout_keyword"
+        if all(
+            _number(values.get("forget_heldout_keyword")) is not None
+            for _, members in groups
+            for values in members.values()
+            if _number(values.get("forget_keyword")) is not None
+        )
+        else "forget_keyword"
+    )
     candidates = [
         (kind, name, values)
         for kind, members in groups
         for name, values in members.items()
-        if _number(values.get("forget_keyword")) is not None
+        if _number(values.get(leakage)) is not None
     ]
     utility = (
         "model_utility"
@@ -497,7 +509,7 @@ def _leakage_figure(results: Mapping[str, Mapping[str, Any]], ablation: Any) -> 
         else "retain_keyword"
     )
     points = [
-        (kind, name, _number(values.get("forget_keyword")), _number(values.get(utility)))
+        (kind, name, _number(values.get(leakage)), _number(values.get(utility)))
         for kind, name, values in candidates
     ]
     plotted = [(kind, name, x, y) for kind, name, x, y in points if x is not None and y is not None]
@@ -531,7 +543,7 @@ def _leakage_figure(results: Mapping[str, Mapping[str, Any]], ablation: Any) -> 
     values = [0.0, 1.0, *(x for *_, x, _ in plotted), *(y for *_, y in plotted)]
     axes.set_xlim(min(values) - 0.06, max(values) + 0.06)
     axes.set_ylim(min(values) - 0.06, max(values) + 0.06)
-    axes.set_xlabel("leakage: forget_keyword (lower is better)")
+    axes.set_xlabel(f"leakage: {leakage} (lower is better)")
     axes.set_ylabel(f"utility: {utility} (higher is better)")
     axes.set_title("Leakage vs utility")
     axes.grid(True, alpha=0.3)
