@@ -110,7 +110,9 @@ def run_continual(config: DemoConfig, requests: int) -> tuple[dict[str, Any], Ca
     results = {"stage 1": measure(vlm, processor, splits, groups, [], config.max_eval_rows)}
     model: CagulModel | None = None
     names: list[str] = []
-    fit = cagul_fit_settings(config)
+    # Composed adapters share one gate threshold (an image's score is the highest any gives
+    # it), so none is calibrated to a threshold of its own.
+    fit = dataclasses.replace(cagul_fit_settings(config), gate_target_fpr=None)
     adapter_config = fit.adapter
     for request, group in enumerate(tqdm(groups, desc="forget requests"), start=1):
         clock = time.perf_counter()
