@@ -39,15 +39,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ablation import cached_teach, cell, report
+from ablation import cached_teach, cell, gate_photos, report
 from datasets import concatenate_datasets
 
 from hf_cagul import CagulConfig
 from hf_cagul.compare import fit_cagul_adapter
 from hf_cagul.data import gate_negatives
-from hf_cagul.data.synthetic import STRANGERS_SPLIT
-from hf_cagul.demo import DemoConfig, cagul_fit_settings, one_row_per_photo
-from hf_cagul.evaluation.suite import discriminator_metrics, evaluate_model, leaking_photos
+from hf_cagul.demo import DemoConfig, cagul_fit_settings
+from hf_cagul.evaluation.suite import discriminator_metrics, evaluate_model
 from hf_cagul.trainer.cagul_config import DEPTH_LOSSES
 
 DEFAULT_VARIANTS = ("off", "npo:0.1", "npo:0.3", "npo:1", "unlikelihood:1")
@@ -93,13 +92,7 @@ def run_seed(
         reference = results["gold"].get("forget_truth_ratios")
     vlm, processor = cached_teach(config, cache, gold=False)
     results["stage 1"] = evaluate_model(vlm, processor, splits, reference, max_rows=rows)
-    forget_photos = one_row_per_photo(splits["forget_heldout"])
-    gate_photos = {
-        "forget_photos": forget_photos,
-        "retain_photos": one_row_per_photo(splits["retain_heldout"]),
-        "stranger_photos": one_row_per_photo(splits[STRANGERS_SPLIT]),
-        "leaks": leaking_photos(vlm, processor, forget_photos),
-    }
+    measured = gate_photos(vlm, processor, splits)
     for variant in variants:
         loss, weight = parse_variant(variant)
         settings = replace(cagul_fit_settings(config), depth_weight=weight, depth_loss=loss)
@@ -110,7 +103,7 @@ def run_seed(
             **evaluate_model(model, processor, splits, reference, max_rows=rows),
             **{
                 f"gate_{key}": value
-                for key, value in discriminator_metrics(model, processor, **gate_photos).items()
+                for key, value in discriminator_metrics(model, processor, **measured).items()
             },
             "fit_seconds": seconds,
         }

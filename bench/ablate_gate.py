@@ -30,13 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-from ablation import cached_teach, cell, report
+from ablation import cached_teach, cell, gate_photos, report
 
 from hf_cagul import CagulConfig, CagulTrainingConfig, get_cagul_model
 from hf_cagul.data import NEGATIVES_SPLIT, CagulDataCollator
-from hf_cagul.data.synthetic import STRANGERS_SPLIT
-from hf_cagul.demo import DemoConfig, one_row_per_photo
-from hf_cagul.evaluation.suite import discriminator_metrics, leaking_photos
+from hf_cagul.demo import DemoConfig
+from hf_cagul.evaluation.suite import discriminator_metrics
 from hf_cagul.trainer.gate_fit import fit_gate, unique_photos
 
 COLUMNS = (
@@ -67,13 +66,7 @@ def run_seed(config: DemoConfig, cache: Path, target_fpr: float) -> dict[str, di
     """Every gate variant's metrics on one seed's benchmark."""
     splits = config.benchmark()
     vlm, processor = cached_teach(config, cache, gold=False)
-    forget_heldout = one_row_per_photo(splits["forget_heldout"])
-    measured = {
-        "forget_photos": forget_heldout,
-        "retain_photos": one_row_per_photo(splits["retain_heldout"]),
-        "stranger_photos": one_row_per_photo(splits[STRANGERS_SPLIT]),
-        "leaks": leaking_photos(vlm, processor, forget_heldout),
-    }
+    measured = gate_photos(vlm, processor, splits)
     negatives = {
         "retain": photos(splits["retain"]),
         "retain+strangers": photos(splits["retain"]) + photos(splits[NEGATIVES_SPLIT]),

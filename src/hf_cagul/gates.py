@@ -40,6 +40,7 @@ __all__ = [
     "GateInputs",
     "LanguageStateGate",
     "VisualAndLanguageGate",
+    "closed_head",
     "gate_class",
     "register_gate",
     "segment_mean",
@@ -165,10 +166,7 @@ class ForgetDiscriminator(Gate):
         super().__init__()
         self.norm = nn.LayerNorm(hidden_size)
         self.token_mlp = nn.Sequential(nn.Linear(hidden_size, inner_size), nn.GELU())
-        self.head = nn.Linear(2 * inner_size, 1)
-        # Start undecided but closed: a fresh adapter leaves every image alone at threshold 0.5.
-        nn.init.zeros_(self.head.weight)
-        nn.init.constant_(self.head.bias, -4.0)
+        self.head = closed_head(2 * inner_size)
 
     @classmethod
     def from_config(cls, config: CagulConfig) -> ForgetDiscriminator:
@@ -178,6 +176,15 @@ class ForgetDiscriminator(Gate):
     def forward(self, inputs: GateInputs) -> torch.Tensor:
         """Logits of shape ``(num_images,)`` from the visual tokens of all images."""
         return self.head(_pooled_tokens(self.norm, self.token_mlp, inputs)).squeeze(-1)
+
+
+def closed_head(in_features: int) -> nn.Linear:
+    """A gate's output layer, undecided but closed: zero weights and a bias of -4, so a fresh
+    gate gives every image a probability of 0.018 and flags none at threshold 0.5."""
+    head = nn.Linear(in_features, 1)
+    nn.init.zeros_(head.weight)
+    nn.init.constant_(head.bias, -4.0)
+    return head
 
 
 def _pooled_tokens(norm: nn.Module, token_mlp: nn.Module, inputs: GateInputs) -> torch.Tensor:
@@ -221,9 +228,7 @@ class LanguageStateGate(Gate):
         super().__init__()
         self.norm = nn.LayerNorm(hidden_size)
         self.mlp = nn.Sequential(nn.Linear(hidden_size, inner_size), nn.GELU())
-        self.head = nn.Linear(inner_size, 1)
-        nn.init.zeros_(self.head.weight)  # closed at start, as every gate
-        nn.init.constant_(self.head.bias, -4.0)
+        self.head = closed_head(inner_size)
 
     @classmethod
     def from_config(cls, config: CagulConfig) -> LanguageStateGate:
@@ -258,9 +263,7 @@ class VisualAndLanguageGate(Gate):
         self.token_mlp = nn.Sequential(nn.Linear(hidden_size, inner_size), nn.GELU())
         self.state_norm = nn.LayerNorm(hidden_size)
         self.state_mlp = nn.Sequential(nn.Linear(hidden_size, inner_size), nn.GELU())
-        self.head = nn.Linear(3 * inner_size, 1)
-        nn.init.zeros_(self.head.weight)  # closed at start, as every gate
-        nn.init.constant_(self.head.bias, -4.0)
+        self.head = closed_head(3 * inner_size)
 
     @classmethod
     def from_config(cls, config: CagulConfig) -> VisualAndLanguageGate:
