@@ -99,9 +99,10 @@ def test_deepspeed_zero3_fits_the_adapter_of_one_process_with_the_whole_batch(
     checks every tensor is partitioned), the adapter is partitioned too and gathered by
     DeepSpeed around each of its modules, the attention pass stops inside a partitioned layer,
     and the adapter-only save gathers the 16-bit weights: the fit equals the one-process fit.
-    Measured: 1.5e-5 at most (DeepSpeed's partitioned gradient reduction and clipping sum in
-    another order than DDP's, which Adam's first steps amplify); locally normalised losses
-    would move the adapter by ~1e-3.
+    Measured: 1.5e-5 at most on one day, 9.5e-5 on another with the same code (DeepSpeed's
+    partitioned gradient reduction and clipping sum in another order than DDP's, which Adam's
+    first steps amplify, and the order depends on the environment); locally normalised losses
+    would move the adapter by ~1e-3, still 5x the tolerance.
     """
     pytest.importorskip("deepspeed", reason="pip install deepspeed (part of hf_cagul[dev])")
     vlm, _ = tiny_vlm("llava")
@@ -112,7 +113,7 @@ def test_deepspeed_zero3_fits_the_adapter_of_one_process_with_the_whole_batch(
     )  # fmt: skip
     arguments = ("--per-device-batch", "2", "--steps", "3", "--deepspeed", str(tmp_path / "vlm"))
     launch_two(launcher, "ddp_fit.py", str(tmp_path / "two"), *arguments)
-    assert_same_fit(tmp_path / "two", one_process_fit, atol=5e-5)
+    assert_same_fit(tmp_path / "two", one_process_fit, atol=2e-4)
     assert not list((tmp_path / "two" / "adapter").glob("*.bin"))  # adapter only, safetensors
 
 

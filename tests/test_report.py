@@ -170,7 +170,9 @@ def test_report_renders_every_section(full_report: tuple[Path, list[Path]]) -> N
     # Stage 1 states memorisation, with its extra key; no warning.
     assert "memorised the forget set (forget keyword accuracy 0.970, threshold 0.900)" in text
     assert "| epochs | 12 |" in lines
-    assert "WARNING" not in text and "color:red" not in text
+    # No warning; the one red mark is the missed target's.
+    assert "WARNING" not in text and text.count("color:red") == 1
+    assert '❌ <span style="color:red">MISSED</span>' in text
     # Plots embedded with relative links.
     for name in ["accuracy.png", "leakage_vs_utility.png", "attention_heatmap.png"]:
         assert f"]({name})" in text
