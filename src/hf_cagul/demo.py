@@ -362,6 +362,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     started = time.perf_counter()
     splits = config.benchmark()
     train = concatenate_datasets([splits["forget"], splits["retain"]])
+    negatives = gate_negatives(splits)  # the gate's, for every fit of this run
 
     clock = time.perf_counter()
     vlm, processor = teach(config, train, "stage 1")
@@ -373,7 +374,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         timings["gold model (retain only)"] = time.perf_counter() - clock
 
     model, cagul_fit = measured_cagul_fit(
-        vlm, processor, train, cagul_fit_settings(config), gate_negatives(splits)
+        vlm, processor, train, cagul_fit_settings(config), negatives
     )
     timings["CAGUL fit"] = cagul_fit.measurement.seconds
 
@@ -436,7 +437,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             ("highest", "highest attention"),
         )
         for selection, label in variants:
-            variant = fit_cagul(config, bare, processor, train, selection, gate_negatives(splits))
+            variant = fit_cagul(config, bare, processor, train, selection, negatives)
             ablation[label] = scalar_metrics(
                 evaluate_model(variant, processor, splits, reference, config.max_eval_rows)
             )
