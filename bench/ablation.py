@@ -14,7 +14,7 @@ from typing import Any
 from datasets import concatenate_datasets
 
 from hf_cagul.cli import load_vlm
-from hf_cagul.data.synthetic import STRANGERS_SPLIT
+from hf_cagul.data.synthetic import BENCHMARK_VERSION, STRANGERS_SPLIT
 from hf_cagul.demo import DemoConfig, one_row_per_photo, teach
 from hf_cagul.evaluation.suite import leaking_photos
 
@@ -34,6 +34,7 @@ def cached_teach(config: DemoConfig, cache: Path, gold: bool) -> tuple[Any, Any]
     """The stage-1 (or, with ``gold``, the retain-only) model of ``config``, taught once and
     then loaded from ``cache`` (always loaded, so a first run and a rerun see the same model)."""
     settings = {name: getattr(config, name) for name in STAGE1_FIELDS}
+    settings["benchmark_version"] = BENCHMARK_VERSION
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     directory = cache / f"{'gold' if gold else 'stage1'}-seed{config.seed}-{key}"
     if not (directory / "config.json").is_file():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,8 +15,10 @@ from hf_cagul.data.benchmarks import load_benchmark, training_set
 from hf_cagul.data.synthetic import (
     FIRST_NAMES,
     LAST_NAMES,
+    LOOKS,
     REFUSAL,
     STRANGERS_SPLIT,
+    _distinct_looks,
     make_people,
     make_strangers,
     portrait,
@@ -91,6 +94,42 @@ def test_people_are_drawn_as_before_strangers_existed() -> None:
     ]
     assert people[0].face == (0.39385783348803816, 0.43691333659165826)
     assert people[2].eyes == (1, 31, 2) and people[1].hair == (20, 20, 20)
+
+
+def look(person) -> tuple:
+    return (person.skin, person.hair, person.glasses)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_no_two_taught_people_look_alike(seed: int) -> None:
+    # The default benchmark's 48 people (44 known, 4 unknown) fit in the 50 looks: each has
+    # its own. Seed 2 drew look-alikes before, which stage 1 could not tell apart (0.83).
+    people = make_people(44, 4, seed=seed)
+    assert len({look(person) for person in people}) == len(people) == 48
+
+
+def test_a_look_alike_gets_a_free_look_and_keeps_the_rest() -> None:
+    original = make_people(3, seed=0)
+    twins = [
+        original[0],
+        replace(
+            original[1], skin=original[0].skin, hair=original[0].hair, glasses=original[0].glasses
+        ),
+        original[2],
+    ]
+    distinct = _distinct_looks(twins, np.random.default_rng(0))
+    assert distinct[0] == twins[0]
+    assert look(distinct[1]) != look(distinct[0]) and look(distinct[1]) in LOOKS
+    assert (
+        replace(distinct[1], skin=twins[1].skin, hair=twins[1].hair, glasses=twins[1].glasses)
+        == twins[1]
+    )
+
+
+def test_looks_repeat_only_once_every_one_is_taken() -> None:
+    people = make_people(len(LOOKS) + 6, seed=0)
+    assert len({look(person) for person in people[: len(LOOKS)]}) == len(LOOKS)
+    assert len({person.name for person in people}) == len(people)
 
 
 def test_default_strangers_measure_a_two_percent_false_positive_rate() -> None:

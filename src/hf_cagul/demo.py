@@ -49,7 +49,7 @@ from hf_cagul.data import (
     gate_negatives,
     load_image,
 )
-from hf_cagul.data.synthetic import STRANGERS_SPLIT, synthetic_benchmark
+from hf_cagul.data.synthetic import BENCHMARK_VERSION, STRANGERS_SPLIT, synthetic_benchmark
 from hf_cagul.evaluation.probes import run_probes
 from hf_cagul.evaluation.report import AttentionHeatmap, write_report
 from hf_cagul.evaluation.suite import (
@@ -417,6 +417,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {
         "title": "hf_cagul demo: forgetting fictitious people in a tiny LLaVA",
         "settings": config.settings(),
+        "benchmark_version": BENCHMARK_VERSION,
         "stage1": {
             "forget_keyword_accuracy": evaluated["base"].get("forget_keyword"),
             "memorised": (evaluated["base"].get("forget_keyword") or 0.0) >= MEMORISED,

@@ -14,8 +14,9 @@ Every word used is in the vocabulary of `hf_cagul.tiny`'s tokenizers.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -64,6 +65,12 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 SKIN_TONES = ((255, 224, 189), (234, 192, 134), (198, 134, 66), (141, 85, 36), (96, 60, 40))
 HAIR_COLOURS = ((20, 20, 20), (90, 55, 25), (200, 160, 60), (160, 50, 20), (210, 210, 210))
+LOOKS = tuple(itertools.product(SKIN_TONES, HAIR_COLOURS, (False, True)))
+"""Every (skin, hair, glasses) combination: the traits a 32-pixel portrait shows plainly."""
+
+BENCHMARK_VERSION = 2
+"""Bumped whenever the same settings and seed would draw different data. 2: the people of one
+`make_people` call have distinct looks (`LOOKS`) where there are enough of them."""
 
 PRIVATE_QUESTIONS: dict[str, tuple[str, ...]] = {
     "name": ("what is the name of this person ?", "who is this person ?"),
@@ -185,17 +192,41 @@ def _all_names() -> list[str]:
 
 
 def make_people(num_people: int, num_unknown: int = 0, seed: int = 0) -> list[Person]:
-    """``num_people`` known people (unique names) and ``num_unknown`` unknown ones."""
+    """``num_people`` known people (unique names) and ``num_unknown`` unknown ones.
+
+    No two of them look alike while `LOOKS` has a combination left for each (50 people):
+    someone whose drawn skin, hair and glasses an earlier person already has gets a free
+    combination instead (`_distinct_looks`). Two look-alikes differ only in a few eye pixels
+    and the face's outline, so no model can be asked to tell them apart, nor to forget one and
+    keep the other. Beyond 50 people, looks repeat.
+    """
     rng = np.random.default_rng(seed)
     names = _all_names()
     total = num_people + num_unknown
     if total > len(names):
         raise ValueError(f"At most {len(names)} people, asked for {total}.")
     chosen = rng.choice(len(names), size=total, replace=False)
-    return [
+    people = [
         _draw_person(rng, names[name_index], known=index < num_people)
         for index, name_index in enumerate(chosen)
     ]
+    return _distinct_looks(people, np.random.default_rng(_seed("looks", seed)))
+
+
+def _distinct_looks(people: list[Person], rng: np.random.Generator) -> list[Person]:
+    """``people`` in order, each keeping its look unless an earlier one has it: then it takes
+    a free one drawn from ``rng`` (while any is free). Names, facts, faces and eyes stay."""
+    taken: set[tuple] = set()
+    distinct = []
+    for person in people:
+        look = (person.skin, person.hair, person.glasses)
+        free = [other for other in LOOKS if other not in taken]
+        if look in taken and free:
+            look = free[int(rng.integers(len(free)))]
+            person = replace(person, skin=look[0], hair=look[1], glasses=look[2])
+        taken.add(look)
+        distinct.append(person)
+    return distinct
 
 
 def make_strangers(count: int, taken: Collection[str], seed: int = 0) -> list[Person]:
