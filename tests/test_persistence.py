@@ -10,19 +10,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from vlm_inputs import randomise_encoder, standard_batch
 
-from hf_cagul import CagulConfig, CagulModel, get_cagul_model
+from hf_cagul import CagulConfig, CagulModel
 from hf_cagul.config import CONFIG_NAME, WEIGHTS_NAME
 from hf_cagul.tiny import tiny_vlm
-
-
-@pytest.fixture
-def saved(tmp_path):
-    """A llava adapter with a random encoder, saved to tmp_path / "adapter"."""
-    vlm, processor = tiny_vlm("llava")
-    model = get_cagul_model(vlm, CagulConfig(token_ratio=0.25))
-    randomise_encoder(model, seed=1)
-    model.save_pretrained(tmp_path / "adapter")
-    return model, processor, tmp_path / "adapter"
 
 
 def flagged_logits(model: CagulModel, inputs: dict) -> torch.Tensor:
@@ -30,8 +20,8 @@ def flagged_logits(model: CagulModel, inputs: dict) -> torch.Tensor:
         return model(**inputs).logits
 
 
-def test_round_trip_reproduces_outputs(saved) -> None:
-    model, processor, directory = saved
+def test_round_trip_reproduces_outputs(saved_adapter) -> None:
+    model, processor, directory = saved_adapter
     assert sorted(os.listdir(directory)) == sorted([CONFIG_NAME, WEIGHTS_NAME, "README.md"])
     inputs = standard_batch(processor, "llava")
     expected = flagged_logits(model, inputs)
@@ -44,8 +34,8 @@ def test_round_trip_reproduces_outputs(saved) -> None:
     assert all(p.requires_grad for p in trainable.active_adapter_module.parameters())
 
 
-def test_saved_files_are_safetensors_and_json(saved) -> None:
-    model, _, directory = saved
+def test_saved_files_are_safetensors_and_json(saved_adapter) -> None:
+    model, _, directory = saved_adapter
     tensors = load_file(directory / WEIGHTS_NAME)
     assert set(tensors) == set(model.active_adapter_module.state_dict())
     config = json.loads((directory / CONFIG_NAME).read_text())
@@ -54,8 +44,8 @@ def test_saved_files_are_safetensors_and_json(saved) -> None:
     assert "library_name: hf_cagul" in card and "CagulModel.from_pretrained" in card
 
 
-def test_failed_save_leaves_the_old_adapter_intact(saved, monkeypatch) -> None:
-    model, processor, directory = saved
+def test_failed_save_leaves_the_old_adapter_intact(saved_adapter, monkeypatch) -> None:
+    model, processor, directory = saved_adapter
     inputs = standard_batch(processor, "llava")
     expected = flagged_logits(model, inputs)
     before = {name: (directory / name).read_bytes() for name in os.listdir(directory)}
@@ -77,8 +67,8 @@ def test_failed_save_leaves_the_old_adapter_intact(saved, monkeypatch) -> None:
     assert torch.equal(flagged_logits(reloaded, inputs), expected)
 
 
-def test_saving_over_an_adapter_replaces_it_and_keeps_other_files(saved) -> None:
-    model, processor, directory = saved
+def test_saving_over_an_adapter_replaces_it_and_keeps_other_files(saved_adapter) -> None:
+    model, processor, directory = saved_adapter
     (directory / "trainer_state.json").write_text("{}")
     randomise_encoder(model, seed=5)
     model.save_pretrained(directory)
@@ -90,8 +80,8 @@ def test_saving_over_an_adapter_replaces_it_and_keeps_other_files(saved) -> None
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
-def test_corrupt_weights_are_refused(saved, damage) -> None:
-    model, _, directory = saved
+def test_corrupt_weights_are_refused(saved_adapter, damage) -> None:
+    model, _, directory = saved_adapter
     path = directory / WEIGHTS_NAME
     data = path.read_bytes()
     path.write_bytes(
@@ -101,8 +91,8 @@ def test_corrupt_weights_are_refused(saved, damage) -> None:
         CagulModel.from_pretrained(model.unload(), directory)
 
 
-def test_weights_that_do_not_match_the_config_are_refused(saved) -> None:
-    model, _, directory = saved
+def test_weights_that_do_not_match_the_config_are_refused(saved_adapter) -> None:
+    model, _, directory = saved_adapter
     tensors = load_file(directory / WEIGHTS_NAME)
     tensors.pop(next(iter(tensors)))
     save_file(tensors, directory / WEIGHTS_NAME)
@@ -112,8 +102,8 @@ def test_weights_that_do_not_match_the_config_are_refused(saved) -> None:
     assert not vlm._forward_pre_hooks  # the failed load left no hooks behind
 
 
-def test_pickles_are_refused(saved, tmp_path) -> None:
-    model, _, _ = saved
+def test_pickles_are_refused(saved_adapter, tmp_path) -> None:
+    model, _, _ = saved_adapter
     vlm = model.unload()
     pickled = tmp_path / "pickled"
     pickled.mkdir()
@@ -125,31 +115,31 @@ def test_pickles_are_refused(saved, tmp_path) -> None:
         CagulModel.from_pretrained(vlm, pickled / "adapter_model.bin")
 
 
-def test_missing_files_are_named(saved) -> None:
-    model, _, directory = saved
+def test_missing_files_are_named(saved_adapter) -> None:
+    model, _, directory = saved_adapter
     (directory / CONFIG_NAME).unlink()
     with pytest.raises(FileNotFoundError, match=CONFIG_NAME):
         CagulModel.from_pretrained(model.unload(), directory)
 
 
-def test_config_with_an_invalid_field_is_refused(saved) -> None:
-    model, _, directory = saved
+def test_config_with_an_invalid_field_is_refused(saved_adapter) -> None:
+    model, _, directory = saved_adapter
     data = json.loads((directory / CONFIG_NAME).read_text()) | {"gate_threshold": 2.0}
     (directory / CONFIG_NAME).write_text(json.dumps(data))
     with pytest.raises(ValueError, match="gate_threshold"):
         CagulModel.from_pretrained(model.unload(), directory)
 
 
-def test_adapter_for_another_hidden_size_is_refused(saved) -> None:
-    _, _, directory = saved
+def test_adapter_for_another_hidden_size_is_refused(saved_adapter) -> None:
+    _, _, directory = saved_adapter
     wider, _ = tiny_vlm("llava", hidden_size=96)
     with pytest.raises(ValueError, match=r"hidden_size: adapter 64, this model 96"):
         CagulModel.from_pretrained(wider, directory)
     assert not wider._forward_pre_hooks
 
 
-def test_adapter_for_another_family_is_refused(saved) -> None:
-    _, _, directory = saved
+def test_adapter_for_another_family_is_refused(saved_adapter) -> None:
+    _, _, directory = saved_adapter
     qwen, _ = tiny_vlm("qwen2_vl")
     with pytest.raises(ValueError, match=r"family: adapter 'llava', this model 'qwen2_vl'"):
         CagulModel.from_pretrained(qwen, directory)

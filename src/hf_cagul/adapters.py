@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from hf_cagul import persistence
+from hf_cagul import persistence, vetting
 from hf_cagul.config import CONFIG_NAME, CagulConfig
 from hf_cagul.devices import execution_device, is_partitioned
 from hf_cagul.families import VLMFamily
@@ -53,12 +53,22 @@ class SavedAdapter:
         cache_dir: str | os.PathLike[str] | None = None,
         local_files_only: bool = False,
     ) -> SavedAdapter:
-        """Read the adapter in a local directory or a Hub repo."""
+        """Read the adapter in a local directory or a Hub repo, vetted as untrusted.
+
+        Its sizes are checked against its weights' header and sane bounds before any tensor is
+        read (`hf_cagul.vetting`), then its weights' values are checked to be finite.
+
+        Raises:
+            ValueError: If the config or the weights are damaged, absurd or disagree.
+        """
         config_path, weights_path = persistence.resolve_adapter_files(
             model_id, revision, token, cache_dir, local_files_only
         )
         config = persistence.load_config(config_path)
-        return cls(config, persistence.load_weights(weights_path), weights_path)
+        vetting.check_weights_file(config, weights_path)  # before any tensor is allocated
+        state_dict = persistence.load_weights(weights_path)
+        vetting.check_finite(state_dict, weights_path)
+        return cls(config, state_dict, weights_path)
 
 
 def check_adapter_name(name: object) -> str:

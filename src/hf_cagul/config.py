@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -19,6 +21,8 @@ DEFAULT_GATE = "visual_tokens"
 """The paper's gate (`hf_cagul.gates.ForgetDiscriminator`); adapters saved without a gate use it."""
 # Written at injection; a saved adapter without them cannot be checked against a model.
 BOUND_FIELDS = ("family", "hidden_size", "image_token_id", "num_hidden_layers")
+MAX_CONFIG_BYTES = 1 << 20
+"""Largest ``cagul_config.json`` read (1 MiB: a config is under 2 KiB)."""
 
 
 @dataclass
@@ -230,7 +234,9 @@ class CagulConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CagulConfig:
-        """Build a config from a dict, refusing keys this version does not know."""
+        """Build a config from a dict, refusing keys this version does not know and values of
+        another type than their field's (``"256"`` or ``256.0`` for an int, ``true`` for a
+        number)."""
         if not isinstance(data, dict):
             raise ValueError(f"A CAGUL config must be a JSON object, got {type(data).__name__}.")
         known = {f.name for f in dataclasses.fields(cls)}
@@ -241,10 +247,14 @@ class CagulConfig:
                 f"{unknown}. It was written by hf_cagul {data.get('cagul_version', '?')}; "
                 "upgrade with `pip install -U hf_cagul` to load it."
             )
-        try:
-            return cls(**data)
-        except TypeError as err:  # wrong value types surface here
-            raise ValueError(f"Invalid cagul_config.json: {err}") from err
+        hints = typing.get_type_hints(cls)
+        for name, value in data.items():
+            if not _is_instance(value, hints[name]):
+                raise ValueError(
+                    f"Invalid cagul_config.json: {name} must be {_type_name(hints[name])}, got "
+                    f"{type(value).__name__} {_preview(value)}."
+                )
+        return cls(**data)
 
     def save(self, save_directory: str | os.PathLike[str]) -> str:
         """Write ``cagul_config.json`` into ``save_directory``; returns the file path."""
@@ -256,11 +266,20 @@ class CagulConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike[str]) -> CagulConfig:
-        """Read a config from a ``cagul_config.json`` file, with errors that name the file."""
+        """Read a config from a ``cagul_config.json`` file, with errors that name the file.
+
+        A file over `MAX_CONFIG_BYTES` is refused unread.
+        """
+        size = os.path.getsize(path)
+        if size > MAX_CONFIG_BYTES:
+            raise ValueError(
+                f"{path} is {size:,d} bytes, too large for a CAGUL config (at most "
+                f"{MAX_CONFIG_BYTES:,d}); re-save the adapter."
+            )
         try:
             with open(path, encoding="utf-8") as handle:
                 data = json.load(handle)
-        except json.JSONDecodeError as err:
+        except (ValueError, RecursionError) as err:  # bad JSON, bad UTF-8, too deep, huge ints
             raise ValueError(f"{path} is not valid JSON ({err}); re-save the adapter.") from err
         try:
             config = cls.from_dict(data)
@@ -273,3 +292,35 @@ class CagulConfig:
                 "Re-save it with `CagulModel.save_pretrained`."
             )
         return config
+
+
+def _is_instance(value: object, hint: Any) -> bool:
+    """Whether a JSON ``value`` has the type a field's ``hint`` names (an int is no bool, but
+    is a float; a `Literal` takes the type of its choices, which ``__post_init__`` checks)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_instance(value, arg) for arg in typing.get_args(hint))
+    if origin is Literal:
+        return any(type(value) is type(choice) for choice in typing.get_args(hint))
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(key, str) for key in value)
+    if hint is type(None):
+        return value is None
+    if isinstance(value, bool):
+        return hint is bool
+    if hint is float:
+        return isinstance(value, int | float)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    """``hint`` as a message shows it: ``int | None``, ``Literal['prompt', 'last']``."""
+    if isinstance(hint, type) and typing.get_origin(hint) is None:
+        return hint.__name__
+    return str(hint).replace("typing.", "")
+
+
+def _preview(value: object) -> str:
+    """A short ``repr`` of an untrusted value."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."

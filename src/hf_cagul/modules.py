@@ -66,6 +66,18 @@ class CagulAdapter(nn.Module):
         gate = gate_class(config.gate).from_config(config)
         return cls(gate, TokenEncoder(config.hidden_size or 0, config.encoder_hidden_size))
 
+    @classmethod
+    def state_shapes(cls, config: CagulConfig) -> dict[str, tuple[int, ...]]:
+        """The shape of every tensor in the ``state_dict`` of `from_config`'s adapter, allocating
+        nothing: the modules are built on the ``meta`` device, whatever their sizes.
+
+        Raises:
+            ValueError: If ``config.gate`` names no registered gate.
+        """
+        with torch.device("meta"):
+            adapter = cls.from_config(config)
+        return {name: tuple(tensor.shape) for name, tensor in adapter.state_dict().items()}
+
     @staticmethod
     def image_context(
         tokens: torch.Tensor, image_index: torch.Tensor, num_images: int
