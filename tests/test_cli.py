@@ -33,6 +33,18 @@ def test_inspect_reports_errors_with_exit_status_2(tmp_path, capsys) -> None:
     assert "is not a CAGUL adapter" in capsys.readouterr().err
 
 
+def test_inspect_vets_the_adapter_it_describes(tmp_path, capsys) -> None:
+    # inspect reads no tensor, but an edited config is refused as from_pretrained refuses it.
+    vlm, _ = tiny_vlm("qwen2_vl")
+    get_cagul_model(vlm, CagulConfig(num_tokens=3)).save_pretrained(tmp_path / "adapter")
+    config_file = tmp_path / "adapter" / "cagul_config.json"
+    config = json.loads(config_file.read_text())
+    config["encoder_hidden_size"] = 512
+    config_file.write_text(json.dumps(config))
+    assert main(["inspect", str(tmp_path / "adapter")]) == 2
+    assert "encoder_hidden_size" in capsys.readouterr().err
+
+
 def test_console_script_entry_point_runs() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "hf_cagul.cli", "--version"],

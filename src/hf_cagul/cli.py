@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from hf_cagul import persistence
+from hf_cagul import persistence, vetting
 from hf_cagul.app.arguments import AppArguments
 from hf_cagul.compare import BaselineSettings, CagulFitSettings, FitSettings
 from hf_cagul.config import CagulConfig
@@ -193,13 +194,14 @@ class ComparisonArguments:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    """Print an adapter's configuration and size without loading any VLM."""
+    """Print an adapter's configuration and size without loading any VLM nor any tensor (the
+    weights file is vetted and measured from its header, `hf_cagul.vetting`)."""
     config_path, weights_path = persistence.resolve_adapter_files(
         args.adapter, revision=args.revision, local_files_only=args.local_files_only
     )
     config = persistence.load_config(config_path)
-    weights = persistence.load_weights(weights_path)
-    parameters = sum(tensor.numel() for tensor in weights.values())
+    weights = vetting.check_weights_file(config, weights_path)
+    parameters = sum(math.prod(entry.shape) for entry in weights.values())
     if args.json:
         print(json.dumps({"config": config.to_dict(), "parameters": parameters}, indent=2))
         return 0

@@ -79,8 +79,11 @@ class HeaderEntry:
     end: int
 
 
-def check_weights_file(config: CagulConfig, path: Path) -> None:
+def check_weights_file(config: CagulConfig, path: Path) -> dict[str, HeaderEntry]:
     """Check the weights file ``path`` against ``config`` without reading a tensor.
+
+    Returns:
+        The file's tensors as its header describes them (`read_header`).
 
     Raises:
         ValueError: If the file is damaged or lies about its layout (`read_header`), a tensor
@@ -122,6 +125,7 @@ def check_weights_file(config: CagulConfig, path: Path) -> None:
             f"Set {', '.join(_suspects(fields, wrong)) or 'the sizes'} in {CONFIG_NAME} to the "
             "sizes the weights were saved with, or re-save the adapter with `save_pretrained`.",
         )
+    return header
 
 
 def read_header(path: Path) -> dict[str, HeaderEntry]:
