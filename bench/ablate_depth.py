@@ -17,6 +17,8 @@ the seeds, of
   p-value against gold's truth ratios; higher is better);
 * the gate on held-out photos (`discriminator_metrics`): its recall of the photos that leak
   (the base model answers them) and its false-positive rates on retain photos and strangers;
+  how many strangers' photos the base model takes for a forget person (`mistaken_photos`), the
+  share of those the gate flags, and its false-positive rate on the other strangers;
 * the fit's wall time (the gate's fit included).
 
 The gate's design and fit are the demo's unless ``--gate``, ``--gate-fit`` or
@@ -60,6 +62,9 @@ COLUMNS = (
     ("gate leak recall", "gate_leak_recall"),
     ("gate FPR retain", "gate_fpr"),
     ("gate FPR strangers", "gate_stranger_fpr"),
+    ("strangers taken for forget people", "gate_mistaken_strangers"),
+    ("gate flags them", "gate_mistaken_recall"),
+    ("gate FPR other strangers", "gate_stranger_fpr_unmistaken"),
     ("fit s", "fit_seconds"),
 )
 

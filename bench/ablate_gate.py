@@ -44,6 +44,9 @@ COLUMNS = (
     ("FPR retain", "fpr"),
     ("FPR strangers", "stranger_fpr"),
     ("leak recall", "leak_recall"),
+    ("strangers taken for forget people", "mistaken_strangers"),
+    ("flagged of those", "mistaken_recall"),
+    ("FPR other strangers", "stranger_fpr_unmistaken"),
 )
 
 

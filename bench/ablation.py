@@ -16,7 +16,7 @@ from datasets import concatenate_datasets
 from hf_cagul.cli import load_vlm
 from hf_cagul.data.synthetic import BENCHMARK_VERSION, STRANGERS_SPLIT
 from hf_cagul.demo import DemoConfig, one_row_per_photo, teach
-from hf_cagul.evaluation.suite import leaking_photos
+from hf_cagul.evaluation.suite import leaking_photos, mistaken_photos
 
 STAGE1_FIELDS = (
     "people",
@@ -54,11 +54,13 @@ def gate_photos(vlm: Any, processor: Any, splits: Any) -> dict[str, Any]:
     held-out photo of forget and of retain people, the strangers' photos, and which forget
     photos the bare ``vlm`` leaks."""
     forget = one_row_per_photo(splits["forget_heldout"])
+    strangers = one_row_per_photo(splits[STRANGERS_SPLIT])
     return {
         "forget_photos": forget,
         "retain_photos": one_row_per_photo(splits["retain_heldout"]),
-        "stranger_photos": one_row_per_photo(splits[STRANGERS_SPLIT]),
+        "stranger_photos": strangers,
         "leaks": leaking_photos(vlm, processor, forget),
+        "mistaken": mistaken_photos(vlm, processor, strangers, splits["forget"]),
     }
 
 

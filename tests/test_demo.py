@@ -61,6 +61,7 @@ def test_demo_metrics_cover_the_suite(micro_run) -> None:
     assert 0.0 <= gate["stranger_fpr"] <= 1.0
     assert 0 <= gate["leaking_photos"] <= 2  # one forget person, two held-out photos
     assert math.isnan(gate["leak_recall"]) == (gate["leaking_photos"] == 0)
+    assert 0 <= gate["mistaken_strangers"] <= gate["stranger_photos"]
     assert set(metrics["ablation"]) == {"lowest attention", "random", "highest attention"}
     assert len(metrics["targets"]) == 10
     assert all(isinstance(target["met"], bool) for target in metrics["targets"])
@@ -106,13 +107,19 @@ def test_summary_says_what_the_gate_lets_through(tmp_path, capsys) -> None:
             "stranger_photos": 200,
             "leak_recall": 0.75,
             "leaking_photos": 24,
+            "mistaken_strangers": 33,
+            "mistaken_recall": 0.5,
+            "stranger_fpr_unmistaken": 0.0125,
         },
     }
     print_summary(metrics, tmp_path)
     assert (
         "  gate: flags 12.5% of 200 strangers' photos; catches 75.0% of the 24 held-out forget "
-        "photos the base model answers\n"
+        "photos the base model answers; the base model takes 33 strangers' photos for a forget "
+        "person, and the gate flags 50.0% of them, 1.2% of the others\n"
     ) in capsys.readouterr().out
+    for key in ("mistaken_strangers", "mistaken_recall", "stranger_fpr_unmistaken"):
+        del metrics["discriminator"][key]
     metrics["discriminator"].update(leak_recall=float("nan"), leaking_photos=0)
     del metrics["discriminator"]["stranger_fpr"]
     print_summary(metrics, tmp_path)

@@ -17,7 +17,7 @@ from hf_cagul.evaluation import (
     keyword_accuracy,
     keyword_match,
 )
-from hf_cagul.evaluation.suite import leaking_photos
+from hf_cagul.evaluation.suite import leaking_photos, mistaken_photos
 from hf_cagul.gates import GATES, Gate, GateInputs, register_gate
 from hf_cagul.tiny import tiny_vlm
 
@@ -129,6 +129,20 @@ def test_discriminator_metrics_on_a_hand_set_gate(hand_set_gate) -> None:
         "leak_recall": 2 / 3,
         "leaking_photos": 3,
     }
+    # Strangers 20 and 21 pass for a forget person: the gate flags 20, and none of the others
+    # (stranger 20 was its one false positive).
+    mistaken = [True, True] + [False] * 8
+    split = discriminator_metrics(
+        model, processor, forget, retain, stranger_photos=strangers, mistaken=mistaken
+    )
+    assert split["stranger_fpr"] == 0.1 and split["mistaken_strangers"] == 2
+    assert split["mistaken_recall"] == 0.5 and split["stranger_fpr_unmistaken"] == 0.0
+    with pytest.raises(ValueError, match="mistaken has 2 flags for 10 strangers' photos"):
+        discriminator_metrics(
+            model, processor, forget, retain, stranger_photos=strangers, mistaken=mistaken[:2]
+        )
+    with pytest.raises(ValueError, match="mistaken has 10 flags for 0 strangers' photos"):
+        discriminator_metrics(model, processor, forget, retain, mistaken=mistaken)
     none_leak = discriminator_metrics(model, processor, forget, retain, leaks=[False] * 4)
     assert math.isnan(none_leak["leak_recall"]) and none_leak["leaking_photos"] == 0
     with pytest.raises(ValueError, match="leaks has 3 flags for 4 forget photos"):
@@ -153,3 +167,24 @@ def test_leaking_photos_are_those_the_base_model_answers(hand_set_gate) -> None:
     keywords = [[base[0]], [base[1], "never-generated"], [base[2]]]
     rows = rows.add_column("keywords", keywords)
     assert leaking_photos(model, processor, rows, batch_size=2) == [True, False, True]
+
+
+def test_mistaken_photos_are_those_given_a_forget_subjects_answer(hand_set_gate) -> None:
+    model, processor = hand_set_gate
+    strangers = photos([0, 1, 2])
+    base = generate_answers(model, processor, strangers, progress=False)
+    forget_rows = Dataset.from_dict(
+        {
+            "question": ["who is this person ?", "who is this person ?", "what colour ?", "x"],
+            # Stranger 1's answer is a forget subject's; a visual answer is no one's, and an
+            # answer to another question does not count either.
+            "keywords": [[base[1]], ["never-generated"], [base[0]], [base[2]]],
+            "kind": ["private", "private", "visual", "private"],
+        }
+    )
+    # The adapters are disabled: flagging every photo changes nothing.
+    prompts = CagulDataCollator(processor).prompts(strangers["image"], strangers["question"])
+    model.active_adapter_module.discriminator.choose(model.gate_inputs(**prompts))
+    randomise_encoder(model)
+    flags = mistaken_photos(model, processor, strangers, forget_rows, batch_size=2)
+    assert flags == [base[1] in base[0], True, base[1] in base[2]]

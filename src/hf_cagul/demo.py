@@ -56,6 +56,7 @@ from hf_cagul.evaluation.suite import (
     discriminator_metrics,
     evaluate_model,
     leaking_photos,
+    mistaken_photos,
     rows_of_kind,
 )
 from hf_cagul.gates import VISUAL_AND_LANGUAGE
@@ -404,13 +405,15 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         probes = {name: {**base_probes[name], **cagul_probes[name]} for name in cagul_probes}
         bar.update()
     forget_photos = one_row_per_photo(splits["forget_heldout"])
+    strangers = one_row_per_photo(splits[STRANGERS_SPLIT])
     gate = discriminator_metrics(
         model,
         processor,
         forget_photos,
         one_row_per_photo(splits["retain_heldout"]),
-        stranger_photos=one_row_per_photo(splits[STRANGERS_SPLIT]),
+        stranger_photos=strangers,
         leaks=leaking_photos(model, processor, forget_photos),
+        mistaken=mistaken_photos(model, processor, strangers, splits["forget"]),
     )
     timings["evaluation"] = time.perf_counter() - clock
 
@@ -512,6 +515,12 @@ def gate_summary(gate: dict[str, Any]) -> str:
         parts.append(
             f"catches {_percent(gate['leak_recall'])} of the {gate['leaking_photos']} held-out "
             "forget photos the base model answers"
+        )
+    if "mistaken_strangers" in gate:
+        parts.append(
+            f"the base model takes {gate['mistaken_strangers']} strangers' photos for a forget "
+            f"person, and the gate flags {_percent(gate['mistaken_recall'])} of them, "
+            f"{_percent(gate['stranger_fpr_unmistaken'])} of the others"
         )
     return f"gate: {'; '.join(parts)}" if parts else ""
 

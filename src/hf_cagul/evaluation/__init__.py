@@ -25,7 +25,12 @@ from hf_cagul.evaluation.metrics import (
 )
 from hf_cagul.evaluation.report import AttentionHeatmap, format_value, write_report
 from hf_cagul.evaluation.scoring import answer_nlls, mean_nll, min_k_mia_auc
-from hf_cagul.evaluation.suite import discriminator_metrics, evaluate_model, leaking_photos
+from hf_cagul.evaluation.suite import (
+    discriminator_metrics,
+    evaluate_model,
+    leaking_photos,
+    mistaken_photos,
+)
 from hf_cagul.evaluation.tasks import (
     fill_blank_accuracy,
     fill_blank_match,
@@ -52,6 +57,7 @@ __all__ = [
     "mean_rouge",
     "min_k_mia_auc",
     "min_k_percent_score",
+    "mistaken_photos",
     "model_utility",
     "multiple_choice_accuracy",
     "normalised_probability",

@@ -75,6 +75,10 @@ GATE_METRICS: dict[str, str] = {
     "leak_recall": "share of the held-out forget photos the base model answers (the leaks) "
     "that the gate flags",
     "leaking_photos": "held-out forget photos the base model answers",
+    "mistaken_strangers": "strangers' photos the base model takes for a forget subject (it "
+    "gives their answer: without a gate they leak it too)",
+    "mistaken_recall": "share of those photos the gate flags",
+    "stranger_fpr_unmistaken": "share of the other strangers' photos flagged",
 }
 """What each key of the ``discriminator`` section measures, as the report explains it."""
 

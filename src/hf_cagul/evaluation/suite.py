@@ -200,6 +200,7 @@ def discriminator_metrics(
     batch_size: int = 32,
     stranger_photos: Dataset | None = None,
     leaks: Sequence[bool] | None = None,
+    mistaken: Sequence[bool] | None = None,
 ) -> dict[str, float]:
     """ROC AUC, TPR and FPR of the gate on photos (one row per photo is enough), and what it
     lets through: its false positive rate on strangers and its recall of the photos that leak.
@@ -221,13 +222,22 @@ def discriminator_metrics(
             correctly, i.e. where the photo would leak without the gate (`leaking_photos`).
             Adds ``leak_recall`` (the share of those photos the gate flags; NaN when none
             leaks) and ``leaking_photos`` (how many there are).
+        mistaken: With ``stranger_photos``, one flag per stranger's photo: True where the base
+            model takes the stranger for a forget subject, i.e. gives a forget subject's answer
+            (`mistaken_photos`). Such a photo leaks the forget subject's facts without a gate
+            as surely as their own photo does, and a gate that reads the model's recognition
+            scores it as it scores theirs. Adds ``mistaken_strangers`` (how many),
+            ``mistaken_recall`` (the share of them the gate flags; NaN when none) and
+            ``stranger_fpr_unmistaken`` (the share of the other strangers it flags).
+            ``stranger_fpr`` still counts every stranger.
 
     Returns:
         ``auc``, ``tpr``, ``fpr`` and ``threshold``, plus the keys above when given.
 
     Raises:
         ValueError: If the active adapters use different thresholds, ``stranger_photos`` has
-            no rows, or ``leaks`` is not one flag per forget photo.
+            no rows, ``leaks`` is not one flag per forget photo, or ``mistaken`` is not one
+            flag per stranger's photo.
     """
     thresholds = {model.cagul_config[name].gate_threshold for name in model.active_adapters}
     if len(thresholds) != 1:
@@ -243,6 +253,12 @@ def discriminator_metrics(
             f"leaks has {len(leaks)} flags for {len(forget_photos)} forget photos: give one per "
             "photo, in order (`leaking_photos(model, processor, forget_photos)`)."
         )
+    if mistaken is not None and (stranger_photos is None or len(mistaken) != len(stranger_photos)):
+        raise ValueError(
+            f"mistaken has {len(mistaken)} flags for "
+            f"{0 if stranger_photos is None else len(stranger_photos)} strangers' photos: give "
+            "one per photo of stranger_photos, in order (`mistaken_photos`)."
+        )
     forget = _gate_scores(model, processor, forget_photos, batch_size)
     retain = _gate_scores(model, processor, retain_photos, batch_size)
     labels = [True] * len(forget) + [False] * len(retain)
@@ -256,15 +272,24 @@ def discriminator_metrics(
         negatives = [False] * len(strangers)
         metrics["stranger_fpr"] = rates_at_threshold(strangers, negatives, threshold)["fpr"]
         metrics["stranger_photos"] = len(strangers)
+        if mistaken is not None:
+            taken = [score for score, flag in zip(strangers, mistaken, strict=True) if flag]
+            others = [score for score, flag in zip(strangers, mistaken, strict=True) if not flag]
+            metrics["mistaken_strangers"] = len(taken)
+            metrics["mistaken_recall"] = _flagged_share(taken, threshold)
+            metrics["stranger_fpr_unmistaken"] = _flagged_share(others, threshold)
     if leaks is not None:
         leaked = [score for score, leak in zip(forget, leaks, strict=True) if leak]
-        metrics["leak_recall"] = (
-            rates_at_threshold(leaked, [True] * len(leaked), threshold)["tpr"]
-            if leaked
-            else float("nan")
-        )
+        metrics["leak_recall"] = _flagged_share(leaked, threshold)
         metrics["leaking_photos"] = len(leaked)
     return metrics
+
+
+def _flagged_share(scores: Sequence[float], threshold: float) -> float:
+    """The share of ``scores`` the gate flags at ``threshold`` (NaN for none)."""
+    if not scores:
+        return float("nan")
+    return rates_at_threshold(scores, [True] * len(scores), threshold)["tpr"]
 
 
 def _gate_scores(
@@ -282,6 +307,44 @@ def _gate_scores(
     return probabilities
 
 
+def mistaken_photos(
+    model: Any, processor: Any, photos: Dataset, forget_rows: Dataset, batch_size: int = 32
+) -> list[bool]:
+    """Which of ``photos`` the base model takes for a forget subject: its greedy answer to the
+    row's question holds every keyword of a row of ``forget_rows`` that asks the same question
+    (a stranger named as a forget person, say).
+
+    Args:
+        model: A VLM, or a `CagulModel`, whose adapters are disabled here.
+        processor: The VLM's processor.
+        photos: One row per photo (of strangers, typically), each with a question.
+        forget_rows: Rows about the forget subjects, with their questions and ``keywords``
+            (default: the answer's words), e.g. the ``forget`` split; of those with a ``kind``,
+            only private ones count (a visual answer, the background's colour, is no one's).
+        batch_size: Generation batch size.
+
+    Returns:
+        One flag per row, in order: the ``mistaken`` of `discriminator_metrics`.
+    """
+    answers_of: dict[str, list[list[str]]] = {}
+    private = rows_of_kind(forget_rows, "private")
+    for question, keywords in zip(private["question"], keywords_of(private), strict=True):
+        if keywords not in answers_of.setdefault(question, []):
+            answers_of[question].append(keywords)
+    answers = _bare_answers(model, processor, photos, batch_size)
+    return [
+        any(keyword_match(answer, keywords) == 1.0 for keywords in answers_of.get(question, []))
+        for answer, question in zip(answers, photos["question"], strict=True)
+    ]
+
+
+def _bare_answers(model: Any, processor: Any, photos: Dataset, batch_size: int) -> list[str]:
+    """The greedy answers of ``model`` with its adapters disabled."""
+    bare = model.disable_adapter() if isinstance(model, CagulModel) else nullcontext()
+    with bare:
+        return generate_answers(model, processor, photos, batch_size=batch_size, progress=False)
+
+
 def leaking_photos(model: Any, processor: Any, photos: Dataset, batch_size: int = 32) -> list[bool]:
     """Which of ``photos`` the base model leaks: its greedy answer to the row's question holds
     every keyword (a keyword match of 1).
@@ -297,9 +360,7 @@ def leaking_photos(model: Any, processor: Any, photos: Dataset, batch_size: int 
     Returns:
         One flag per row, in order: the ``leaks`` of `discriminator_metrics`.
     """
-    bare = model.disable_adapter() if isinstance(model, CagulModel) else nullcontext()
-    with bare:
-        answers = generate_answers(model, processor, photos, batch_size=batch_size, progress=False)
+    answers = _bare_answers(model, processor, photos, batch_size)
     return [
         keyword_match(answer, keywords) == 1.0
         for answer, keywords in zip(answers, keywords_of(photos), strict=True)
