@@ -27,6 +27,7 @@ from hf_cagul.data import (
     FORGET_FLAG,
     NEGATIVES_SPLIT,
     REFUSAL_BATCH,
+    REPLACED_FLAG,
     REQUIRED_COLUMNS,
     SUPERVISED_TARGETS,
     TRUE_ANSWER_BATCH,
@@ -411,7 +412,8 @@ def test_the_true_answer_batch_holds_the_forget_rows_answers_only_when_asked() -
     for key in plain:
         assert torch.equal(batch[key], plain[key]), key
     nested = batch[TRUE_ANSWER_BATCH]
-    assert set(nested) == set(plain) - {FORGET_FLAG}
+    assert set(nested) == (set(plain) - {FORGET_FLAG}) | {REPLACED_FLAG}
+    assert nested[REPLACED_FLAG].tolist() == [True, True]  # both forget targets are refusals
     tokenizer = processor.tokenizer
     answers = [tokenizer.decode(target).split() for target in _targets(nested["labels"])]
     forget = [row for row in ROWS if row["split"] == "forget"]

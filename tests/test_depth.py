@@ -12,7 +12,13 @@ from test_trainer import make_trainer, training_args
 from vlm_inputs import randomise_encoder
 
 from hf_cagul import CagulModel, CagulTrainer
-from hf_cagul.data import CAGUL_TARGETS, TRUE_ANSWER_BATCH, CagulDataCollator, PhotoAugmentation
+from hf_cagul.data import (
+    CAGUL_TARGETS,
+    REPLACED_FLAG,
+    TRUE_ANSWER_BATCH,
+    CagulDataCollator,
+    PhotoAugmentation,
+)
 from hf_cagul.losses import answer_log_probs
 
 DEPTH_OFF_KEYS = {"loss", "forget_loss", "retain_kl", "discriminator_loss"}
@@ -158,6 +164,28 @@ def test_the_depth_loss_equals_its_hand_computation(tmp_path, depth_loss: str) -
         terms = [-math.log1p(-math.exp(float(lp[token]))) for row in adapted for lp, token in row]
         expected = sum(terms) / len(terms)
     assert float(loss.detach()) == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("depth_loss", ["npo", "unlikelihood"])
+def test_the_depth_term_leaves_answers_the_forget_target_keeps(tmp_path, depth_loss: str) -> None:
+    # A forget row whose forget target is its true answer (a visual question) keeps it: the
+    # depth term pushes down only the answers a forget target replaces.
+    trainer, model = _depth_only_trainer(tmp_path, depth_loss=depth_loss)
+    rows = list(trainer.train_dataset)
+    forget = [index for index, row in enumerate(rows) if row["split"] == "forget"]
+    for index in forget[::2]:
+        rows[index] = {**rows[index], "forget_target": rows[index]["answer"]}
+    batch = trainer.data_collator(rows)
+    flags = batch[TRUE_ANSWER_BATCH][REPLACED_FLAG].tolist()
+    assert flags == [index not in forget[::2] for index in forget]
+    with torch.no_grad():
+        mixed = float(trainer.compute_loss(model, dict(batch)))
+        replaced = [rows[index] for index in forget[1::2]]
+        alone = float(trainer.compute_loss(model, dict(trainer.data_collator(replaced))))
+        kept = [rows[index] for index in forget[::2]]
+        none = trainer.compute_loss(model, dict(trainer.data_collator(kept)))
+    assert mixed == pytest.approx(alone, rel=1e-4) and alone > 0
+    assert float(none) == 0.0
 
 
 def test_a_batch_without_forget_rows_gives_an_exact_zero_that_backpropagates(tmp_path) -> None:

@@ -59,6 +59,11 @@ REFUSAL_BATCH = "refusal"
 TRUE_ANSWER_BATCH = "true_answer"
 """Batch key of the nested batch of the forget rows with their true answers as targets."""
 
+REPLACED_FLAG = "replaced"
+"""Key, in the `TRUE_ANSWER_BATCH` batch, of its ``(rows,)`` bool flags: True for the rows whose
+forget target replaces the true answer (a private fact), False where the forget target is the
+true answer itself (a visual question, whose answer must stay)."""
+
 # Stands in for an assistant answer when rendering the chat template once, to learn what the
 # template writes between the generation prompt and the answer (e.g. a space after "ASSISTANT:").
 _ANSWER_SENTINEL = "CAGULANSWERSENTINEL"
@@ -84,8 +89,11 @@ class TargetPolicy:
             rows.
         true_answer_batch: Add ``true_answer`` (`TRUE_ANSWER_BATCH`): the forget rows alone,
             same (augmented) photos, with their true ``answer`` as the target, as a nested batch
-            with its own ``labels`` (and ``query_mask`` when the policy adds one): what
-            `CagulTrainer`'s depth term pushes down. Absent from a batch without forget rows.
+            with its own ``labels`` (and ``query_mask`` when the policy adds one), and
+            `REPLACED_FLAG`: which of those answers their forget target replaces. The true
+            answers of those rows are what `CagulTrainer`'s depth term pushes down (a visual
+            answer is a forget row's target too: pushing it down would fight the forget term).
+            Absent from a batch without forget rows.
     """
 
     forget_targets: bool = False
@@ -333,6 +341,13 @@ class ForgetRetainDataCollator:
                     [images[index] for index in rows],
                     [target_of(features[index]) for index in rows],
                 )
+        if TRUE_ANSWER_BATCH in output:
+            output[TRUE_ANSWER_BATCH][REPLACED_FLAG] = torch.tensor(
+                [
+                    self.forget_target_text(features[index]) != _true_answer(features[index])
+                    for index in rows
+                ]
+            )
         return output
 
     def _collate(

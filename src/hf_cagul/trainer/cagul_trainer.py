@@ -44,6 +44,7 @@ from hf_cagul.data import (
     IGNORE_INDEX,
     IMAGE_COLUMN,
     QUESTION_COLUMN,
+    REPLACED_FLAG,
     SPLIT_COLUMN,
     TRUE_ANSWER_BATCH,
     CagulDataCollator,
@@ -394,7 +395,9 @@ class CagulTrainer(ForgetRetainTrainer):
         true_answers: dict[str, Any] | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The depth term of this process's forget rows: its sum and its count (rows for NPO,
-        true-answer tokens for unlikelihood), over the ``true_answers`` batch, rewritten."""
+        true-answer tokens for unlikelihood), over the ``true_answers`` batch, rewritten. Only
+        the rows whose forget target replaces the true answer count (`REPLACED_FLAG`): a
+        visual question's answer is its forget target, kept by the forget term."""
         args = self.args
         assert isinstance(args, CagulTrainingConfig)
         rows = int(forget.sum())  # the true-answer batch holds the forget rows, in order
@@ -409,17 +412,21 @@ class CagulTrainer(ForgetRetainTrainer):
             # No forget row here, yet the other processes run the depth passes, whose forwards
             # carry collectives: run them on this batch, and keep none of its rows.
             true_answers = {**inputs, "query_mask": query_mask, "labels": labels}
+            true_answers[REPLACED_FLAG] = torch.zeros_like(forget)
         batch = dict(true_answers)
         answer_labels = batch.pop("labels")
         answer_query = batch.pop("query_mask", None)
+        replaced = batch.pop(REPLACED_FLAG).to(answer_labels.device)[:rows]
         with self.accelerator.unwrap_model(model).force_gate(True):
             logits = model(**batch, query_mask=answer_query).logits
         if args.depth_loss == "unlikelihood":
             unlikelihoods, tokens = answer_unlikelihoods(logits, answer_labels)
-            return unlikelihoods[:rows].sum(), tokens[:rows].sum()
-        log_probs = answer_log_probs(logits, answer_labels)[0][:rows]
-        reference = answer_log_probs(self.reference_logits(model, batch), answer_labels)[0][:rows]
-        return npo_loss(log_probs, reference, args.depth_beta, "sum"), forget.sum()
+            return unlikelihoods[:rows][replaced].sum(), tokens[:rows][replaced].sum()
+        log_probs = answer_log_probs(logits, answer_labels)[0][:rows][replaced]
+        reference = answer_log_probs(self.reference_logits(model, batch), answer_labels)[0]
+        return npo_loss(log_probs, reference[:rows][replaced], args.depth_beta, "sum"), (
+            replaced.sum()
+        )
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Save the fitted (active) adapter only, in ``output_dir`` itself; never the VLM.
