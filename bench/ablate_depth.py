@@ -11,6 +11,7 @@ the seeds, of
 
 * forget keyword accuracy on training and on held-out photos (lower is better);
 * retain ratio: retain keyword accuracy over the stage-1 model's (1 is perfect);
+* keyword accuracy of visual questions on the forget people's photos (it must stay);
 * MIA AUC: min-k% membership inference, forget vs unseen people (0.5: cannot tell; gold's is
   the target);
 * forget truth ratio (FIUBench's score; gold's is the target) and forget quality (the KS-test
@@ -56,6 +57,7 @@ COLUMNS = (
     ("forget kw (train)", "forget_keyword"),
     ("forget kw (held-out)", "forget_heldout_keyword"),
     ("retain ratio", "retain_ratio"),
+    ("visual kw (forget photos)", "forget_visual_keyword"),
     ("MIA AUC", "mia_auc"),
     ("forget truth ratio", "forget_truth_ratio"),
     ("forget quality", "forget_quality"),
