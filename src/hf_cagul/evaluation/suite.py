@@ -225,8 +225,7 @@ def discriminator_metrics(
         mistaken: With ``stranger_photos``, one flag per stranger's photo: True where the base
             model takes the stranger for a forget subject, i.e. gives a forget subject's answer
             (`mistaken_photos`). Such a photo leaks the forget subject's facts without a gate
-            as surely as their own photo does, and a gate that reads the model's recognition
-            scores it as it scores theirs. Adds ``mistaken_strangers`` (how many),
+            as surely as their own photo does. Adds ``mistaken_strangers`` (how many),
             ``mistaken_recall`` (the share of them the gate flags; NaN when none) and
             ``stranger_fpr_unmistaken`` (the share of the other strangers it flags).
             ``stranger_fpr`` still counts every stranger.

@@ -400,9 +400,8 @@ class CagulTrainer(ForgetRetainTrainer):
         visual question's answer is its forget target, kept by the forget term."""
         args = self.args
         assert isinstance(args, CagulTrainingConfig)
-        rows = int(forget.sum())  # the true-answer batch holds the forget rows, in order
         if true_answers is None:
-            if rows:
+            if bool(forget.any()):
                 raise ValueError(
                     "depth_weight > 0 needs the forget rows' true answers in each batch: collate "
                     "with `CagulDataCollator(processor, policy=dataclasses.replace(CAGUL_TARGETS, "
@@ -411,22 +410,24 @@ class CagulTrainer(ForgetRetainTrainer):
                 )
             # No forget row here, yet the other processes run the depth passes, whose forwards
             # carry collectives: run them on this batch, and keep none of its rows.
-            true_answers = {**inputs, "query_mask": query_mask, "labels": labels}
-            true_answers[REPLACED_FLAG] = torch.zeros_like(forget)
+            true_answers = {
+                **inputs,
+                "query_mask": query_mask,
+                "labels": labels,
+                REPLACED_FLAG: torch.zeros_like(forget),
+            }
         batch = dict(true_answers)
         answer_labels = batch.pop("labels")
         answer_query = batch.pop("query_mask", None)
-        replaced = batch.pop(REPLACED_FLAG).to(answer_labels.device)[:rows]
+        replaced = batch.pop(REPLACED_FLAG).to(answer_labels.device)
         with self.accelerator.unwrap_model(model).force_gate(True):
             logits = model(**batch, query_mask=answer_query).logits
         if args.depth_loss == "unlikelihood":
             unlikelihoods, tokens = answer_unlikelihoods(logits, answer_labels)
-            return unlikelihoods[:rows][replaced].sum(), tokens[:rows][replaced].sum()
-        log_probs = answer_log_probs(logits, answer_labels)[0][:rows][replaced]
+            return unlikelihoods[replaced].sum(), tokens[replaced].sum()
+        log_probs = answer_log_probs(logits, answer_labels)[0][replaced]
         reference = answer_log_probs(self.reference_logits(model, batch), answer_labels)[0]
-        return npo_loss(log_probs, reference[:rows][replaced], args.depth_beta, "sum"), (
-            replaced.sum()
-        )
+        return npo_loss(log_probs, reference[replaced], args.depth_beta, "sum"), replaced.sum()
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Save the fitted (active) adapter only, in ``output_dir`` itself; never the VLM.
