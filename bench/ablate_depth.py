@@ -42,13 +42,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ablation import cached_teach, cell, gate_photos, report
+from ablation import cached_teach, cell, report
 from datasets import concatenate_datasets
 
 from hf_cagul import CagulConfig
 from hf_cagul.compare import fit_cagul_adapter
 from hf_cagul.data import gate_negatives
-from hf_cagul.demo import DemoConfig, cagul_fit_settings
+from hf_cagul.demo import DemoConfig, cagul_fit_settings, gate_photos
 from hf_cagul.evaluation.suite import discriminator_metrics, evaluate_model
 from hf_cagul.trainer.cagul_config import DEPTH_LOSSES
 

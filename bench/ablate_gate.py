@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-from ablation import cached_teach, cell, gate_photos, report
+from ablation import cached_teach, cell, report
 
 from hf_cagul import CagulConfig, CagulTrainingConfig, get_cagul_model
 from hf_cagul.data import NEGATIVES_SPLIT, CagulDataCollator
-from hf_cagul.demo import DemoConfig
+from hf_cagul.demo import DemoConfig, gate_photos
 from hf_cagul.evaluation.suite import discriminator_metrics
 from hf_cagul.trainer.gate_fit import fit_gate, unique_photos
 

@@ -14,9 +14,8 @@ from typing import Any
 from datasets import concatenate_datasets
 
 from hf_cagul.cli import load_vlm
-from hf_cagul.data.synthetic import BENCHMARK_VERSION, STRANGERS_SPLIT
-from hf_cagul.demo import DemoConfig, one_row_per_photo, teach
-from hf_cagul.evaluation.suite import leaking_photos, mistaken_photos
+from hf_cagul.data.synthetic import BENCHMARK_VERSION
+from hf_cagul.demo import DemoConfig, teach
 
 STAGE1_FIELDS = (
     "people",
@@ -47,21 +46,6 @@ def cached_teach(config: DemoConfig, cache: Path, gold: bool) -> tuple[Any, Any]
         processor.save_pretrained(directory)
         (directory / "demo_settings.json").write_text(json.dumps(settings, indent=2))
     return load_vlm(str(directory), device="cpu")
-
-
-def gate_photos(vlm: Any, processor: Any, splits: Any) -> dict[str, Any]:
-    """The `discriminator_metrics` keyword arguments of the demo's benchmark: one row per
-    held-out photo of forget and of retain people, the strangers' photos, and which forget
-    photos the bare ``vlm`` leaks."""
-    forget = one_row_per_photo(splits["forget_heldout"])
-    strangers = one_row_per_photo(splits[STRANGERS_SPLIT])
-    return {
-        "forget_photos": forget,
-        "retain_photos": one_row_per_photo(splits["retain_heldout"]),
-        "stranger_photos": strangers,
-        "leaks": leaking_photos(vlm, processor, forget),
-        "mistaken": mistaken_photos(vlm, processor, strangers, splits["forget"]),
-    }
 
 
 def cell(values: Sequence[float | None]) -> str:

@@ -357,6 +357,22 @@ def demo_targets(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def gate_photos(model: Any, processor: Any, splits: DatasetDict) -> dict[str, Any]:
+    """The `discriminator_metrics` keyword arguments on the demo's benchmark: one row per
+    held-out photo of forget and of retain people, the strangers' photos, which forget photos
+    the bare model leaks and which strangers it takes for a forget person (``model``'s
+    adapters, if any, are disabled for those two)."""
+    forget = one_row_per_photo(splits["forget_heldout"])
+    strangers = one_row_per_photo(splits[STRANGERS_SPLIT])
+    return {
+        "forget_photos": forget,
+        "retain_photos": one_row_per_photo(splits["retain_heldout"]),
+        "stranger_photos": strangers,
+        "leaks": leaking_photos(model, processor, forget),
+        "mistaken": mistaken_photos(model, processor, strangers, splits["forget"]),
+    }
+
+
 def run_demo(config: DemoConfig) -> dict[str, Any]:
     """Run the whole demo; returns the metrics it wrote to ``config.output_dir``."""
     timings: dict[str, float] = {}
@@ -404,17 +420,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         cagul_probes = run_probes({"cagul": model}, processor, forget_private, progress=False)
         probes = {name: {**base_probes[name], **cagul_probes[name]} for name in cagul_probes}
         bar.update()
-    forget_photos = one_row_per_photo(splits["forget_heldout"])
-    strangers = one_row_per_photo(splits[STRANGERS_SPLIT])
-    gate = discriminator_metrics(
-        model,
-        processor,
-        forget_photos,
-        one_row_per_photo(splits["retain_heldout"]),
-        stranger_photos=strangers,
-        leaks=leaking_photos(model, processor, forget_photos),
-        mistaken=mistaken_photos(model, processor, strangers, splits["forget"]),
-    )
+    gate = discriminator_metrics(model, processor, **gate_photos(model, processor, splits))
     timings["evaluation"] = time.perf_counter() - clock
 
     metrics: dict[str, Any] = {
