@@ -12,7 +12,11 @@ Two parts, each printing CAGUL / baseline ratios (lower is cheaper for CAGUL):
   get there (evaluation excluded) and the fit's peak memory. A method that never gets there
   within ``--max-steps`` shows ">max".
 
-    python bench/fit_cost.py [--part cost|forget|all] [--steps 6] [--batch 2]
+CAGUL's row is printed twice, with its frozen pass shared (the default: each reference pass also
+gives the selection scores and the gate's input) and without (``share_frozen_pass=False``).
+
+    python bench/fit_cost.py [--part cost|forget|all] [--steps 6] [--batch 2] [--gate G]
+        [--depth-weight W]
 """
 
 from __future__ import annotations
@@ -37,8 +41,11 @@ from hf_cagul.baselines import (
     prepare_model,
 )
 from hf_cagul.compare import BaselineSettings, CagulFitSettings, FitSettings
+from hf_cagul.config import DEFAULT_GATE
+from hf_cagul.data import FORGET_FLAG, REFUSAL_BATCH, REPLACED_FLAG, TRUE_ANSWER_BATCH
 from hf_cagul.demo import DemoConfig, teach
 from hf_cagul.evaluation.suite import generation_metrics, rows_of_kind
+from hf_cagul.gates import GATES
 from hf_cagul.profiling import measure, release_memory
 
 ANSWER_TOKENS = 8
@@ -89,29 +96,43 @@ def pretokenised(count: int) -> list[dict[str, torch.Tensor]]:
     return [
         {
             **{key: value[index] for key, value in batch.items()},
-            "forget": torch.tensor(index % 2 == 0),
+            FORGET_FLAG: torch.tensor(index % 2 == 0),
         }
         for index in range(count)
     ]
 
 
-def cagul_collate(rows: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
-    """Stack pre-tokenised rows: the batches CAGUL's trainer reads."""
+def stack(rows: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """Stack pre-tokenised rows."""
     return {key: torch.stack([row[key] for row in rows]) for key in rows[0]}
 
 
+def forget_rows(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The model inputs and labels of ``batch``'s forget rows (a nested batch)."""
+    forget = batch[FORGET_FLAG]
+    keys = ("input_ids", "attention_mask", "pixel_values", "labels")
+    return {key: batch[key][forget].clone() for key in keys}
+
+
+def cagul_collate(rows: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """The batches CAGUL's trainer reads: the rows stacked, and (for the depth term) the forget
+    rows with their answers as true answers that the forget target replaces."""
+    batch = stack(rows)
+    if batch[FORGET_FLAG].any():  # as the real collator: no nested batch without forget rows
+        true_answers = forget_rows(batch)
+        true_answers[REPLACED_FLAG] = torch.ones(len(true_answers["labels"]), dtype=torch.bool)
+        batch[TRUE_ANSWER_BATCH] = true_answers
+    return batch
+
+
 def collate(rows: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
-    """`cagul_collate`, and a refusal batch of the forget rows (for IdkPO)."""
-    batch = cagul_collate(rows)
-    forget = batch["forget"]
-    refusal = {
-        key: batch[key][forget].clone()
-        for key in ("input_ids", "attention_mask", "pixel_values", "labels")
-    }
+    """The rows stacked, and a refusal batch of the forget rows (for IdkPO)."""
+    batch = stack(rows)
+    refusal = forget_rows(batch)
     answer = refusal["labels"] != -100
     refusal["input_ids"][answer] = REFUSAL_TOKEN
     refusal["labels"][answer] = REFUSAL_TOKEN
-    batch["refusal"] = refusal
+    batch[REFUSAL_BATCH] = refusal
     return batch
 
 
@@ -124,8 +145,9 @@ def fit(trainer: Trainer) -> tuple[float, int]:
     return statistics.median(timer.durations[1:]), memory.peak_bytes
 
 
-def cost_part(steps: int, batch: int) -> None:
-    """Seconds per step and peak memory on the small-real LLaVA."""
+def cost_part(steps: int, batch: int, gate: str, depth_weight: float) -> None:
+    """Seconds per step and peak memory on the small-real LLaVA; CAGUL with its frozen pass
+    shared (the default) and without (every adapted pass runs its own side passes)."""
     rows = pretokenised(steps * batch)
     results: dict[str, tuple[float, int, int]] = {}
     with tempfile.TemporaryDirectory() as output_dir:
@@ -145,18 +167,36 @@ def cost_part(steps: int, batch: int) -> None:
             results[method] = (*fit(trainer), params)
             del trainer, model
             release_memory()
-        cagul_model = get_cagul_model(small_real_llava(), CagulConfig())
-        cagul = CagulTrainer(
-            model=cagul_model,
-            args=CagulTrainingConfig(balance_splits=False, **arguments),
-            train_dataset=rows,
-            data_collator=cagul_collate,
-        )
-        cagul_step, cagul_memory = fit(cagul)
-    print(f"\n[cost] small-real LLaVA (256 visual tokens), batch {batch}, {steps} steps, CPU")
+        cagul: dict[bool, tuple[float, int]] = {}
+        for share in (False, True):
+            cagul_model = get_cagul_model(small_real_llava(), CagulConfig(gate=gate))
+            trainer = CagulTrainer(
+                model=cagul_model,
+                args=CagulTrainingConfig(
+                    balance_splits=False,
+                    depth_weight=depth_weight,
+                    share_frozen_pass=share,
+                    **arguments,
+                ),
+                train_dataset=rows,
+                data_collator=cagul_collate,
+            )
+            cagul[share] = fit(trainer)
+            trainable = cagul_model.get_nb_trainable_parameters()[0]
+            del trainer, cagul_model
+            release_memory()
+    (cagul_step, cagul_memory), (side_step, side_memory) = cagul[True], cagul[False]
+    print(
+        f"\n[cost] small-real LLaVA (256 visual tokens), batch {batch}, {steps} steps, CPU; "
+        f"CAGUL gate {gate}, depth weight {depth_weight}"
+    )
     print(
         f"CAGUL: {cagul_step:.3f} s/step, peak +{cagul_memory / 2**20:.0f} MiB, "
-        f"{cagul_model.get_nb_trainable_parameters()[0]:,d} trainable parameters"
+        f"{trainable:,d} trainable parameters"
+    )
+    print(
+        f"CAGUL with side passes (share_frozen_pass=False): {side_step:.3f} s/step, peak "
+        f"+{side_memory / 2**20:.0f} MiB; shared / side passes: {cagul_step / side_step:.3f}x"
     )
     print(
         f"{'baseline (LoRA r=16)':<22}{'s/step':>9}{'ratio':>9}{'peak MiB':>10}{'ratio':>9}"
@@ -257,11 +297,15 @@ def main() -> None:
     parser.add_argument("--part", choices=["cost", "forget", "all"], default="all")
     parser.add_argument("--steps", type=int, default=6, help="[cost] steps per fit")
     parser.add_argument("--batch", type=int, default=2, help="[cost] batch size")
+    parser.add_argument(
+        "--gate", default=DEFAULT_GATE, choices=sorted(GATES), help="[cost] CAGUL's gate design"
+    )
+    parser.add_argument("--depth-weight", type=float, default=0.0, help="[cost] CAGUL's depth term")
     parser.add_argument("--max-steps", type=int, default=400, help="[forget] step budget")
     parser.add_argument("--every", type=int, default=25, help="[forget] steps between checks")
     args = parser.parse_args()
     if args.part in ("cost", "all"):
-        cost_part(args.steps, args.batch)
+        cost_part(args.steps, args.batch, args.gate, args.depth_weight)
     if args.part in ("forget", "all"):
         forget_part(args.max_steps, args.every)
 

@@ -10,7 +10,7 @@ from hf_cagul.families import supported_families
 from hf_cagul.gates import Gate, GateInputs, register_gate
 from hf_cagul.model import CagulModel, get_cagul_model
 from hf_cagul.modules import ForgetDiscriminator, TokenEncoder
-from hf_cagul.outputs import GateScores, ImageTrace
+from hf_cagul.outputs import FrozenPass, GateScores, ImageTrace
 from hf_cagul.trainer import CagulTrainer, CagulTrainingConfig
 from hf_cagul.version import __version__
 
@@ -20,6 +20,7 @@ __all__ = [
     "CagulTrainer",
     "CagulTrainingConfig",
     "ForgetDiscriminator",
+    "FrozenPass",
     "Gate",
     "GateInputs",
     "GateScores",

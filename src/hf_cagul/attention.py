@@ -3,10 +3,11 @@
 Every transformers 5.x attention module calls the function registered for its config's
 ``_attn_implementation``, with query and key states already projected and rotated. For the
 model's own implementation ``X``, CAGUL registers a twin ``cagul[X]`` that delegates every call
-to ``X`` unchanged (so outputs stay bit-identical), except inside a *truncated pass*: there, on
-the requested layer, it computes the softmax attention rows of the query tokens itself and stops
-the pass. Neither ``sdpa`` nor flash attention return weights, and forcing eager attention on
-the whole model would change its numerics, so the weights are recomputed only where needed.
+to ``X`` unchanged (so outputs stay bit-identical). While a `ScoreRequest` is open, the requested
+layer also computes the softmax attention rows of the query tokens itself; a *truncated pass*
+stops there, a recorded pass (`hf_cagul.CagulModel.record_frozen_pass`) goes on unchanged.
+Neither ``sdpa`` nor flash attention return weights, and forcing eager attention on the whole
+model would change its numerics, so the weights are recomputed only where needed.
 """
 
 from __future__ import annotations
@@ -29,23 +30,26 @@ _PREFIX = "cagul["
 
 @dataclass
 class ScoreRequest:
-    """What a truncated pass asks of the attention layer ``layer_idx``.
+    """What a pass asks of the attention layer ``layer_idx``.
 
     ``query_weights`` is ``(batch, query_len)``: each row weights the query tokens of that sample
     (summing to 1 over them). ``scores`` receives ``(batch, key_len)``: the attention each key
-    token gets, averaged over heads and weighted over the query tokens.
+    token gets, averaged over heads and weighted over the query tokens, the first time the layer
+    runs. ``stop``: then raise `TruncatedPassDone` (a truncated pass); False: the attention runs
+    on as it would without the request.
     """
 
     layer_idx: int
     query_weights: torch.Tensor
     scores: torch.Tensor | None = None
+    stop: bool = True
 
 
 class TruncatedPassDone(Exception):
     """Raised inside the truncated pass once the requested layer's scores are computed."""
 
 
-_REQUEST: ContextVar[ScoreRequest | None] = ContextVar("cagul_score_request", default=None)
+_REQUESTS: ContextVar[tuple[ScoreRequest, ...]] = ContextVar("cagul_score_requests", default=())
 
 
 def attention_probabilities(
@@ -128,11 +132,16 @@ def _make_scoring_attention(original: str) -> Callable[..., Any]:
         attention_mask: torch.Tensor | None,
         **kwargs: Any,
     ) -> Any:
-        request = _REQUEST.get()
-        if request is not None and getattr(module, "layer_idx", None) == request.layer_idx:
-            request.scores = text_to_visual_scores(
-                module, query, key, attention_mask, request.query_weights, **kwargs
-            )
+        layer_idx = getattr(module, "layer_idx", None)
+        stop = False
+        for request in _REQUESTS.get():
+            if request.layer_idx == layer_idx and request.scores is None:
+                with torch.no_grad():
+                    request.scores = text_to_visual_scores(
+                        module, query, key, attention_mask, request.query_weights, **kwargs
+                    )
+                stop |= request.stop
+        if stop:
             raise TruncatedPassDone
         return _original_function(original, module)(
             module, query, key, value, attention_mask, **kwargs
@@ -163,10 +172,11 @@ def original_implementation(name: str) -> str:
 
 
 @contextmanager
-def request_scores(request: ScoreRequest) -> Iterator[ScoreRequest]:
-    """Within the block, attention at ``request.layer_idx`` fills the request and stops."""
-    token = _REQUEST.set(request)
+def request_scores(*requests: ScoreRequest) -> Iterator[tuple[ScoreRequest, ...]]:
+    """Within the block, attention at each request's layer fills it (and stops the pass if
+    the request says so); the requests of an enclosing block wait until it closes."""
+    token = _REQUESTS.set(requests)
     try:
-        yield request
+        yield requests
     finally:
-        _REQUEST.reset(token)
+        _REQUESTS.reset(token)

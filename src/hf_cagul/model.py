@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -31,16 +31,16 @@ from transformers import PreTrainedModel
 
 from hf_cagul import method
 from hf_cagul.adapters import NamedAdapters, SavedAdapter, bind_config, check_adapter_name
-from hf_cagul.attention import scoring_implementation
+from hf_cagul.attention import ScoreRequest, request_scores, scoring_implementation
 from hf_cagul.config import CagulConfig
 from hf_cagul.families import VisualStates, detect_family
 from hf_cagul.gates import LANGUAGE_STATE, GateInputs
 from hf_cagul.inflight import Restart, allow_restarts, cache_of, side_pass
 from hf_cagul.modules import CagulAdapter
-from hf_cagul.outputs import GateScores, ImageTrace, image_traces, with_gate_outputs
+from hf_cagul.outputs import FrozenPass, GateScores, ImageTrace, image_traces, with_gate_outputs
 from hf_cagul.switches import PerModel
 
-__all__ = ["CagulModel", "GateScores", "ImageTrace", "get_cagul_model"]
+__all__ = ["CagulModel", "FrozenPass", "GateScores", "ImageTrace", "get_cagul_model"]
 
 # transformers' own check that input_ids hold as many image tokens as the vision tower gave
 # visual tokens; the VLM raises it before CAGUL's language-model hook runs.
@@ -61,6 +61,19 @@ class _CallState:
     runs: torch.Tensor  # (num_images, 3): sample, start, end
     query_mask: torch.Tensor  # (batch, seq) bool: prompt text tokens, before `query_tokens`
     selection_scores: torch.Tensor | None
+    frozen: FrozenPass | None = None
+
+
+@dataclass
+class _Recording:
+    """A `record_frozen_pass` block's record and, while its call runs, the score requests
+    that call's attention layers fill."""
+
+    record: FrozenPass
+    requests: dict[tuple[int, str], ScoreRequest] | None = None
+    query_mask: torch.Tensor | None = None
+    num_keys: int = 0
+    stack: ExitStack | None = None
 
 
 _CALL: PerModel[_CallState | None] = PerModel("cagul_call", None)
@@ -72,6 +85,7 @@ _FORWARD: PerModel[dict[str, Any] | None] = PerModel("cagul_forward", None)
 _TRACES: PerModel[list[ImageTrace] | None] = PerModel("cagul_trace", None)
 _GATE_ONLY: PerModel[bool] = PerModel("cagul_gate_only", False)
 _ARMED: PerModel[bool] = PerModel("cagul_armed", False)
+_RECORDING: PerModel[_Recording | None] = PerModel("cagul_recording", None)
 
 
 @contextmanager
@@ -166,6 +180,7 @@ class CagulModel(NamedAdapters):
         *args: Any,
         query_mask: torch.Tensor | None = None,
         selection_scores: torch.Tensor | None = None,
+        frozen_pass: FrozenPass | None = None,
         **kwargs: Any,
     ) -> Any:
         """Run the wrapped VLM with the adapter active.
@@ -184,9 +199,19 @@ class CagulModel(NamedAdapters):
                 instead of computing attention (``n`` runs along the visual states: the input
                 positions where visual tokens sit in ``inputs_embeds``), e.g. the
                 ``ImageTrace.scores`` of an earlier call. No truncated pass runs then.
+            frozen_pass: What `record_frozen_pass` kept of a call on the same inputs and query
+                mask: the gates read its language state and the selection uses its scores, so
+                no side pass runs (the outputs are those the call computes without it).
+
+        Raises:
+            ValueError: If ``frozen_pass`` was recorded on other inputs.
         """
         self._check_loaded()
-        gate: dict[str, Any] = {"query_mask": query_mask, "selection_scores": selection_scores}
+        gate: dict[str, Any] = {
+            "query_mask": query_mask,
+            "selection_scores": selection_scores,
+            "frozen_pass": frozen_pass,
+        }
         with _FORWARD.scoped(self, gate), _explain_placeholder_mismatch():
             output = self.base_model(*args, **kwargs)
         if "logits" not in gate:
@@ -245,6 +270,24 @@ class CagulModel(NamedAdapters):
         """Within the block, treat every image as flagged (``True``) or as not (``False``)."""
         with _FORCED_GATE.scoped(self, flagged):
             yield
+
+    @contextmanager
+    def record_frozen_pass(self) -> Iterator[FrozenPass]:
+        """Within the block, calls rewrite nothing (as under ``force_gate(False)``: logits
+        bit-identical to the bare VLM's), and the first call with images fills the yielded
+        `FrozenPass`: the selection scores of every active adapter's config, read in flight,
+        and the language state its gate reads.
+
+        Pass it as ``frozen_pass`` to a call on the same inputs and query mask: that call then
+        runs no side pass. `hf_cagul.CagulTrainer` takes its reference logits this way, so one
+        pass of the frozen VLM gives the reference, the selection scores and the gate's input.
+        """
+        recording = _Recording(FrozenPass())
+        try:
+            with _FORCED_GATE.scoped(self, False), _RECORDING.scoped(self, recording):
+                yield recording.record
+        finally:
+            self._close_recording(recording)
 
     @contextmanager
     def trace(self) -> Iterator[list[ImageTrace]]:
@@ -340,10 +383,54 @@ class CagulModel(NamedAdapters):
                 input_ids, bound.get("attention_mask"), bound.get("labels")
             )
         query = query.to(input_ids.device).bool() & (input_ids != self._image_token_id)
-        _CALL.put(self, _CallState(input_ids, runs, query, passed.get("selection_scores")))
+        _CALL.put(
+            self,
+            _CallState(
+                input_ids, runs, query, passed.get("selection_scores"), passed.get("frozen_pass")
+            ),
+        )
 
     def _after_model(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         _CALL.put(self, None)
+        recording = _RECORDING.get(self)
+        if recording is not None:
+            self._close_recording(recording)
+
+    def _open_recording(
+        self, recording: _Recording, visual: VisualStates, state: _CallState
+    ) -> None:
+        """Ask the attention layers of the call starting now for every active config's
+        selection scores, without stopping the pass (`record_frozen_pass`)."""
+        requests: dict[tuple[int, str], ScoreRequest] = {}
+        for name in self._active_adapters:
+            config = self.cagul_config[name]
+            key = (self._scoring_layer(config), config.query_tokens)
+            if key not in requests:
+                weights = method.query_weights(
+                    state.query_mask.to(visual.states.device), config, visual.query_rows
+                )
+                requests[key] = ScoreRequest(key[0], weights, stop=False)
+        recording.stack = ExitStack()
+        recording.stack.enter_context(request_scores(*requests.values()))
+        recording.requests = requests
+        recording.query_mask = state.query_mask
+        recording.num_keys = visual.states.shape[1]
+
+    @staticmethod
+    def _close_recording(recording: _Recording) -> None:
+        """Close the requests of a recorded call and keep what they got (once)."""
+        if recording.stack is None:
+            return
+        recording.stack.close()
+        recording.stack = None
+        requests = recording.requests or {}
+        if all(request.scores is not None for request in requests.values()):
+            record = recording.record
+            record.scores = {
+                key: cast(torch.Tensor, request.scores)[:, -recording.num_keys :]
+                for key, request in requests.items()
+            }
+            record.query_mask = recording.query_mask
 
     def _before_decoder(
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -357,6 +444,9 @@ class CagulModel(NamedAdapters):
         if visual is None:
             return None
         _CALL.put(self, None)  # one rewrite per call, even if the decoder runs again
+        recording = _RECORDING.get(self)
+        if recording is not None and recording.requests is None:
+            self._open_recording(recording, visual, state)
         rewritten = self._route(visual, state, args, kwargs)
         if rewritten is None:
             return None
@@ -383,6 +473,9 @@ class CagulModel(NamedAdapters):
             for name, adapter in zip(self._active_adapters, adapters, strict=True)
             if adapter.discriminator.reads == LANGUAGE_STATE
         }
+        if state.frozen is not None:
+            tokens.language_state = _frozen_state(state.frozen, visual, state, needed=bool(layers))
+            return self._decide(visual, state, tokens, args, kwargs, lambda: side_pass(kwargs))
         if not layers:
             return self._decide(visual, state, tokens, args, kwargs, lambda: side_pass(kwargs))
         if len(layers) > 1:
@@ -427,6 +520,9 @@ class CagulModel(NamedAdapters):
         configs = [self.cagul_config[name] for name in names]
         thresholds = [config.gate_threshold for config in configs]
         decision = method.decide(tokens, adapters, thresholds, _FORCED_GATE.get(self))
+        recording = _RECORDING.get(self)
+        if recording is not None:
+            recording.record.language_state = tokens.language_state
         if _GATE_ONLY.get(self):
             raise _GateScored(decision, tokens)
         passed = _FORWARD.get(self)
@@ -442,6 +538,8 @@ class CagulModel(NamedAdapters):
             if state.selection_scores is not None:
                 return state.selection_scores.to(visual.states.device)
             key = (self._scoring_layer(config), config.query_tokens)
+            if state.frozen is not None and key in state.frozen.scores:
+                return state.frozen.scores[key].to(visual.states.device)
             if key not in scores:
                 scores[key] = self._attention_scores(visual, state, config, args, side())
             return scores[key]
@@ -486,6 +584,33 @@ class CagulModel(NamedAdapters):
                 self._decoder(*args, **truncated)
 
         return method.attention_scores(self._scoring_layer(config), weights, run, embeds.shape[1])
+
+
+def _frozen_state(
+    frozen: FrozenPass, visual: VisualStates, state: _CallState, needed: bool
+) -> torch.Tensor | None:
+    """The language state a `FrozenPass` kept for this call, after checking that it was
+    recorded on the same inputs (``needed``: an active gate reads it)."""
+    problem = None
+    if not frozen.recorded:
+        problem = "it holds nothing (recorded on a call without images?)"
+    elif frozen.query_mask is None or not torch.equal(
+        frozen.query_mask.to(state.query_mask.device), state.query_mask
+    ):
+        problem = "its query mask differs from this call's"
+    elif any(s.shape != visual.states.shape[:2] for s in frozen.scores.values()):
+        problem = "its scores do not match this call's visual states"
+    elif needed and frozen.language_state is None:
+        problem = "it holds no language state, which an active gate reads"
+    elif frozen.language_state is not None and len(frozen.language_state) != len(visual.spans):
+        problem = "its language state is for another number of images"
+    if problem is not None:
+        raise ValueError(
+            f"frozen_pass was not recorded on this call's inputs: {problem}. Record it with "
+            "`record_frozen_pass()` on a call with the same inputs and query_mask, with the "
+            "same adapters active."
+        )
+    return frozen.language_state if needed else None
 
 
 def get_cagul_model(

@@ -3,7 +3,9 @@
 * the forward's output carries ``gate_logits`` and ``image_spans`` (`with_gate_outputs`): the
   gate's training signal, read by `hf_cagul.CagulTrainer`;
 * `GateScores`: what `CagulModel.gate_probabilities` returns;
-* `ImageTrace`: one record per image from `CagulModel.trace`, for looking only.
+* `ImageTrace`: one record per image from `CagulModel.trace`, for looking only;
+* `FrozenPass`: what the frozen VLM computed in a pass that rewrote nothing
+  (`CagulModel.record_frozen_pass`), handed to the next call on the same inputs.
 """
 
 from __future__ import annotations
@@ -17,7 +19,34 @@ from transformers.utils import ModelOutput
 
 from hf_cagul.method import GateDecision
 
-__all__ = ["GateScores", "ImageTrace", "image_traces", "with_gate_outputs"]
+__all__ = ["FrozenPass", "GateScores", "ImageTrace", "image_traces", "with_gate_outputs"]
+
+
+@dataclass
+class FrozenPass:
+    """What the frozen VLM computed for one call in which nothing was rewritten, for a second
+    call on the same inputs that rewrites (`CagulModel.record_frozen_pass`).
+
+    Nothing here depends on the adapter's weights, only on the frozen VLM, its inputs and the
+    adapter's config: the second call reads it instead of running the side passes that compute
+    it (the pass aborted at the gate's layer, the truncated attention pass).
+
+    Attributes:
+        scores: ``(batch, n)`` selection scores along the visual states, by ``(scoring layer,
+            query_tokens)``, as the truncated pass computes them.
+        language_state: ``(num_images, hidden)`` the language model's state that a gate
+            reading it reads (`hf_cagul.method.VisualTokens.language_state`), or None.
+        query_mask: The call's query mask (before ``query_tokens``), which the scores depend on.
+    """
+
+    scores: dict[tuple[int, str], torch.Tensor] = dataclasses.field(default_factory=dict)
+    language_state: torch.Tensor | None = None
+    query_mask: torch.Tensor | None = None
+
+    @property
+    def recorded(self) -> bool:
+        """Whether a call with images filled the record."""
+        return self.query_mask is not None
 
 
 @dataclass

@@ -54,6 +54,13 @@ class CagulTrainingConfig(ForgetRetainTrainingConfig):
             (pi(y|x) / pi_ref(y|x)) ** depth_beta)`` per forget row, relative to the frozen
             VLM; or ``"unlikelihood"``, ``-log(1 - pi(y_t | prefix))`` per true-answer token.
         depth_beta: Inverse temperature of the ``"npo"`` depth term.
+        share_frozen_pass: True (the default): each reference pass of the frozen VLM also
+            keeps the selection scores and the gate's input, and the adapted pass on the same
+            inputs reuses them instead of running its side passes (the pass aborted at the
+            gate's layer, the truncated attention pass): the same losses, fewer passes. The
+            reference is then the adapted model with its gates held closed, bit-identical to
+            the bare VLM; False: `ForgetRetainTrainer.reference_logits` (for an overridden
+            reference), and the adapted pass runs its own side passes.
     """
 
     forget_weight: float = field(
@@ -110,6 +117,13 @@ class CagulTrainingConfig(ForgetRetainTrainingConfig):
     )
     depth_beta: float = field(
         default=0.1, metadata={"help": "Inverse temperature of the NPO depth term."}
+    )
+    share_frozen_pass: bool = field(
+        default=True,
+        metadata={
+            "help": "Reuse the reference pass's selection scores and gate input in the adapted "
+            "pass (the same losses, fewer passes of the frozen VLM)."
+        },
     )
     learning_rate: float = field(
         default=1e-3, metadata={"help": "AdamW learning rate for the adapter's modules."}

@@ -53,7 +53,7 @@ from hf_cagul.data import (
 from hf_cagul.data.benchmarks import select_where
 from hf_cagul.devices import is_partitioned
 from hf_cagul.losses import answer_log_probs, answer_unlikelihoods, npo_loss, token_kl
-from hf_cagul.model import CagulModel
+from hf_cagul.model import CagulModel, FrozenPass
 from hf_cagul.trainer.cagul_config import TRAINING_CONFIG_NAME, CagulTrainingConfig
 from hf_cagul.trainer.forget_retain_config import ForgetRetainTrainingConfig
 from hf_cagul.trainer.forget_retain_trainer import ForgetRetainTrainer
@@ -330,11 +330,12 @@ class CagulTrainer(ForgetRetainTrainer):
         retain_rows = answer & ~forget.unsqueeze(1)
         forget_rows = answer & forget.unsqueeze(1)
 
-        base_logits = None
+        base_logits = frozen = None
         if args.retain_weight > 0 and self.must_compute(retain_rows):
-            base_logits = self.reference_logits(model, inputs)[:, :-1][retain_rows]
+            reference, frozen = self.reference_pass(model, inputs, query_mask)
+            base_logits = reference[:, :-1][retain_rows]
         with cagul.force_gate(True):
-            outputs = model(**inputs, query_mask=query_mask)
+            outputs = model(**inputs, query_mask=query_mask, frozen_pass=frozen)
         logits = outputs.logits[:, :-1]
         targets = labels[:, 1:]
 
@@ -385,6 +386,26 @@ class CagulTrainer(ForgetRetainTrainer):
         self.record_terms(model, **terms)
         return (loss, outputs) if return_outputs else loss
 
+    def reference_pass(
+        self, model: nn.Module, inputs: dict[str, Any], query_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, FrozenPass | None]:
+        """The reference logits on ``inputs`` and, with ``share_frozen_pass``, what the adapted
+        pass on the same inputs reuses of that pass (`CagulModel.record_frozen_pass`).
+
+        Shared, the reference is the adapted model with every gate held closed, bit-identical to
+        the bare VLM, in a pass that also keeps the selection scores and the gate's input; not
+        shared, it is `reference_logits` (which a subclass may override) and the adapted pass
+        runs its own side passes.
+        """
+        args = self.args
+        assert isinstance(args, CagulTrainingConfig)
+        if not args.share_frozen_pass:
+            return self.reference_logits(model, inputs), None
+        cagul = self.accelerator.unwrap_model(model)
+        with torch.no_grad(), cagul.record_frozen_pass() as frozen:
+            logits = model(**inputs, query_mask=query_mask).logits
+        return logits, frozen if frozen.recorded else None
+
     def _depth_term(
         self,
         model: nn.Module,
@@ -420,13 +441,16 @@ class CagulTrainer(ForgetRetainTrainer):
         answer_labels = batch.pop("labels")
         answer_query = batch.pop("query_mask", None)
         replaced = batch.pop(REPLACED_FLAG).to(answer_labels.device)
+        reference_logits = frozen = None
+        if args.depth_loss == "npo":
+            reference_logits, frozen = self.reference_pass(model, batch, answer_query)
         with self.accelerator.unwrap_model(model).force_gate(True):
-            logits = model(**batch, query_mask=answer_query).logits
-        if args.depth_loss == "unlikelihood":
+            logits = model(**batch, query_mask=answer_query, frozen_pass=frozen).logits
+        if reference_logits is None:
             unlikelihoods, tokens = answer_unlikelihoods(logits, answer_labels)
             return unlikelihoods[replaced].sum(), tokens[replaced].sum()
         log_probs = answer_log_probs(logits, answer_labels)[0][replaced]
-        reference = answer_log_probs(self.reference_logits(model, batch), answer_labels)[0]
+        reference = answer_log_probs(reference_logits, answer_labels)[0]
         return npo_loss(log_probs, reference[replaced], args.depth_beta, "sum"), replaced.sum()
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
