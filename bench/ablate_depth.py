@@ -22,10 +22,10 @@ the seeds, of
   share of those the gate flags, and its false-positive rate on the other strangers;
 * the fit's wall time (the gate's fit included).
 
-The gate's design and fit are the demo's unless ``--gate``, ``--gate-fit`` or
-``--gate-target-fpr`` say otherwise; a gate fitted apart gets `gate_negatives` (the retain
-photos and the strangers of the ``negatives`` split). A variant is ``off`` (no depth term) or
-``LOSS:WEIGHT`` (``npo:0.3``, ``unlikelihood:1``)::
+The gate's design and fit are the demo's unless ``--gate``, ``--gate-fit``,
+``--gate-target-fpr`` or ``--gate-every-question`` say otherwise; a gate fitted apart gets
+`gate_negatives` (the retain photos and the strangers of the ``negatives`` split). A variant
+is ``off`` (no depth term) or ``LOSS:WEIGHT`` (``npo:0.3``, ``unlikelihood:1``)::
 
     python bench/ablate_depth.py                       # seeds 0 1 2, the demo's settings
     python bench/ablate_depth.py --variants off npo:1 --gate-fit joint --gate visual_tokens
@@ -146,6 +146,11 @@ def main() -> None:
     parser.add_argument(
         "--gate-target-fpr", type=float, help="calibration target (default: the demo's)"
     )
+    parser.add_argument(
+        "--gate-every-question",
+        choices=("on", "off"),
+        help="cache each forget photo with every question (default: the demo's)",
+    )
     parser.add_argument("--cache", type=Path, default=Path("outputs/stage1"))
     parser.add_argument("--output", type=Path, help="also write the table (markdown) here")
     options = parser.parse_args()
@@ -166,6 +171,8 @@ def main() -> None:
         overrides["gate_fit"] = options.gate_fit
     if options.gate_target_fpr is not None:
         overrides["gate_target_fpr"] = options.gate_target_fpr
+    if options.gate_every_question is not None:
+        overrides["gate_every_question"] = options.gate_every_question == "on"
     adapter = {} if options.gate is None else {"adapter": CagulConfig(gate=options.gate)}
     started = time.perf_counter()
     per_seed = []

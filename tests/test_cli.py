@@ -200,13 +200,17 @@ def test_fit_defaults_are_the_documented_ones() -> None:
 @pytest.mark.parametrize("command", ["demo", "compare"])
 def test_the_demo_fits_its_own_gate_by_default_and_any_gate_on_request(command) -> None:
     from hf_cagul.cli import _demo_config, build_parser
-    from hf_cagul.demo import DEMO_GATE, DemoConfig
+    from hf_cagul.demo import DEMO_GATE, DemoConfig, cagul_fit_settings
 
     parser = build_parser()
     config = _demo_config(parser.parse_args([command]))
     assert config.adapter.gate == DEMO_GATE == DemoConfig().adapter.gate
     assert (config.gate_fit, config.gate_target_fpr) == ("apart", 0.02)
     assert config.depth_weight == DemoConfig().depth_weight
+    assert config.gate_every_question is True
+    assert cagul_fit_settings(config).training_arguments("out")["gate_every_question"] is True
+    off = _demo_config(parser.parse_args([command, "--no-gate-every-question"]))
+    assert cagul_fit_settings(off).training_arguments("out")["gate_every_question"] is False
     chosen = parser.parse_args([command, "--gate", "visual_tokens", "--gate-fit", "joint"])
     assert (_demo_config(chosen).adapter.gate, _demo_config(chosen).gate_fit) == (
         "visual_tokens",

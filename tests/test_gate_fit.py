@@ -320,3 +320,55 @@ def test_a_state_gate_is_cached_with_the_variants_own_questions() -> None:
     # Batched with left padding, so equal up to float rounding; the two questions' states differ.
     assert torch.allclose(torch.stack(cache.states), torch.stack(expected), atol=1e-5)
     assert not torch.allclose(expected[0], expected[1], atol=1e-3)
+
+
+def test_every_question_caches_each_forget_image_with_each_question() -> None:
+    from hf_cagul.data import PhotoAugmentation
+    from hf_cagul.trainer.gate_fit import GateFeatureCache
+
+    vlm, processor = tiny_vlm("llava", num_hidden_layers=2)
+    model = get_cagul_model(vlm, CagulConfig(gate="language_state"))
+    dataset = people_dataset(forget_photos=1, retain_people=1, photos=1)
+    (photo, _) = unique_photos(dataset["image"], dataset["question"])
+    collator = CagulDataCollator(processor)
+
+    def cache(every_question: bool) -> GateFeatureCache:
+        return GateFeatureCache.compute(
+            model,
+            collator,
+            [photo],
+            True,
+            variants=2,
+            augmentation=PhotoAugmentation(seed=0),
+            batch_size=8,
+            every_question=every_question,
+        )
+
+    one, every = cache(False), cache(True)
+    assert (len(one), len(every)) == (3, 6)  # the photo and 2 variants, by 1 or 2 questions
+    stream = PhotoAugmentation(seed=0)
+    images = [photo.image, stream(photo.image), stream(photo.image)]  # the same variant draws
+    expected = [
+        model.gate_inputs(**collator.prompts([image], [question])).language_state[0]
+        for image in images
+        for question in photo.questions
+    ]
+    assert torch.allclose(torch.stack(every.states), torch.stack(expected), atol=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(every.tokens[::2], one.tokens, strict=True))
+
+
+@pytest.mark.parametrize(("gate", "extra"), [("language_state", 4 * 3), ("visual_tokens", 0)])
+def test_every_question_adds_forget_images_for_a_state_gate_only(tmp_path, gate, extra) -> None:
+    """4 forget photos with 2 questions each: the photos and their 2 variants ask both."""
+    sizes = {}
+    for every in (False, True):
+        trainer, model, _ = make_trainer(
+            tmp_path / str(every),
+            gate=gate,
+            gate_fit="apart",
+            gate_epochs=1,
+            gate_variants=2,
+            gate_every_question=every,
+        )
+        sizes[every] = trainer.fit_gate_apart(model).cached_images
+    assert sizes[True] - sizes[False] == extra

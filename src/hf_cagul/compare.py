@@ -194,6 +194,8 @@ class CagulFitSettings(FitSettings):
         gate_target_fpr: `CagulTrainingConfig.gate_target_fpr` (with ``gate_fit="apart"``).
         depth_weight: `CagulTrainingConfig.depth_weight` (0: no depth term).
         depth_loss: `CagulTrainingConfig.depth_loss`.
+        gate_every_question: `CagulTrainingConfig.gate_every_question` (with
+            ``gate_fit="apart"``).
     """
 
     adapter: CagulConfig = field(default_factory=CagulConfig)
@@ -201,6 +203,7 @@ class CagulFitSettings(FitSettings):
     gate_target_fpr: float | None = None
     depth_weight: float = 0.0
     depth_loss: str = "npo"
+    gate_every_question: bool = False
 
     def training_arguments(self, output_dir: str) -> dict[str, Any]:
         """`FitSettings.training_arguments` with the gate's fit and the depth term."""
@@ -210,6 +213,7 @@ class CagulFitSettings(FitSettings):
             "gate_target_fpr": self.gate_target_fpr,
             "depth_weight": self.depth_weight,
             "depth_loss": self.depth_loss,
+            "gate_every_question": self.gate_every_question,
         }
 
 

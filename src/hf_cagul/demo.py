@@ -131,6 +131,13 @@ class DemoConfig:
             "held out from its fit (gate_fit='apart'; None: threshold 0.5)."
         },
     )
+    gate_every_question: bool = field(
+        default=True,
+        metadata={
+            "help": "Cache each forget photo and variant with every question of its rows when "
+            "fitting the gate apart (CagulTrainingConfig.gate_every_question)."
+        },
+    )
     depth_weight: float = field(
         default=1.0,
         metadata={"help": "Weight of CAGUL's depth term (NPO on the true answers; 0: off)."},
@@ -253,6 +260,7 @@ def cagul_fit_settings(
         gate_fit=config.gate_fit,
         gate_target_fpr=config.gate_target_fpr if config.gate_fit == "apart" else None,
         depth_weight=config.depth_weight,
+        gate_every_question=config.gate_every_question,
     )
 
 

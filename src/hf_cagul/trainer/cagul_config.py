@@ -47,6 +47,9 @@ class CagulTrainingConfig(ForgetRetainTrainingConfig):
             this.
         gate_calibration_fraction: Fraction of the negative photos held out, never fitted on,
             to calibrate the threshold.
+        gate_every_question: Cache each forget photo and variant with every question its rows
+            ask (`GateFitSettings.every_question`), for a gate that reads the language model's
+            state (one question per image otherwise, and always for the negatives).
         depth_weight: Weight of the depth term, which lowers the likelihood of the forget rows'
             true answers under the rewritten tokens (0, the default: no depth term, and the
             collator builds no batch for it).
@@ -103,6 +106,13 @@ class CagulTrainingConfig(ForgetRetainTrainingConfig):
     gate_calibration_fraction: float = field(
         default=0.25,
         metadata={"help": "Fraction of the negative photos held out to calibrate the threshold."},
+    )
+    gate_every_question: bool = field(
+        default=False,
+        metadata={
+            "help": "Cache each forget photo and variant with every question of its rows (a gate "
+            "that reads the language model's state)."
+        },
     )
     depth_weight: float = field(
         default=0.0,
@@ -192,4 +202,5 @@ class CagulTrainingConfig(ForgetRetainTrainingConfig):
             calibration_fraction=self.gate_calibration_fraction,
             seed=self.seed,
             weight_decay=self.weight_decay,
+            every_question=self.gate_every_question,
         )

@@ -29,7 +29,7 @@ from hf_cagul.data import ForgetRetainDataCollator, PhotoAugmentation
 from hf_cagul.data.schema import load_image
 from hf_cagul.devices import input_device
 from hf_cagul.evaluation.metrics import rates_at_threshold, roc_auc
-from hf_cagul.gates import Gate, GateInputs
+from hf_cagul.gates import LANGUAGE_STATE, Gate, GateInputs
 from hf_cagul.losses import half_per_class
 from hf_cagul.model import CagulModel
 
@@ -149,6 +149,7 @@ class GateFeatureCache:
         augmentation: PhotoAugmentation | None,
         batch_size: int,
         include_photos: bool = True,
+        every_question: bool = False,
     ) -> GateFeatureCache:
         """Features of ``photos`` (each itself, then ``variants`` augmented variants of it).
 
@@ -162,17 +163,25 @@ class GateFeatureCache:
             augmentation: The variants' random stream (None when ``variants`` is 0).
             batch_size: Photos per forward of the frozen model.
             include_photos: Cache each photo itself besides its variants.
+            every_question: Cache each image (photo or variant) once with every question of
+                its photo (`Photo.questions`), instead of one question each. The variants are
+                drawn as without it.
         """
         start = time.perf_counter()
 
         def images() -> Iterator[tuple[Image.Image, str]]:
             # Drawn lazily, a batch at a time: the augmented photos are never all in memory.
             for photo in photos:
+                every = photo.questions or (photo.question,)
                 if include_photos:
-                    yield photo.image, photo.question
+                    for question in every if every_question else (photo.question,):
+                        yield photo.image, question
                 for variant in range(variants):
                     assert augmentation is not None
-                    yield augmentation(photo.image), photo.variant_question(variant)
+                    image = augmentation(photo.image)
+                    asked = every if every_question else (photo.variant_question(variant),)
+                    for question in asked:
+                        yield image, question
 
         device = input_device(model)
         gate_device = next(model.active_adapter_module.parameters()).device
@@ -233,6 +242,10 @@ class GateFitSettings:
         calibration_fraction: Fraction of the negative photos held out for the calibration.
         seed: Seed of the augmentation, the held-out split and the order of the steps.
         weight_decay: AdamW weight decay.
+        every_question: Cache each forget image (photo or variant) with every question its
+            photo's rows ask, not one question each (`GateFeatureCache.compute`): a gate that
+            reads the language model's state sees another state for each question, and the
+            forget photos are the scarce class. The negatives still ask one question each.
     """
 
     epochs: int
@@ -243,6 +256,7 @@ class GateFitSettings:
     calibration_fraction: float
     seed: int
     weight_decay: float = 0.0
+    every_question: bool = False
 
 
 @dataclass
@@ -351,16 +365,16 @@ def fit_gate(
 
     The negatives are shuffled with ``settings.seed`` and, with a target FPR, their first
     ``calibration_fraction`` (at least one photo) is held out before anything is fitted; they
-    are scored as they are, not augmented, as the deployed gate meets photos. Every other
-    photo is cached itself and with ``settings.variants`` augmented variants
-    (`PhotoAugmentation` seeded with ``settings.seed``). The gate then trains for
-    ``settings.epochs`` epochs with AdamW on a binary cross-entropy in which each class weighs
-    one half, whatever its count. With a target FPR, `calibrate_threshold` then picks the
+    are scored as they are, not augmented, as the deployed gate meets photos. Every other photo
+    is cached itself and with ``settings.variants`` augmented variants (`PhotoAugmentation`
+    seeded with ``settings.seed``); with ``settings.every_question``, each forget image once per
+    question of its photo (a gate that reads the language model's state). The gate then trains
+    for ``settings.epochs`` epochs with AdamW on a binary cross-entropy in which each class
+    weighs one half, whatever its count. With a target FPR, `calibrate_threshold` then picks the
     threshold on the held-out negatives, and the TPR at it is measured on fresh augmented
-    variants of the forget photos (never fitted on; augmentation seeded with
-    ``settings.seed + 1``); both are in the report's ``calibration``, which the caller writes
-    into the adapter's config (`CagulTrainer` does: ``gate_threshold`` and
-    ``gate_calibration``).
+    variants of the forget photos (never fitted on; augmentation seeded with ``settings.seed +
+    1``); both are in the report's ``calibration``, which the caller writes into the adapter's
+    config (`CagulTrainer` does: ``gate_threshold`` and ``gate_calibration``).
 
     Args:
         model: The `CagulModel` whose active adapter's gate is fitted (its VLM is frozen).
@@ -400,7 +414,15 @@ def fit_gate(
             model, collator, photos, label, batch_size=settings.batch_size, **kwargs
         )
 
-    train = cache(forget_photos, True, variants=settings.variants, augmentation=augmentation)
+    # A gate that reads the visual tokens alone sees the same features whatever the question.
+    every_question = settings.every_question and gate.reads == LANGUAGE_STATE
+    train = cache(
+        forget_photos,
+        True,
+        variants=settings.variants,
+        augmentation=augmentation,
+        every_question=every_question,
+    )
     train += cache(fitted, False, variants=settings.variants, augmentation=augmentation)
     caches = [train]
     if heldout:
@@ -413,6 +435,7 @@ def fit_gate(
             variants=max(1, settings.variants),
             augmentation=PhotoAugmentation(seed=settings.seed + 1),
             include_photos=False,
+            every_question=every_question,
         )
         caches += [held_negatives, held_forget]
 
