@@ -7,8 +7,9 @@ each. Prints ratios of CagulModel to the bare VLM:
 * ``generate`` of 16 new tokens with the gate closed (target <= 1.03x);
 * the prefill forward with the gate closed (target <= 1.03x);
 * the prefill forward with every image flagged (target <= 1 + (L + 1) / N_layers + 0.10, L the
-  attention layer: the truncated pass runs layers 0..L once more; with ``--gate
-  language_state``, plus (G + 1) / N_layers for the pass aborted at the gate's layer G).
+  attention layer: the truncated pass runs layers 0..L once more; with a gate that reads the
+  language model's state, 1 + (G + 1) / N_layers + 0.10 instead: the pass aborted at the gate's
+  layer G also keeps the attention the selection needs, and no truncated pass runs).
 
 Timings interleave the bare and adapted runs and report medians, so machine noise hits both.
 
@@ -44,8 +45,12 @@ def main() -> None:
     config = model.active_config
     layer = config.resolved_attention_layer
     depth = config.num_hidden_layers or 1
-    # A gate that reads the language model's state aborts its pass at the layer it reads.
-    aborted = (config.resolved_gate_layer + 1) / depth if args.gate == LANGUAGE_STATE else 0.0
+    # A gate that reads the language model's state aborts its pass at the layer it reads, and
+    # that pass gives the scores; the paper's gate runs a truncated pass for them.
+    if GATES[args.gate].reads == LANGUAGE_STATE:
+        side = (config.resolved_gate_layer + 1) / depth
+    else:
+        side = (layer + 1) / depth
     generation = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
     generation |= {"do_sample": False}
 
@@ -78,7 +83,7 @@ def main() -> None:
     open_ratio = interleaved_ratio(
         "prefill, every image flagged", bare_forward, open_forward, args.repeats
     )
-    open_target = 1 + aborted + (layer + 1) / depth + 0.10
+    open_target = 1 + side + 0.10
     print()
     for label, ratio, target in (
         ("gate closed, generate", closed_generate, 1.03),

@@ -55,8 +55,9 @@ def test_the_reused_pass_gives_the_same_outputs_with_no_side_pass(family, gate) 
     assert frozen.recorded and len(frozen.scores) == 1
     reads_state = GATES[gate].reads == LANGUAGE_STATE
     assert (frozen.language_state is not None) == reads_state
-    # Without the record: the truncated attention pass, and the pass aborted at the gate's layer.
-    assert side_passes == (2 if reads_state else 1)
+    # Without the record, one side pass: the truncated attention pass (the paper's gate), or the
+    # pass aborted at the gate's layer, which also kept the attention (a state gate).
+    assert side_passes == 1
     assert torch.equal(reused.logits, own.logits)
     assert torch.equal(reused.gate_logits, own.gate_logits)
     assert not torch.equal(reused.logits, bare)

@@ -140,3 +140,29 @@ def test_the_combined_gate_reads_the_tokens_and_the_state() -> None:
     assert not torch.allclose(logits, other_tokens)
     with pytest.raises(ValueError, match="language_state"):
         gate(GateInputs(features.tokens, features.image_index, features.num_images))
+
+
+@families
+def test_a_flagged_image_takes_its_scores_from_the_aborted_pass(family) -> None:
+    """No truncated pass: the aborted pass kept the scoring layer's attention, and the scores
+    are the truncated pass's, so the rewrite is the paper's gate's (same encoder, same scores)."""
+    processor, model, encoder = pair(family, token_ratio=0.25)
+    inputs = standard_batch(processor, family)
+    calls = []
+    handle = (
+        model.family.decoder(model.base_model)
+        .layers[0]
+        .register_forward_pre_hook(lambda *_: calls.append(1))
+    )
+    try:
+        with torch.no_grad(), model.force_gate(True), model.trace() as traces:
+            model(**inputs)
+    finally:
+        handle.remove()
+    assert calls == [1, 1]  # the aborted pass and the restart, nothing else
+    paper = get_cagul_model(model.unload(), CagulConfig(token_ratio=0.25))
+    paper.active_adapter_module.encoder.load_state_dict(encoder)
+    with torch.no_grad(), paper.force_gate(True), paper.trace() as expected:
+        paper(**inputs)
+    for got, want in zip(traces, expected, strict=True):
+        assert torch.equal(got.scores, want.scores) and torch.equal(got.selected, want.selected)

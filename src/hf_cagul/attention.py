@@ -36,13 +36,50 @@ class ScoreRequest:
     (summing to 1 over them). ``scores`` receives ``(batch, key_len)``: the attention each key
     token gets, averaged over heads and weighted over the query tokens, the first time the layer
     runs. ``stop``: then raise `TruncatedPassDone` (a truncated pass); False: the attention runs
-    on as it would without the request.
+    on as it would without the request. ``defer``: keep the layer's attention inputs instead,
+    and compute the scores only if `resolve` is called (a pass that may not need them).
     """
 
     layer_idx: int
     query_weights: torch.Tensor
     scores: torch.Tensor | None = None
     stop: bool = True
+    defer: bool = False
+    _inputs: tuple[Any, ...] | None = None
+
+    @property
+    def answered(self) -> bool:
+        """Whether the layer has run for this request (scores computed or inputs kept)."""
+        return self.scores is not None or self._inputs is not None
+
+    def answer(
+        self,
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        kwargs: dict[str, Any],
+    ) -> None:
+        """What the layer does for the request: compute the scores, or keep its inputs."""
+        if self.defer:
+            self._inputs = (module, query, key, attention_mask, kwargs)
+            return
+        with torch.no_grad():
+            self.scores = text_to_visual_scores(
+                module, query, key, attention_mask, self.query_weights, **kwargs
+            )
+
+    def resolve(self) -> torch.Tensor | None:
+        """The scores, computed now from the kept inputs of a deferred request (None: the
+        layer never ran)."""
+        if self.scores is None and self._inputs is not None:
+            module, query, key, attention_mask, kwargs = self._inputs
+            self._inputs = None
+            with torch.no_grad():
+                self.scores = text_to_visual_scores(
+                    module, query, key, attention_mask, self.query_weights, **kwargs
+                )
+        return self.scores
 
 
 class TruncatedPassDone(Exception):
@@ -135,11 +172,8 @@ def _make_scoring_attention(original: str) -> Callable[..., Any]:
         layer_idx = getattr(module, "layer_idx", None)
         stop = False
         for request in _REQUESTS.get():
-            if request.layer_idx == layer_idx and request.scores is None:
-                with torch.no_grad():
-                    request.scores = text_to_visual_scores(
-                        module, query, key, attention_mask, request.query_weights, **kwargs
-                    )
+            if request.layer_idx == layer_idx and not request.answered:
+                request.answer(module, query, key, attention_mask, kwargs)
                 stop |= request.stop
         if stop:
             raise TruncatedPassDone

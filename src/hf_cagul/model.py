@@ -86,6 +86,8 @@ _TRACES: PerModel[list[ImageTrace] | None] = PerModel("cagul_trace", None)
 _GATE_ONLY: PerModel[bool] = PerModel("cagul_gate_only", False)
 _ARMED: PerModel[bool] = PerModel("cagul_armed", False)
 _RECORDING: PerModel[_Recording | None] = PerModel("cagul_recording", None)
+# The score requests a call's in-flight pass answers, open until the call returns.
+_DEFERRED: PerModel[ExitStack | None] = PerModel("cagul_deferred", None)
 
 
 @contextmanager
@@ -392,6 +394,10 @@ class CagulModel(NamedAdapters):
 
     def _after_model(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         _CALL.put(self, None)
+        deferred = _DEFERRED.get(self)
+        if deferred is not None:
+            _DEFERRED.put(self, None)
+            deferred.close()
         recording = _RECORDING.get(self)
         if recording is not None:
             self._close_recording(recording)
@@ -483,20 +489,46 @@ class CagulModel(NamedAdapters):
                 f"The active adapters {self._active_adapters} read the language model's state "
                 f"at different layers {sorted(layers)}: activate adapters with one gate_layer."
             )
-        layer = cast(nn.Module, self._decoder.layers[layers.pop()])
+        gate_layer = layers.pop()
+        layer = cast(nn.Module, self._decoder.layers[gate_layer])
         side = side_pass(kwargs)  # now: the pass below appends to the caller's cache
+        deferred = self._defer_scores(visual, state, gate_layer)
 
         def read(module: nn.Module, inputs: Any, output: Any) -> None:
             handle.remove()
             hidden = output[0] if isinstance(output, tuple) else output
             tokens.read_language_state(hidden, state.query_mask)
-            rewritten = self._decide(visual, state, tokens, args, kwargs, lambda: side)
+            rewritten = self._decide(visual, state, tokens, args, kwargs, lambda: side, deferred)
             if rewritten is not None:
                 raise Restart(rewritten)
 
         handle = layer.register_forward_hook(read)
         _ARMED.put(self, True)
         return None
+
+    def _defer_scores(
+        self, visual: VisualStates, state: _CallState, gate_layer: int
+    ) -> dict[tuple[int, str], ScoreRequest]:
+        """Ask the layers up to ``gate_layer`` of the in-flight pass to keep what the active
+        configs' selection scores need, computed only for a flagged image: then no truncated
+        pass runs (an unflagged image costs nothing). None while recording, which computes
+        its own."""
+        if _RECORDING.get(self) is not None:
+            return {}
+        requests: dict[tuple[int, str], ScoreRequest] = {}
+        for name in self._active_adapters:
+            config = self.cagul_config[name]
+            key = (self._scoring_layer(config), config.query_tokens)
+            if key[0] <= gate_layer and key not in requests:
+                weights = method.query_weights(
+                    state.query_mask.to(visual.states.device), config, visual.query_rows
+                )
+                requests[key] = ScoreRequest(key[0], weights, stop=False, defer=True)
+        if requests:
+            stack = ExitStack()
+            stack.enter_context(request_scores(*requests.values()))
+            _DEFERRED.put(self, stack)
+        return requests
 
     def _armed(self) -> bool:
         """Whether the decoder call starting now reads the state in flight (once per call)."""
@@ -512,9 +544,11 @@ class CagulModel(NamedAdapters):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         side: Callable[[], dict[str, Any]],
+        deferred: Mapping[tuple[int, str], ScoreRequest] | None = None,
     ) -> dict[str, Any] | None:
         """Gate, and rewrite the flagged images: the decoder's new kwargs, or None (``side``:
-        the kwargs of a side pass, `hf_cagul.inflight.side_pass`)."""
+        the kwargs of a side pass, `hf_cagul.inflight.side_pass`; ``deferred``: score requests
+        the in-flight pass answered, by scoring layer and query mode)."""
         names = self._active_adapters
         adapters = [cast(CagulAdapter, self.cagul_adapters[name]) for name in names]
         configs = [self.cagul_config[name] for name in names]
@@ -540,6 +574,9 @@ class CagulModel(NamedAdapters):
             key = (self._scoring_layer(config), config.query_tokens)
             if state.frozen is not None and key in state.frozen.scores:
                 return state.frozen.scores[key].to(visual.states.device)
+            found = deferred[key].resolve() if deferred and key in deferred else None
+            if found is not None:
+                return found[:, -visual.states.shape[1] :]
             if key not in scores:
                 scores[key] = self._attention_scores(visual, state, config, args, side())
             return scores[key]
