@@ -14,12 +14,14 @@ from vlm_inputs import tiny_dataset
 from hf_cagul import CagulConfig, CagulModel, CagulTrainer, CagulTrainingConfig, get_cagul_model
 from hf_cagul.cli import main
 from hf_cagul.config import CONFIG_NAME
-from hf_cagul.data import CagulDataCollator
+from hf_cagul.data import CagulDataCollator, PhotoAugmentation
 from hf_cagul.data.synthetic import make_people, portrait
 from hf_cagul.evaluation.metrics import roc_auc
 from hf_cagul.gates import Gate, GateInputs, register_gate
 from hf_cagul.tiny import tiny_vlm
 from hf_cagul.trainer.gate_fit import (
+    GateFeatureCache,
+    Photo,
     calibrate_threshold,
     unique_photos,
 )
@@ -291,24 +293,39 @@ def test_a_photo_keeps_every_question_and_its_variants_ask_them_in_turn() -> Non
     ]
 
 
-def test_a_state_gate_is_cached_with_the_variants_own_questions() -> None:
-    from hf_cagul.data import PhotoAugmentation
-    from hf_cagul.trainer.gate_fit import GateFeatureCache
-
+def one_forget_photo() -> tuple[CagulModel, CagulDataCollator, Photo]:
+    """A language-state gate on a tiny LLaVA, its collator, and one forget photo with two
+    questions."""
     vlm, processor = tiny_vlm("llava", num_hidden_layers=2)
     model = get_cagul_model(vlm, CagulConfig(gate="language_state"))
     dataset = people_dataset(forget_photos=1, retain_people=1, photos=1)
     (photo, _) = unique_photos(dataset["image"], dataset["question"])
-    collator = CagulDataCollator(processor)
-    cache = GateFeatureCache.compute(
+    return model, CagulDataCollator(processor), photo
+
+
+def cached(
+    model: CagulModel,
+    collator: CagulDataCollator,
+    photo: Photo,
+    variants: int,
+    every_question: bool = False,
+) -> GateFeatureCache:
+    """The forget ``photo`` cached with ``variants`` variants (augmentation seeded 0)."""
+    return GateFeatureCache.compute(
         model,
         collator,
         [photo],
         True,
-        variants=1,
+        variants=variants,
         augmentation=PhotoAugmentation(seed=0),
-        batch_size=4,
+        batch_size=8,
+        every_question=every_question,
     )
+
+
+def test_a_state_gate_is_cached_with_the_variants_own_questions() -> None:
+    model, collator, photo = one_forget_photo()
+    cache = cached(model, collator, photo, variants=1)
     expected = []
     for image, question in (
         (photo.image, QUESTION),
@@ -323,28 +340,10 @@ def test_a_state_gate_is_cached_with_the_variants_own_questions() -> None:
 
 
 def test_every_question_caches_each_forget_image_with_each_question() -> None:
-    from hf_cagul.data import PhotoAugmentation
-    from hf_cagul.trainer.gate_fit import GateFeatureCache
+    model, collator, photo = one_forget_photo()
 
-    vlm, processor = tiny_vlm("llava", num_hidden_layers=2)
-    model = get_cagul_model(vlm, CagulConfig(gate="language_state"))
-    dataset = people_dataset(forget_photos=1, retain_people=1, photos=1)
-    (photo, _) = unique_photos(dataset["image"], dataset["question"])
-    collator = CagulDataCollator(processor)
-
-    def cache(every_question: bool) -> GateFeatureCache:
-        return GateFeatureCache.compute(
-            model,
-            collator,
-            [photo],
-            True,
-            variants=2,
-            augmentation=PhotoAugmentation(seed=0),
-            batch_size=8,
-            every_question=every_question,
-        )
-
-    one, every = cache(False), cache(True)
+    one = cached(model, collator, photo, variants=2)
+    every = cached(model, collator, photo, variants=2, every_question=True)
     assert (len(one), len(every)) == (3, 6)  # the photo and 2 variants, by 1 or 2 questions
     stream = PhotoAugmentation(seed=0)
     images = [photo.image, stream(photo.image), stream(photo.image)]  # the same variant draws
