@@ -62,8 +62,9 @@ class CagulTrainingConfig(ForgetRetainTrainingConfig):
             inputs reuses them instead of running its side passes (the pass aborted at the
             gate's layer, the truncated attention pass): the same losses, fewer passes. The
             reference is then the adapted model with its gates held closed, bit-identical to
-            the bare VLM; False: `ForgetRetainTrainer.reference_logits` (for an overridden
-            reference), and the adapted pass runs its own side passes.
+            the bare VLM. False, or a subclass that overrides
+            `ForgetRetainTrainer.reference_logits`: that method gives the reference, and the
+            adapted pass runs its own side passes.
     """
 
     forget_weight: float = field(

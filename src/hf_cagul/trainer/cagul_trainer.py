@@ -393,13 +393,14 @@ class CagulTrainer(ForgetRetainTrainer):
         pass on the same inputs reuses of that pass (`CagulModel.record_frozen_pass`).
 
         Shared, the reference is the adapted model with every gate held closed, bit-identical to
-        the bare VLM, in a pass that also keeps the selection scores and the gate's input; not
-        shared, it is `reference_logits` (which a subclass may override) and the adapted pass
-        runs its own side passes.
+        the bare VLM, in a pass that also keeps the selection scores and the gate's input. Not
+        shared, or when a subclass overrides `reference_logits` (its reference is always the
+        one used), it is `reference_logits` and the adapted pass runs its own side passes.
         """
         args = self.args
         assert isinstance(args, CagulTrainingConfig)
-        if not args.share_frozen_pass:
+        overridden = type(self).reference_logits is not ForgetRetainTrainer.reference_logits
+        if not args.share_frozen_pass or overridden:
             return self.reference_logits(model, inputs), None
         cagul = self.accelerator.unwrap_model(model)
         with torch.no_grad(), cagul.record_frozen_pass() as frozen:
