@@ -60,14 +60,11 @@ class ScoreRequest:
         attention_mask: torch.Tensor | None,
         kwargs: dict[str, Any],
     ) -> None:
-        """What the layer does for the request: compute the scores, or keep its inputs."""
-        if self.defer:
-            self._inputs = (module, query, key, attention_mask, kwargs)
-            return
-        with torch.no_grad():
-            self.scores = text_to_visual_scores(
-                module, query, key, attention_mask, self.query_weights, **kwargs
-            )
+        """What the layer does for the request: keep its inputs, and compute the scores now
+        unless the request defers them."""
+        self._inputs = (module, query, key, attention_mask, kwargs)
+        if not self.defer:
+            self.resolve()
 
     def resolve(self) -> torch.Tensor | None:
         """The scores, computed now from the kept inputs of a deferred request (None: the

@@ -407,18 +407,7 @@ class CagulModel(NamedAdapters):
     ) -> None:
         """Ask the attention layers of the call starting now for every active config's
         selection scores, without stopping the pass (`record_frozen_pass`)."""
-        requests: dict[tuple[int, str], ScoreRequest] = {}
-        for name in self._active_adapters:
-            config = self.cagul_config[name]
-            key = (self._scoring_layer(config), config.query_tokens)
-            if key not in requests:
-                weights = method.query_weights(
-                    state.query_mask.to(visual.states.device), config, visual.query_rows
-                )
-                requests[key] = ScoreRequest(key[0], weights, stop=False)
-        recording.stack = ExitStack()
-        recording.stack.enter_context(request_scores(*requests.values()))
-        recording.requests = requests
+        recording.requests, recording.stack = self._open_score_requests(visual, state)
         recording.query_mask = state.query_mask
         recording.num_keys = visual.states.shape[1]
 
@@ -481,8 +470,7 @@ class CagulModel(NamedAdapters):
         }
         if state.frozen is not None:
             tokens.language_state = _frozen_state(state.frozen, visual, state, needed=bool(layers))
-            return self._decide(visual, state, tokens, args, kwargs, lambda: side_pass(kwargs))
-        if not layers:
+        if state.frozen is not None or not layers:
             return self._decide(visual, state, tokens, args, kwargs, lambda: side_pass(kwargs))
         if len(layers) > 1:
             raise ValueError(
@@ -515,20 +503,32 @@ class CagulModel(NamedAdapters):
         its own."""
         if _RECORDING.get(self) is not None:
             return {}
+        requests, stack = self._open_score_requests(visual, state, defer=True, up_to=gate_layer)
+        _DEFERRED.put(self, stack)
+        return requests
+
+    def _open_score_requests(
+        self,
+        visual: VisualStates,
+        state: _CallState,
+        defer: bool = False,
+        up_to: int | None = None,
+    ) -> tuple[dict[tuple[int, str], ScoreRequest], ExitStack]:
+        """Non-stopping score requests, one per ``(scoring layer, query_tokens)`` of the active
+        configs (only layers up to ``up_to`` when given), open until the returned stack closes.
+        """
         requests: dict[tuple[int, str], ScoreRequest] = {}
         for name in self._active_adapters:
             config = self.cagul_config[name]
             key = (self._scoring_layer(config), config.query_tokens)
-            if key[0] <= gate_layer and key not in requests:
+            if key not in requests and (up_to is None or key[0] <= up_to):
                 weights = method.query_weights(
                     state.query_mask.to(visual.states.device), config, visual.query_rows
                 )
-                requests[key] = ScoreRequest(key[0], weights, stop=False, defer=True)
-        if requests:
-            stack = ExitStack()
-            stack.enter_context(request_scores(*requests.values()))
-            _DEFERRED.put(self, stack)
-        return requests
+                requests[key] = ScoreRequest(key[0], weights, stop=False, defer=defer)
+        stack = ExitStack()
+        stack.enter_context(request_scores(*requests.values()))
+        return requests, stack
 
     def _armed(self) -> bool:
         """Whether the decoder call starting now reads the state in flight (once per call)."""
