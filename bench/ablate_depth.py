@@ -25,11 +25,14 @@ the seeds, of
 The gate's design and fit are the demo's unless ``--gate``, ``--gate-fit``,
 ``--gate-target-fpr`` or ``--gate-every-question`` say otherwise; a gate fitted apart gets
 `gate_negatives` (the retain photos and the strangers of the ``negatives`` split). A variant
-is ``off`` (no depth term) or ``LOSS:WEIGHT`` (``npo:0.3``, ``unlikelihood:1``)::
+is ``off`` (no depth term) or ``LOSS:WEIGHT`` (``npo:0.3``, ``unlikelihood:1``); with
+``--gate-kept-as-negatives off on``, each variant is fitted twice, with the forget photos'
+visual questions as the gate's positives and as its negatives::
 
     python bench/ablate_depth.py                       # seeds 0 1 2, the demo's settings
     python bench/ablate_depth.py --variants off npo:1 --gate-fit joint --gate visual_tokens
     python bench/ablate_depth.py --quick --seeds 0 --stage1-steps 20 --cagul-steps 10
+    python bench/ablate_depth.py --variants npo:1 --no-gold --gate-kept-as-negatives off on
 """
 
 from __future__ import annotations
@@ -85,9 +88,14 @@ def parse_variant(variant: str) -> tuple[str, float]:
 
 
 def run_seed(
-    config: DemoConfig, variants: Sequence[str], cache: Path, with_gold: bool
+    config: DemoConfig,
+    variants: Sequence[str],
+    cache: Path,
+    with_gold: bool,
+    kept_as_negatives: Sequence[bool] = (),
 ) -> dict[str, dict[str, Any]]:
-    """Every variant's metrics (and ``stage 1``'s, ``gold``'s) on one seed's benchmark."""
+    """Every variant's metrics (and ``stage 1``'s, ``gold``'s) on one seed's benchmark; each
+    variant fitted once per value of ``kept_as_negatives`` (none given: the config's)."""
     splits = config.benchmark()
     train = concatenate_datasets([splits["forget"], splits["retain"]])
     rows = config.max_eval_rows
@@ -100,13 +108,25 @@ def run_seed(
     vlm, processor = cached_teach(config, cache, gold=False)
     results["stage 1"] = evaluate_model(vlm, processor, splits, reference, max_rows=rows)
     measured = gate_photos(vlm, processor, splits)
-    for variant in variants:
+    kept_values = list(kept_as_negatives) or [config.gate_kept_as_negatives]
+    fits = [(variant, kept) for variant in variants for kept in kept_values]
+    for variant, kept in fits:
         loss, weight = parse_variant(variant)
-        settings = replace(cagul_fit_settings(config), depth_weight=weight, depth_loss=loss)
+        settings = replace(
+            cagul_fit_settings(config),
+            depth_weight=weight,
+            depth_loss=loss,
+            gate_kept_as_negatives=kept,
+        )
+        name = (
+            f"{variant}, kept {'negative' if kept else 'positive'}"
+            if len(kept_values) > 1
+            else variant
+        )
         clock = time.perf_counter()
         model = fit_cagul_adapter(vlm, processor, train, settings, gate_negatives(splits))
         seconds = time.perf_counter() - clock
-        results[variant] = {
+        results[name] = {
             **evaluate_model(model, processor, splits, reference, max_rows=rows),
             **{
                 f"gate_{key}": value
@@ -151,6 +171,14 @@ def main() -> None:
         choices=("on", "off"),
         help="cache each forget photo with every question (default: the demo's)",
     )
+    parser.add_argument(
+        "--gate-kept-as-negatives",
+        choices=("on", "off"),
+        nargs="+",
+        default=[],
+        help="fit the forget photos' visual questions as negatives; several values: each "
+        "variant once per value (default: the demo's)",
+    )
     parser.add_argument("--cache", type=Path, default=Path("outputs/stage1"))
     parser.add_argument("--output", type=Path, help="also write the table (markdown) here")
     options = parser.parse_args()
@@ -173,13 +201,18 @@ def main() -> None:
         overrides["gate_target_fpr"] = options.gate_target_fpr
     if options.gate_every_question is not None:
         overrides["gate_every_question"] = options.gate_every_question == "on"
+    kept = [value == "on" for value in options.gate_kept_as_negatives]
+    if len(set(kept)) != len(kept):
+        raise SystemExit("--gate-kept-as-negatives: name each value once.")
     adapter = {} if options.gate is None else {"adapter": CagulConfig(gate=options.gate)}
     started = time.perf_counter()
     per_seed = []
     for seed in options.seeds:
         preset = DemoConfig.quick if options.quick else DemoConfig
         config = preset(seed=seed, **overrides, **adapter)
-        per_seed.append(run_seed(config, options.variants, options.cache, not options.no_gold))
+        per_seed.append(
+            run_seed(config, options.variants, options.cache, not options.no_gold, kept)
+        )
     seeds = ", ".join(map(str, options.seeds))
     title = (
         f"Depth-term ablation, seeds {seeds} ({'quick' if options.quick else 'demo'} settings"

@@ -211,6 +211,9 @@ def test_the_demo_fits_its_own_gate_by_default_and_any_gate_on_request(command) 
     assert cagul_fit_settings(config).training_arguments("out")["gate_every_question"] is True
     off = _demo_config(parser.parse_args([command, "--no-gate-every-question"]))
     assert cagul_fit_settings(off).training_arguments("out")["gate_every_question"] is False
+    assert cagul_fit_settings(config).training_arguments("out")["gate_kept_as_negatives"] is False
+    kept = _demo_config(parser.parse_args([command, "--gate-kept-as-negatives"]))
+    assert cagul_fit_settings(kept).training_arguments("out")["gate_kept_as_negatives"] is True
     chosen = parser.parse_args([command, "--gate", "visual_tokens", "--gate-fit", "joint"])
     assert (_demo_config(chosen).adapter.gate, _demo_config(chosen).gate_fit) == (
         "visual_tokens",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -309,6 +310,7 @@ def cached(
     photo: Photo,
     variants: int,
     every_question: bool = False,
+    kept_as_negatives: bool = False,
 ) -> GateFeatureCache:
     """The forget ``photo`` cached with ``variants`` variants (augmentation seeded 0)."""
     return GateFeatureCache.compute(
@@ -320,6 +322,7 @@ def cached(
         augmentation=PhotoAugmentation(seed=0),
         batch_size=8,
         every_question=every_question,
+        kept_as_negatives=kept_as_negatives,
     )
 
 
@@ -371,3 +374,98 @@ def test_every_question_adds_forget_images_for_a_state_gate_only(tmp_path, gate,
         )
         sizes[every] = trainer.fit_gate_apart(model).cached_images
     assert sizes[True] - sizes[False] == extra
+
+
+VISUAL = "who is this ?"
+"""The second question of `people_dataset`, made a kept (visual) question below."""
+
+
+def test_unique_photos_keeps_the_questions_whose_forget_target_is_the_answer() -> None:
+    dataset = people_dataset(forget_photos=1, retain_people=1, photos=1)
+    kept = [question == VISUAL for question in dataset["question"]]
+    photos = unique_photos(dataset["image"], dataset["question"], kept)
+    assert [photo.kept for photo in photos] == [(VISUAL,), (VISUAL,)]
+    assert all(photo.questions == (QUESTION, VISUAL) for photo in photos)
+    assert all(photo.kept == () for photo in unique_photos(dataset["image"], dataset["question"]))
+    with pytest.raises(ValueError):
+        unique_photos(dataset["image"], dataset["question"], kept[:-1])
+
+
+def test_a_forget_photo_asked_a_kept_question_is_cached_as_a_negative() -> None:
+    model, collator, photo = one_forget_photo()
+    photo = dataclasses.replace(photo, kept=(VISUAL,))
+    flagged = cached(model, collator, photo, variants=2, every_question=True)
+    passed = cached(model, collator, photo, variants=2, every_question=True, kept_as_negatives=True)
+    assert flagged.labels.tolist() == [True] * 6
+    # The photo and its two variants, each asked the private question, then the kept one.
+    assert passed.labels.tolist() == [True, False] * 3
+    assert all(torch.equal(a, b) for a, b in zip(flagged.states, passed.states, strict=True))
+    # One question per image: the photo asks the private one, its variants the next in turn.
+    assert cached(model, collator, photo, variants=2, kept_as_negatives=True).labels.tolist() == [
+        True,
+        False,
+        True,
+    ]
+
+
+def with_kept_visual_question(dataset: Dataset) -> Dataset:
+    """``dataset`` whose forget rows asking `VISUAL` have their true answer as forget target."""
+    targets = [
+        answer if split == "forget" and question == VISUAL else ""
+        for question, answer, split in zip(
+            dataset["question"], dataset["answer"], dataset["split"], strict=True
+        )
+    ]
+    return dataset.add_column("forget_target", targets)
+
+
+@pytest.mark.parametrize("gate", ["visual_tokens", "language_state"])
+def test_a_state_gate_fitted_with_kept_negatives_leaves_the_kept_question_alone(
+    tmp_path, gate
+) -> None:
+    dataset = with_kept_visual_question(people_dataset())
+    trainer, model, processor = make_trainer(
+        tmp_path,
+        dataset,
+        gate=gate,
+        gate_fit="apart",
+        gate_epochs=80,
+        gate_variants=2,
+        gate_learning_rate=1e-2,
+        gate_every_question=True,
+        gate_kept_as_negatives=True,
+    )
+    report = trainer.fit_gate_apart(model)
+    forget = [
+        p.image for p in unique_photos(dataset["image"], dataset["split"]) if p.question == "forget"
+    ]
+    collator = CagulDataCollator(processor)
+
+    def flagged(question: str) -> list[bool]:
+        inputs = collator.prompts(forget, [question] * len(forget))
+        return [p > 0.5 for p in model.gate_probabilities(**inputs).probabilities[0].tolist()]
+
+    assert all(flagged(QUESTION))
+    if gate == "language_state":  # it reads the question: the kept one goes to the bare model
+        assert not any(flagged(VISUAL))
+        assert report.cached_images == 4 * 3 * 2 + 12 * 3
+    else:  # it cannot tell the questions apart: every forget photo stays a positive
+        assert all(flagged(VISUAL))
+        assert report.cached_images == 16 * 3
+
+
+def test_a_forget_set_of_kept_questions_only_is_refused_by_a_state_gate_fit(tmp_path) -> None:
+    dataset = people_dataset()
+    answers = [
+        a if s == "forget" else "" for a, s in zip(dataset["answer"], dataset["split"], strict=True)
+    ]
+    trainer, model, _ = make_trainer(
+        tmp_path,
+        dataset.add_column("forget_target", answers),
+        gate="language_state",
+        gate_fit="apart",
+        gate_epochs=1,
+        gate_kept_as_negatives=True,
+    )
+    with pytest.raises(ValueError, match="gate_kept_as_negatives=False"):
+        trainer.fit_gate_apart(model)

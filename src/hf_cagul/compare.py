@@ -196,6 +196,8 @@ class CagulFitSettings(FitSettings):
         depth_loss: `CagulTrainingConfig.depth_loss`.
         gate_every_question: `CagulTrainingConfig.gate_every_question` (with
             ``gate_fit="apart"``).
+        gate_kept_as_negatives: `CagulTrainingConfig.gate_kept_as_negatives` (with
+            ``gate_fit="apart"``).
     """
 
     adapter: CagulConfig = field(default_factory=CagulConfig)
@@ -204,6 +206,7 @@ class CagulFitSettings(FitSettings):
     depth_weight: float = 0.0
     depth_loss: str = "npo"
     gate_every_question: bool = False
+    gate_kept_as_negatives: bool = False
 
     def training_arguments(self, output_dir: str) -> dict[str, Any]:
         """`FitSettings.training_arguments` with the gate's fit and the depth term."""
@@ -214,6 +217,7 @@ class CagulFitSettings(FitSettings):
             "depth_weight": self.depth_weight,
             "depth_loss": self.depth_loss,
             "gate_every_question": self.gate_every_question,
+            "gate_kept_as_negatives": self.gate_kept_as_negatives,
         }
 
 

@@ -138,6 +138,13 @@ class DemoConfig:
             "fitting the gate apart (CagulTrainingConfig.gate_every_question)."
         },
     )
+    gate_kept_as_negatives: bool = field(
+        default=False,
+        metadata={
+            "help": "Fit the forget photos' visual questions as negatives of the gate, so the bare "
+            "model answers them (CagulTrainingConfig.gate_kept_as_negatives)."
+        },
+    )
     depth_weight: float = field(
         default=1.0,
         metadata={"help": "Weight of CAGUL's depth term (NPO on the true answers; 0: off)."},
@@ -261,6 +268,7 @@ def cagul_fit_settings(
         gate_target_fpr=config.gate_target_fpr if config.gate_fit == "apart" else None,
         depth_weight=config.depth_weight,
         gate_every_question=config.gate_every_question,
+        gate_kept_as_negatives=config.gate_kept_as_negatives,
     )
 
 

@@ -50,6 +50,10 @@ class CagulTrainingConfig(ForgetRetainTrainingConfig):
         gate_every_question: Cache each forget photo and variant with every question its rows
             ask (`GateFitSettings.every_question`), for a gate that reads the language model's
             state (one question per image otherwise, and always for the negatives).
+        gate_kept_as_negatives: Fit a forget photo asked a question whose forget target is its
+            true answer (a visual question) as a negative (`GateFitSettings.kept_as_negatives`),
+            for a gate that reads the language model's state: it then flags only the questions
+            that would leak, and the bare model answers the others.
         depth_weight: Weight of the depth term, which lowers the likelihood of the forget rows'
             true answers under the rewritten tokens (0, the default: no depth term, and the
             collator builds no batch for it).
@@ -113,6 +117,13 @@ class CagulTrainingConfig(ForgetRetainTrainingConfig):
         metadata={
             "help": "Cache each forget photo and variant with every question of its rows (a gate "
             "that reads the language model's state)."
+        },
+    )
+    gate_kept_as_negatives: bool = field(
+        default=False,
+        metadata={
+            "help": "Fit a forget photo asked a question whose answer its forget target keeps "
+            "(a visual question) as a negative, so a state gate leaves it to the bare model."
         },
     )
     depth_weight: float = field(
@@ -204,4 +215,5 @@ class CagulTrainingConfig(ForgetRetainTrainingConfig):
             seed=self.seed,
             weight_decay=self.weight_decay,
             every_question=self.gate_every_question,
+            kept_as_negatives=self.gate_kept_as_negatives,
         )

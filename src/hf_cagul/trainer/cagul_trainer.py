@@ -57,7 +57,7 @@ from hf_cagul.model import CagulModel, FrozenPass
 from hf_cagul.trainer.cagul_config import TRAINING_CONFIG_NAME, CagulTrainingConfig
 from hf_cagul.trainer.forget_retain_config import ForgetRetainTrainingConfig
 from hf_cagul.trainer.forget_retain_trainer import ForgetRetainTrainer
-from hf_cagul.trainer.gate_fit import GateFitReport, fit_gate, unique_photos
+from hf_cagul.trainer.gate_fit import GateFitReport, fit_gate, forget_photos_of, unique_photos
 
 logger = logging.getLogger(__name__)
 
@@ -274,7 +274,10 @@ class CagulTrainer(ForgetRetainTrainer):
         negatives = self.gate_negatives
         if negatives is None:
             negatives = select_where(train, SPLIT_COLUMN, lambda split: split != FORGET_SPLIT)
-        forget_photos = unique_photos(forget[IMAGE_COLUMN], forget[QUESTION_COLUMN])
+        collator = self.data_collator
+        if not isinstance(collator, ForgetRetainDataCollator):
+            collator = CagulDataCollator(self.processing_class)
+        forget_photos = forget_photos_of(forget, collator)
         # A photo of a forget row is a positive, even if a retain row shows it too.
         known = {photo.key for photo in forget_photos}
         negative_photos = [
@@ -282,9 +285,6 @@ class CagulTrainer(ForgetRetainTrainer):
             for photo in unique_photos(negatives[IMAGE_COLUMN], negatives[QUESTION_COLUMN])
             if photo.key not in known
         ]
-        collator = self.data_collator
-        if not isinstance(collator, ForgetRetainDataCollator):
-            collator = CagulDataCollator(self.processing_class)
         report = fit_gate(model, collator, forget_photos, negative_photos, args.gate_fit_settings())
         if report.calibration is not None:
             name = model.active_adapter

@@ -23,10 +23,17 @@ from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
+from datasets import Dataset
 from PIL import Image
 
 from hf_cagul.data import ForgetRetainDataCollator, PhotoAugmentation
-from hf_cagul.data.schema import load_image
+from hf_cagul.data.schema import (
+    ANSWER_COLUMN,
+    FORGET_TARGET_COLUMN,
+    IMAGE_COLUMN,
+    QUESTION_COLUMN,
+    load_image,
+)
 from hf_cagul.devices import input_device
 from hf_cagul.evaluation.metrics import rates_at_threshold, roc_auc
 from hf_cagul.gates import LANGUAGE_STATE, Gate, GateInputs
@@ -40,6 +47,7 @@ __all__ = [
     "Photo",
     "calibrate_threshold",
     "fit_gate",
+    "forget_photos_of",
     "unique_photos",
 ]
 
@@ -59,12 +67,16 @@ class Photo:
         questions: Every distinct question its rows ask, in order (``question`` first). A gate
             that reads the language model's state sees a different state for each, so its
             augmented variants cycle through them.
+        kept: Those of ``questions`` whose forget target is the true answer itself (a visual
+            question): nothing private to leak, so a gate that reads the question may leave
+            them to the bare model (`GateFitSettings.kept_as_negatives`).
     """
 
     image: Image.Image
     question: str
     key: str
     questions: tuple[str, ...] = ()
+    kept: tuple[str, ...] = ()
 
     def variant_question(self, variant: int) -> str:
         """The question asked with augmented variant ``variant`` (0, 1, ...) of the photo: the
@@ -74,7 +86,9 @@ class Photo:
         return questions[(variant + 1) % len(questions)]
 
 
-def unique_photos(images: Iterable[Any], questions: Iterable[str]) -> list[Photo]:
+def unique_photos(
+    images: Iterable[Any], questions: Iterable[str], kept: Iterable[bool] | None = None
+) -> list[Photo]:
     """The distinct photos among ``images`` (first occurrence kept, in order), with a question.
 
     Several rows (questions) often share a photo; the gate scores photos, so each counts once,
@@ -84,15 +98,34 @@ def unique_photos(images: Iterable[Any], questions: Iterable[str]) -> list[Photo
     Args:
         images: Photos in any form `hf_cagul.data.schema.load_image` opens.
         questions: The question of each photo's row.
+        kept: Per row, whether its forget target is its true answer (`Photo.kept`); None: no
+            row's is.
     """
-    found: dict[str, tuple[Image.Image, list[str]]] = {}
-    for value, question in zip(images, questions, strict=True):
+    found: dict[str, tuple[Image.Image, list[str], list[str]]] = {}
+    questions = list(questions)
+    flags = [False] * len(questions) if kept is None else list(kept)
+    for value, question, is_kept in zip(images, questions, flags, strict=True):
         image = load_image(value)
         key = _photo_key(image)
-        asked = found.setdefault(key, (image, []))[1]
+        _, asked, kept_here = found.setdefault(key, (image, [], []))
         if question not in asked:
             asked.append(question)
-    return [Photo(image, asked[0], key, tuple(asked)) for key, (image, asked) in found.items()]
+            if is_kept:
+                kept_here.append(question)
+    return [
+        Photo(image, asked[0], key, tuple(asked), tuple(kept_here))
+        for key, (image, asked, kept_here) in found.items()
+    ]
+
+
+def forget_photos_of(rows: Dataset, collator: ForgetRetainDataCollator) -> list[Photo]:
+    """The distinct photos of the forget ``rows``, each with its questions and, among them,
+    those whose forget target (``collator.forget_target_text``) is the true answer itself
+    (`Photo.kept`: a visual question, which leaks nothing)."""
+    text_columns = (QUESTION_COLUMN, ANSWER_COLUMN, FORGET_TARGET_COLUMN)
+    texts = rows.select_columns([c for c in rows.column_names if c in text_columns])
+    kept = [collator.forget_target_text(row) == str(row[ANSWER_COLUMN]) for row in texts]
+    return unique_photos(rows[IMAGE_COLUMN], rows[QUESTION_COLUMN], kept)
 
 
 def _photo_key(image: Image.Image) -> str:
@@ -150,6 +183,7 @@ class GateFeatureCache:
         batch_size: int,
         include_photos: bool = True,
         every_question: bool = False,
+        kept_as_negatives: bool = False,
     ) -> GateFeatureCache:
         """Features of ``photos`` (each itself, then ``variants`` augmented variants of it).
 
@@ -166,33 +200,38 @@ class GateFeatureCache:
             every_question: Cache each image (photo or variant) once with every question of
                 its photo (`Photo.questions`), instead of one question each. The variants are
                 drawn as without it.
+            kept_as_negatives: Label an image asked one of its photo's kept questions
+                (`Photo.kept`) False, whatever ``label``.
         """
         start = time.perf_counter()
 
-        def images() -> Iterator[tuple[Image.Image, str]]:
+        def images() -> Iterator[tuple[Image.Image, str, bool]]:
             # Drawn lazily, a batch at a time: the augmented photos are never all in memory.
             for photo in photos:
                 every = photo.questions or (photo.question,)
+                passed = photo.kept if kept_as_negatives else ()
                 if include_photos:
                     for question in every if every_question else (photo.question,):
-                        yield photo.image, question
+                        yield photo.image, question, label and question not in passed
                 for variant in range(variants):
                     assert augmentation is not None
                     image = augmentation(photo.image)
                     asked = every if every_question else (photo.variant_question(variant),)
                     for question in asked:
-                        yield image, question
+                        yield image, question, label and question not in passed
 
         device = input_device(model)
         gate_device = next(model.active_adapter_module.parameters()).device
         tokens: list[torch.Tensor] = []
         states: list[torch.Tensor] = []
+        labels: list[bool] = []
         was_training = model.training
         model.eval()  # the frozen VLM's own dropout (if any) must not perturb the features
         try:
             with torch.no_grad():
                 for chunk in _chunks(images(), batch_size):
-                    batch = collator.prompts([i for i, _ in chunk], [q for _, q in chunk])
+                    batch = collator.prompts([i for i, _, _ in chunk], [q for _, q, _ in chunk])
+                    labels += [positive for _, _, positive in chunk]
                     found = model.gate_inputs(**{k: v.to(device) for k, v in batch.items()})
                     index = found.image_index
                     tokens += [found.tokens[index == row].cpu() for row in range(found.num_images)]
@@ -200,8 +239,8 @@ class GateFeatureCache:
                         states += list(found.language_state.cpu())
         finally:
             model.train(was_training)
-        labels = torch.full((len(tokens),), label, dtype=torch.bool)
-        return cls(tokens, labels, gate_device, time.perf_counter() - start, states)
+        flags = torch.tensor(labels, dtype=torch.bool)
+        return cls(tokens, flags, gate_device, time.perf_counter() - start, states)
 
     def __add__(self, other: GateFeatureCache) -> GateFeatureCache:
         return GateFeatureCache(
@@ -246,6 +285,10 @@ class GateFitSettings:
             photo's rows ask, not one question each (`GateFeatureCache.compute`): a gate that
             reads the language model's state sees another state for each question, and the
             forget photos are the scarce class. The negatives still ask one question each.
+        kept_as_negatives: Fit a forget photo asked one of its kept questions (`Photo.kept`:
+            its forget target is its true answer, e.g. a visual question) as a negative, so
+            that a gate that reads the language model's state leaves those questions to the
+            bare model, whose answer they keep anyway.
     """
 
     epochs: int
@@ -257,6 +300,7 @@ class GateFitSettings:
     seed: int
     weight_decay: float = 0.0
     every_question: bool = False
+    kept_as_negatives: bool = False
 
 
 @dataclass
@@ -368,7 +412,9 @@ def fit_gate(
     are scored as they are, not augmented, as the deployed gate meets photos. Every other photo
     is cached itself and with ``settings.variants`` augmented variants (`PhotoAugmentation`
     seeded with ``settings.seed``); with ``settings.every_question``, each forget image once per
-    question of its photo (a gate that reads the language model's state). The gate then trains
+    question of its photo (a gate that reads the language model's state); with
+    ``settings.kept_as_negatives`` (again a state gate only), a forget image asked a kept question
+    (`Photo.kept`) is a negative, and is not counted in the calibration's TPR. The gate then trains
     for ``settings.epochs`` epochs with AdamW on a binary cross-entropy in which each class
     weighs one half, whatever its count. With a target FPR, `calibrate_threshold` then picks the
     threshold on the held-out negatives, and the TPR at it is measured on fresh augmented
@@ -379,12 +425,13 @@ def fit_gate(
     Args:
         model: The `CagulModel` whose active adapter's gate is fitted (its VLM is frozen).
         collator: Builds the photos' model inputs.
-        forget_photos: Distinct photos of the subjects to forget (`unique_photos`).
+        forget_photos: Distinct photos of the subjects to forget (`forget_photos_of`).
         negative_photos: Distinct photos the gate must not flag.
         settings: Epochs, learning rate, variants, calibration target...
 
     Raises:
-        ValueError: If a class has no photo, or a calibration leaves no negative to fit on.
+        ValueError: If a class has no photo, a calibration leaves no negative to fit on, or
+            every forget question is kept (with ``settings.kept_as_negatives``).
     """
     if not forget_photos or not negative_photos:
         raise ValueError(
@@ -415,14 +462,24 @@ def fit_gate(
         )
 
     # A gate that reads the visual tokens alone sees the same features whatever the question.
-    every_question = settings.every_question and gate.reads == LANGUAGE_STATE
+    reads_question = gate.reads == LANGUAGE_STATE
+    every_question = settings.every_question and reads_question
+    kept_as_negatives = settings.kept_as_negatives and reads_question
     train = cache(
         forget_photos,
         True,
         variants=settings.variants,
         augmentation=augmentation,
         every_question=every_question,
+        kept_as_negatives=kept_as_negatives,
     )
+    if not bool(train.labels.any()):
+        raise ValueError(
+            f"None of the {len(forget_photos)} forget photos is asked a question whose forget "
+            "target replaces its answer: every one is kept (a visual question), so the gate "
+            "has nothing to flag. Add forget rows with private answers, or set "
+            "`gate_kept_as_negatives=False`."
+        )
     train += cache(fitted, False, variants=settings.variants, augmentation=augmentation)
     caches = [train]
     if heldout:
@@ -436,6 +493,7 @@ def fit_gate(
             augmentation=PhotoAugmentation(seed=settings.seed + 1),
             include_photos=False,
             every_question=every_question,
+            kept_as_negatives=kept_as_negatives,
         )
         caches += [held_negatives, held_forget]
 
@@ -447,7 +505,8 @@ def fit_gate(
     calibration = None
     if settings.target_fpr is not None:
         negative_scores = held_negatives.probabilities(gate, settings.batch_size)
-        forget_scores = held_forget.probabilities(gate, settings.batch_size)
+        # The TPR counts the positives alone, not a forget photo asked a kept question.
+        forget_scores = held_forget.probabilities(gate, settings.batch_size)[held_forget.labels]
         threshold, fpr = calibrate_threshold(negative_scores, settings.target_fpr)
         tpr = rates_at_threshold(forget_scores.tolist(), [True] * len(forget_scores), threshold)
         calibration = {
@@ -456,7 +515,7 @@ def fit_gate(
             "fpr": fpr,
             "tpr": tpr["tpr"],
             "heldout_negative_photos": len(heldout),
-            "heldout_forget_images": len(held_forget),
+            "heldout_forget_images": len(forget_scores),
             "seed": settings.seed,
         }
     return GateFitReport(
