@@ -131,6 +131,16 @@ CASES = [
         id="encoder-6e6",
     ),
     pytest.param(
+        edit_config(gate_members=10**6),
+        r"gate_members=1000000 must lie in 1\.\.16",
+        id="gate-members-1e6",
+    ),
+    pytest.param(
+        edit_config(gate_members=3),
+        r"discriminator\.members\.0\.norm\.weight",
+        id="gate-members-without-their-weights",
+    ),
+    pytest.param(
         edit_config(encoder_hidden_size=10**12),
         r"encoder_hidden_size=1000000000000 is absurd",
         id="encoder-1e12",

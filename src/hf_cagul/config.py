@@ -23,6 +23,8 @@ DEFAULT_GATE = "visual_tokens"
 BOUND_FIELDS = ("family", "hidden_size", "image_token_id", "num_hidden_layers")
 MAX_CONFIG_BYTES = 1 << 20
 """Largest ``cagul_config.json`` read (1 MiB: a config is under 2 KiB)."""
+MAX_GATE_MEMBERS = 16
+"""Most copies an ensemble gate (`CagulConfig.gate_members`) holds."""
 
 
 @dataclass
@@ -62,6 +64,10 @@ class CagulConfig:
             ``"visual_and_language_state"`` reads both.
         gate_layer: Decoder layer whose output a gate that reads the language model's state
             reads (``None``: the last layer).
+        gate_members: How many copies of the gate design the gate is (at most
+            `MAX_GATE_MEMBERS`): above 1, an ensemble (`hf_cagul.gates.GateEnsemble`) whose
+            probability is the mean of its members', each initialised and fitted on its own
+            (with ``gate_fit="apart"``), so that one fit's noise weighs less in the threshold.
         encoder_hidden_size: Width of the token encoder's hidden layer.
         discriminator_hidden_size: Width of the discriminator's hidden layer.
         gate_threshold: Probability above which the discriminator flags an image.
@@ -145,6 +151,13 @@ class CagulConfig:
             "reads (None: the last layer)."
         },
     )
+    gate_members: int = field(
+        default=1,
+        metadata={
+            "help": "Copies of the gate design fitted on their own and averaged (an ensemble "
+            "when above 1)."
+        },
+    )
     encoder_hidden_size: int = field(
         default=256, metadata={"help": "Hidden width of the token encoder."}
     )
@@ -188,6 +201,11 @@ class CagulConfig:
         if not 0.0 < self.gate_threshold < 1.0:
             raise ValueError(
                 f"gate_threshold={self.gate_threshold} must lie strictly between 0 and 1."
+            )
+        if not 1 <= self.gate_members <= MAX_GATE_MEMBERS:
+            raise ValueError(
+                f"gate_members={self.gate_members} must lie in 1..{MAX_GATE_MEMBERS}: it is the "
+                "number of gate copies averaged (1: a single gate)."
             )
         for name in ("encoder_hidden_size", "discriminator_hidden_size"):
             if getattr(self, name) < 1:

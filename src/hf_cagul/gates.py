@@ -18,14 +18,19 @@ model, the trainer or the evaluation::
             ...  # (num_images,) logits
 
 The paper's gate, `ForgetDiscriminator` (``"visual_tokens"``), reads the projected visual tokens.
+With `CagulConfig.gate_members` above 1, the gate is a `GateEnsemble` of that many copies of the
+design, and `build_gate` builds either.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, TypeVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hf_cagul.config import DEFAULT_GATE, CagulConfig
@@ -37,9 +42,11 @@ __all__ = [
     "VISUAL_TOKENS",
     "ForgetDiscriminator",
     "Gate",
+    "GateEnsemble",
     "GateInputs",
     "LanguageStateGate",
     "VisualAndLanguageGate",
+    "build_gate",
     "closed_head",
     "gate_class",
     "register_gate",
@@ -96,7 +103,7 @@ class Gate(nn.Module):
     """
 
     name: ClassVar[str] = ""
-    reads: ClassVar[str] = VISUAL_TOKENS
+    reads: str = VISUAL_TOKENS
 
     def forward(self, inputs: GateInputs) -> torch.Tensor:
         """Logits of shape ``(inputs.num_images,)``."""
@@ -145,6 +152,57 @@ def gate_class(name: str) -> type[Gate]:
             "your own is registered with `hf_cagul.gates.register_gate` before the adapter is "
             "built or loaded."
         ) from None
+
+
+class GateEnsemble(Gate):
+    """Several copies of one gate design, read as one: the probability of an image is the mean
+    of its members' probabilities (`CagulConfig.gate_members`).
+
+    A small gate fitted on a few hundred photos is confident, and which negatives it scores
+    near 1 changes from one initialisation to the next; the threshold, calibrated on the few
+    highest negative scores, inherits that noise. The mean of members fitted apart (each with
+    its own initialisation and order of steps, see `hf_cagul.trainer.gate_fit.fit_gate`) varies
+    less. Members start closed, so the ensemble does too. Its weights are the members', under
+    ``members.<i>.``.
+
+    Args:
+        members: The gates, of one design.
+
+    Raises:
+        ValueError: If there are no members or they are of different designs.
+    """
+
+    def __init__(self, members: Sequence[Gate]) -> None:
+        super().__init__()
+        if not members or len({type(member) for member in members}) != 1:
+            raise ValueError(
+                f"A gate ensemble needs one or more gates of one design; got "
+                f"{[type(member).__name__ for member in members]}."
+            )
+        self.members = nn.ModuleList(members)
+        self.reads = members[0].reads
+
+    def forward(self, inputs: GateInputs) -> torch.Tensor:
+        """Logits ``(num_images,)`` of the members' mean probability, computed in log space
+        (exact where members saturate)."""
+        logits = torch.stack([member(inputs) for member in self.members]).float()
+        count = math.log(len(self.members))
+        flagged = torch.logsumexp(F.logsigmoid(logits), dim=0) - count
+        passed = torch.logsumexp(F.logsigmoid(-logits), dim=0) - count
+        return flagged - passed
+
+
+def build_gate(config: CagulConfig) -> Gate:
+    """The fresh gate of a bound ``config``: its design (`gate_class`), or a `GateEnsemble` of
+    ``config.gate_members`` copies of it.
+
+    Raises:
+        ValueError: If ``config.gate`` names no registered gate.
+    """
+    design = gate_class(config.gate)
+    if config.gate_members == 1:
+        return design.from_config(config)
+    return GateEnsemble([design.from_config(config) for _ in range(config.gate_members)])
 
 
 @register_gate

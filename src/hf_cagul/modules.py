@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from hf_cagul.config import CagulConfig
-from hf_cagul.gates import ForgetDiscriminator, Gate, gate_class, segment_mean
+from hf_cagul.gates import ForgetDiscriminator, Gate, build_gate, segment_mean
 
 __all__ = ["CagulAdapter", "ForgetDiscriminator", "TokenEncoder"]
 
@@ -63,8 +63,9 @@ class CagulAdapter(nn.Module):
         Raises:
             ValueError: If ``config.gate`` names no registered gate.
         """
-        gate = gate_class(config.gate).from_config(config)
-        return cls(gate, TokenEncoder(config.hidden_size or 0, config.encoder_hidden_size))
+        return cls(
+            build_gate(config), TokenEncoder(config.hidden_size or 0, config.encoder_hidden_size)
+        )
 
     @classmethod
     def state_shapes(cls, config: CagulConfig) -> dict[str, tuple[int, ...]]:

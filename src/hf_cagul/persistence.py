@@ -183,6 +183,7 @@ hf-cagul app --model {base} --adapter {name}
 
 - family: `{config.family}`, attention layer: {config.resolved_attention_layer}
 - tokens rewritten per flagged image: {config.num_tokens or f"{config.token_ratio:.0%}"}
+- gate: `{config.gate}`{f", an ensemble of {config.gate_members}" * (config.gate_members > 1)}
 - gate threshold: {config.gate_threshold}{_calibration_line(config.gate_calibration)}
 {table}"""
     return str(ModelCard(content))

@@ -107,9 +107,9 @@ def check_weights_file(config: CagulConfig, path: Path) -> dict[str, HeaderEntry
             path,
             [f"tensors missing from the weights: {missing}"] * bool(missing)
             + [f"tensors the config does not have: {extra}"] * bool(extra),
-            f"Which tensors an adapter has depends on its gate (gate={config.gate!r}): the "
-            "weights belong to another adapter or were edited. Re-save the adapter with "
-            "`save_pretrained`.",
+            f"Which tensors an adapter has depends on its gate (gate={config.gate!r}, "
+            f"gate_members={config.gate_members}): the weights belong to another adapter or "
+            "were edited. Re-save the adapter with `save_pretrained`.",
         )
     wrong = [name for name in expected if header[name].shape != expected[name]]
     if wrong:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 from PIL import Image
+from torch import nn
 
 from hf_cagul.data import ForgetRetainDataCollator, PhotoAugmentation
 from hf_cagul.data.schema import (
@@ -36,7 +37,7 @@ from hf_cagul.data.schema import (
 )
 from hf_cagul.devices import input_device
 from hf_cagul.evaluation.metrics import rates_at_threshold, roc_auc
-from hf_cagul.gates import LANGUAGE_STATE, Gate, GateInputs
+from hf_cagul.gates import LANGUAGE_STATE, Gate, GateEnsemble, GateInputs
 from hf_cagul.losses import half_per_class
 from hf_cagul.model import CagulModel
 
@@ -416,7 +417,8 @@ def fit_gate(
     ``settings.kept_as_negatives`` (again a state gate only), a forget image asked a kept question
     (`Photo.kept`) is a negative, and is not counted in the calibration's TPR. The gate then trains
     for ``settings.epochs`` epochs with AdamW on a binary cross-entropy in which each class
-    weighs one half, whatever its count. With a target FPR, `calibrate_threshold` then picks the
+    weighs one half, whatever its count; each member of a `GateEnsemble` on its own, on the same
+    cache, member ``i`` drawing its order of steps from ``settings.seed + i``. With a target FPR, `calibrate_threshold` then picks the
     threshold on the held-out negatives, and the TPR at it is measured on fresh augmented
     variants of the forget photos (never fitted on; augmentation seeded with ``settings.seed +
     1``); both are in the report's ``calibration``, which the caller writes into the adapter's
@@ -533,28 +535,19 @@ def fit_gate(
 
 
 def _train(gate: Gate, cache: GateFeatureCache, settings: GateFitSettings) -> float | None:
-    """Fit ``gate`` on ``cache``; the class-balanced BCE over the whole cache after it, or None
+    """Fit ``gate`` on ``cache`` (each member of a `GateEnsemble` on its own, with its own
+    order of steps); the class-balanced BCE of the whole gate over the cache after it, or None
     when the gate has no trainable parameter."""
-    parameters = [p for p in gate.parameters() if p.requires_grad]
-    if not parameters:
+    if not any(p.requires_grad for p in gate.parameters()):
         return None
     labels = cache.labels
     # Each class weighs one half of every epoch, whatever its count (forget sets are small).
     weights = half_per_class(labels).float()
-    optimizer = torch.optim.AdamW(
-        parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay
-    )
-    generator = torch.Generator().manual_seed(settings.seed)
+    members = list(gate.members) if isinstance(gate, GateEnsemble) else [gate]
     was_training = gate.training
-    gate.train()
     try:
-        for _ in range(settings.epochs):
-            order = torch.randperm(len(cache), generator=generator).tolist()
-            for chunk in _chunks(order, settings.batch_size):
-                loss = _balanced_bce(gate, cache, chunk, weights, labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+        for index, member in enumerate(members):
+            _train_member(member, cache, settings, settings.seed + index, weights)
         gate.eval()
         with torch.no_grad():
             total = sum(
@@ -567,8 +560,34 @@ def _train(gate: Gate, cache: GateFeatureCache, settings: GateFitSettings) -> fl
     return total
 
 
+def _train_member(
+    gate: nn.Module,
+    cache: GateFeatureCache,
+    settings: GateFitSettings,
+    seed: int,
+    weights: torch.Tensor,
+) -> None:
+    """``settings.epochs`` epochs of AdamW on the class-balanced BCE of one gate, the order of
+    the steps drawn from ``seed``."""
+    parameters = [p for p in gate.parameters() if p.requires_grad]
+    if not parameters:
+        return
+    optimizer = torch.optim.AdamW(
+        parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay
+    )
+    generator = torch.Generator().manual_seed(seed)
+    gate.train()
+    for _ in range(settings.epochs):
+        order = torch.randperm(len(cache), generator=generator).tolist()
+        for chunk in _chunks(order, settings.batch_size):
+            loss = _balanced_bce(gate, cache, chunk, weights, cache.labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+
 def _balanced_bce(
-    gate: Gate,
+    gate: nn.Module,
     cache: GateFeatureCache,
     chunk: list[int],
     weights: torch.Tensor,
