@@ -22,9 +22,15 @@ flags. Printed as a markdown table, each figure the mean ± standard deviation o
 With ``--fits``, the gate is instead the demo's own (its design, its negatives and its fit
 settings, `hf_cagul.demo.cagul_fit_settings`), fitted once per fit variant: ``demo`` as it is,
 or ``FIELD=VALUE,...`` overriding `GateFitSettings` fields (``weight_decay=0.1``,
-``epochs=30,variants=16``), each measured at its calibrated threshold::
+``epochs=30,variants=16``) or `CagulConfig` fields (``gate_members=5``: an ensemble), a part
+``unmistaken`` dropping the negatives the base model takes for a forget person
+(`mistaken_photos`), each measured at its calibrated threshold. With
+``--fit-seeds N`` each variant is fitted N times per seed, with other initialisations,
+augmentations and calibration splits of the gate, and the table pools seeds and fit seeds::
 
     python bench/ablate_gate.py --fits demo weight_decay=0.1 epochs=30
+    python bench/ablate_gate.py --seeds 0 --fits demo unmistaken --fit-seeds 4
+    python bench/ablate_gate.py --fits demo gate_members=5 --fit-seeds 3
 """
 
 from __future__ import annotations
@@ -38,12 +44,13 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import torch
 from ablation import cached_teach, cell, report
 
 from hf_cagul import CagulConfig, CagulTrainingConfig, get_cagul_model
 from hf_cagul.data import NEGATIVES_SPLIT, CagulDataCollator, gate_negatives
 from hf_cagul.demo import DemoConfig, cagul_fit_settings, gate_photos
-from hf_cagul.evaluation.suite import discriminator_metrics
+from hf_cagul.evaluation.suite import discriminator_metrics, mistaken_photos
 from hf_cagul.trainer.gate_fit import GateFitSettings, fit_gate, forget_photos_of, unique_photos
 
 COLUMNS = (
@@ -112,55 +119,91 @@ def run_seed(config: DemoConfig, cache: Path, target_fpr: float) -> dict[str, di
     return results
 
 
-def parse_fit(fit: str) -> dict[str, Any]:
-    """``"demo"`` -> ``{}``; ``"FIELD=VALUE,..."`` -> the `GateFitSettings` overrides."""
+UNMISTAKEN = "unmistaken"
+"""A fit variant's part that drops the negatives the base model takes for a forget person."""
+
+
+def parse_fit(fit: str) -> tuple[dict[str, Any], dict[str, Any], bool]:
+    """``"demo"`` -> ``({}, {}, False)``; ``"FIELD=VALUE,..."`` -> the `GateFitSettings`
+    overrides, the `CagulConfig` overrides (``gate_members=5``), and whether a part
+    ``unmistaken`` asks that the mistaken negatives be dropped."""
     if fit == "demo":
-        return {}
-    names = {item.name: item.type for item in dataclasses.fields(GateFitSettings)}
-    overrides: dict[str, Any] = {}
+        return {}, {}, False
+    kinds = (
+        {item.name for item in dataclasses.fields(GateFitSettings)},
+        {item.name for item in dataclasses.fields(CagulConfig)},
+    )
+    overrides: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
+    unmistaken = False
     for part in fit.split(","):
+        if part == UNMISTAKEN:
+            unmistaken = True
+            continue
         name, _, value = part.partition("=")
-        if name not in names or not value:
+        kind = next((index for index, names in enumerate(kinds) if name in names), None)
+        if kind is None or not value:
             raise SystemExit(
                 f"Fit {fit!r}: write 'demo' or FIELD=VALUE,... with FIELD one of "
-                f"{', '.join(names)} (e.g. weight_decay=0.1)."
+                f"{', '.join(sorted(kinds[0]))} (GateFitSettings, e.g. weight_decay=0.1) or "
+                f"a CagulConfig field (e.g. gate_members=5), or {UNMISTAKEN!r}."
             )
-        overrides[name] = json.loads(value)
-    return overrides
+        overrides[kind][name] = json.loads(value)
+    return *overrides, unmistaken
 
 
-def run_fits(config: DemoConfig, cache: Path, fits: list[str]) -> dict[str, dict[str, Any]]:
-    """The demo's gate fitted once per fit variant on one seed's benchmark, each measured at
-    its calibrated threshold."""
+def run_fits(
+    config: DemoConfig, cache: Path, fits: list[str], fit_seeds: int = 1
+) -> list[dict[str, dict[str, Any]]]:
+    """The demo's gate fitted once per fit variant and fit seed on one seed's benchmark, each
+    measured at its calibrated threshold: one result per fit seed. Fit seed ``i`` seeds the
+    gate's initialisation, its augmentation and its calibration split with ``config.seed + 1000
+    * i`` (``i = 0``: the demo's own seeds)."""
     splits = config.benchmark()
     vlm, processor = cached_teach(config, cache, gold=False)
     measured = gate_photos(vlm, processor, splits)
     collator = CagulDataCollator(processor)
     forget = forget_photos_of(splits["forget"], collator)
     negatives = photos(gate_negatives(splits))
+    asked = datasets.Dataset.from_dict(
+        {"image": [p.image for p in negatives], "question": [p.question for p in negatives]}
+    )
+    mistaken = mistaken_photos(vlm, processor, asked, splits["forget"])
+    unmistaken = [photo for photo, wrong in zip(negatives, mistaken, strict=True) if not wrong]
+    print(f"seed {config.seed}: {sum(mistaken)} of {len(negatives)} negatives mistaken")
     fit_settings = cagul_fit_settings(config)
     with tempfile.TemporaryDirectory() as output_dir:
         arguments = {**fit_settings.training_arguments(output_dir), "report_to": []}
         settings = CagulTrainingConfig(**arguments).gate_fit_settings()
-    results: dict[str, dict[str, Any]] = {}
-    for fit in fits:
-        model = get_cagul_model(vlm, fit_settings.adapter)
-        clock = time.perf_counter()
-        report = fit_gate(
-            model, collator, forget, negatives, dataclasses.replace(settings, **parse_fit(fit))
-        )
-        seconds = time.perf_counter() - clock
-        assert report.calibration is not None
-        model.cagul_config["default"] = dataclasses.replace(
-            model.active_config, gate_threshold=report.calibration["threshold"]
-        )
-        metrics = discriminator_metrics(model, processor, **measured)
-        results[f"{config.adapter.gate} | {fit} | calibrated"] = {
-            **metrics,
-            "fit_seconds": seconds,
-        }
-        vlm = model.unload()
-    return results
+    per_fit_seed: list[dict[str, dict[str, Any]]] = []
+    for index in range(fit_seeds):
+        seed = config.seed + 1000 * index
+        results: dict[str, dict[str, Any]] = {}
+        for fit in fits:
+            overrides, adapter, drop = parse_fit(fit)
+            torch.manual_seed(seed)  # as `hf_cagul.compare.train_cagul` seeds the adapter
+            model = get_cagul_model(vlm, dataclasses.replace(fit_settings.adapter, **adapter))
+            clock = time.perf_counter()
+            report = fit_gate(
+                model,
+                collator,
+                forget,
+                unmistaken if drop else negatives,
+                dataclasses.replace(settings, seed=seed, **overrides),
+            )
+            seconds = time.perf_counter() - clock
+            assert report.calibration is not None
+            model.cagul_config["default"] = dataclasses.replace(
+                model.active_config, gate_threshold=report.calibration["threshold"]
+            )
+            metrics = discriminator_metrics(model, processor, **measured)
+            results[f"{config.adapter.gate} | {fit} | calibrated"] = {
+                **metrics,
+                "fit_seconds": seconds,
+            }
+            print(f"seed {config.seed}, fit seed {seed}, {fit}: {json.dumps(metrics)}")
+            vlm = model.unload()
+        per_fit_seed.append(results)
+    return per_fit_seed
 
 
 def markdown_table(per_seed: list[dict[str, dict[str, Any]]]) -> list[str]:
@@ -193,6 +236,13 @@ def main() -> None:
         nargs="+",
         help="the demo's gate, once per fit variant: 'demo' or FIELD=VALUE,... (GateFitSettings)",
     )
+    parser.add_argument(
+        "--fit-seeds",
+        type=int,
+        default=1,
+        help="with --fits: fit each variant this many times per seed, with other gate "
+        "initialisations, augmentations and calibration splits (the table pools them)",
+    )
     options = parser.parse_args()
     for fit in options.fits or ():
         parse_fit(fit)  # a typo fails here, before any teaching
@@ -203,14 +253,15 @@ def main() -> None:
     for seed in options.seeds:
         config = (DemoConfig.quick if options.quick else DemoConfig)(seed=seed, **overrides)
         if options.fits:
-            per_seed.append(run_fits(config, options.cache, options.fits))
+            per_seed += run_fits(config, options.cache, options.fits, options.fit_seeds)
         else:
             per_seed.append(run_seed(config, options.cache, options.target_fpr))
     seeds = ", ".join(map(str, options.seeds))
     target = "the demo's FPR" if options.fits else f"FPR {options.target_fpr}"
+    pooled = f" x {options.fit_seeds} fit seeds" if options.fits else ""
     title = (
-        f"Gate ablation, seeds {seeds} ({'quick' if options.quick else 'demo'} settings), "
-        f"calibrated to {target} on held-out negatives: mean ± std over seeds."
+        f"Gate ablation, seeds {seeds}{pooled} ({'quick' if options.quick else 'demo'} "
+        f"settings), calibrated to {target} on held-out negatives: mean ± std over them."
     )
     report(title, markdown_table(per_seed), started, options.output)
 

@@ -14,6 +14,7 @@ each. Prints ratios of CagulModel to the bare VLM:
 Timings interleave the bare and adapted runs and report medians, so machine noise hits both.
 
     python bench/inference_overhead.py [--repeats 15] [--batch 4] [--new-tokens 16] [--gate G]
+        [--gate-members K]
 """
 
 from __future__ import annotations
@@ -37,11 +38,16 @@ def main() -> None:
     parser.add_argument(
         "--gate", default=DEFAULT_GATE, choices=sorted(GATES), help="gate design (CagulConfig.gate)"
     )
+    parser.add_argument(
+        "--gate-members", type=int, default=1, help="copies of the gate (CagulConfig.gate_members)"
+    )
     args = parser.parse_args()
     torch.set_grad_enabled(False)
 
     inputs = prompt_batch(args.batch)
-    model = get_cagul_model(small_real_llava(), CagulConfig(gate=args.gate))
+    model = get_cagul_model(
+        small_real_llava(), CagulConfig(gate=args.gate, gate_members=args.gate_members)
+    )
     config = model.active_config
     layer = config.resolved_attention_layer
     depth = config.num_hidden_layers or 1
@@ -68,7 +74,8 @@ def main() -> None:
 
     print(
         f"small-real LLaVA, batch {args.batch}, 256 visual tokens/image, "
-        f"attention layer {layer} of {depth}, gate {args.gate}, {torch.get_num_threads()} threads; "
+        f"attention layer {layer} of {depth}, gate {args.gate} x {args.gate_members}, "
+        f"{torch.get_num_threads()} threads; "
         "baseline = bare VLM, candidate = CagulModel"
     )
     closed_generate = interleaved_ratio(

@@ -418,11 +418,12 @@ def fit_gate(
     (`Photo.kept`) is a negative, and is not counted in the calibration's TPR. The gate then trains
     for ``settings.epochs`` epochs with AdamW on a binary cross-entropy in which each class
     weighs one half, whatever its count; each member of a `GateEnsemble` on its own, on the same
-    cache, member ``i`` drawing its order of steps from ``settings.seed + i``. With a target FPR, `calibrate_threshold` then picks the
-    threshold on the held-out negatives, and the TPR at it is measured on fresh augmented
-    variants of the forget photos (never fitted on; augmentation seeded with ``settings.seed +
-    1``); both are in the report's ``calibration``, which the caller writes into the adapter's
-    config (`CagulTrainer` does: ``gate_threshold`` and ``gate_calibration``).
+    cache, member ``i`` drawing its order of steps from ``settings.seed + i``. With a target
+    FPR, `calibrate_threshold` then picks the threshold on the held-out negatives, and the TPR
+    at it is measured on fresh augmented variants of the forget photos (never fitted on;
+    augmentation seeded with ``settings.seed + 1``); both are in the report's ``calibration``,
+    which the caller writes into the adapter's config (`CagulTrainer` does: ``gate_threshold``
+    and ``gate_calibration``).
 
     Args:
         model: The `CagulModel` whose active adapter's gate is fitted (its VLM is frozen).
