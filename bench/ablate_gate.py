@@ -164,12 +164,15 @@ def run_fits(
     collator = CagulDataCollator(processor)
     forget = forget_photos_of(splits["forget"], collator)
     negatives = photos(gate_negatives(splits))
-    asked = datasets.Dataset.from_dict(
-        {"image": [p.image for p in negatives], "question": [p.question for p in negatives]}
-    )
-    mistaken = mistaken_photos(vlm, processor, asked, splits["forget"])
-    unmistaken = [photo for photo, wrong in zip(negatives, mistaken, strict=True) if not wrong]
-    print(f"seed {config.seed}: {sum(mistaken)} of {len(negatives)} negatives mistaken")
+    parsed = {fit: parse_fit(fit) for fit in fits}
+    unmistaken = negatives
+    if any(drop for *_, drop in parsed.values()):  # a generation pass over every negative
+        asked = datasets.Dataset.from_dict(
+            {"image": [p.image for p in negatives], "question": [p.question for p in negatives]}
+        )
+        mistaken = mistaken_photos(vlm, processor, asked, splits["forget"])
+        unmistaken = [photo for photo, wrong in zip(negatives, mistaken, strict=True) if not wrong]
+        print(f"seed {config.seed}: {sum(mistaken)} of {len(negatives)} negatives mistaken")
     fit_settings = cagul_fit_settings(config)
     with tempfile.TemporaryDirectory() as output_dir:
         arguments = {**fit_settings.training_arguments(output_dir), "report_to": []}
@@ -178,8 +181,7 @@ def run_fits(
     for index in range(fit_seeds):
         seed = config.seed + 1000 * index
         results: dict[str, dict[str, Any]] = {}
-        for fit in fits:
-            overrides, adapter, drop = parse_fit(fit)
+        for fit, (overrides, adapter, drop) in parsed.items():
             torch.manual_seed(seed)  # as `hf_cagul.compare.train_cagul` seeds the adapter
             model = get_cagul_model(vlm, dataclasses.replace(fit_settings.adapter, **adapter))
             clock = time.perf_counter()

@@ -67,7 +67,7 @@ class CagulConfig:
         gate_members: How many copies of the gate design the gate is (at most
             `MAX_GATE_MEMBERS`): above 1, an ensemble (`hf_cagul.gates.GateEnsemble`) whose
             probability is the mean of its members', each initialised and fitted on its own
-            (with ``gate_fit="apart"``), so that one fit's noise weighs less in the threshold.
+            (with ``gate_fit="apart"``). Each member costs the design's pass at serving.
         encoder_hidden_size: Width of the token encoder's hidden layer.
         discriminator_hidden_size: Width of the discriminator's hidden layer.
         gate_threshold: Probability above which the discriminator flags an image.
