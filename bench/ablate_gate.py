@@ -51,7 +51,13 @@ from hf_cagul import CagulConfig, CagulTrainingConfig, get_cagul_model
 from hf_cagul.data import NEGATIVES_SPLIT, CagulDataCollator, gate_negatives
 from hf_cagul.demo import DemoConfig, cagul_fit_settings, gate_photos
 from hf_cagul.evaluation.suite import discriminator_metrics, mistaken_photos
-from hf_cagul.trainer.gate_fit import GateFitSettings, fit_gate, forget_photos_of, unique_photos
+from hf_cagul.trainer.gate_fit import (
+    GateFitSettings,
+    fit_gate,
+    forget_photos_of,
+    negative_photos_of,
+    unique_photos,
+)
 
 COLUMNS = (
     ("AUC", "auc"),
@@ -163,7 +169,8 @@ def run_fits(
     measured = gate_photos(vlm, processor, splits)
     collator = CagulDataCollator(processor)
     forget = forget_photos_of(splits["forget"], collator)
-    negatives = photos(gate_negatives(splits))
+    taught = [*splits["forget"]["subject"], *splits["retain"]["subject"]]
+    negatives = negative_photos_of(gate_negatives(splits), taught)
     parsed = {fit: parse_fit(fit) for fit in fits}
     unmistaken = negatives
     if any(drop for *_, drop in parsed.values()):  # a generation pass over every negative
@@ -231,6 +238,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="DemoConfig.quick (a smoke test)")
     parser.add_argument("--stage1-steps", type=int, help="override the preset's stage-1 steps")
     parser.add_argument("--target-fpr", type=float, default=0.02)
+    parser.add_argument(
+        "--negative-strangers",
+        type=int,
+        help="override the demo's strangers fitted and calibrated on as negatives (50)",
+    )
     parser.add_argument("--cache", type=Path, default=Path("outputs/stage1"))
     parser.add_argument("--output", type=Path, help="also write the table (markdown) here")
     parser.add_argument(
@@ -250,6 +262,8 @@ def main() -> None:
         parse_fit(fit)  # a typo fails here, before any teaching
     datasets.disable_progress_bars()
     overrides = {} if options.stage1_steps is None else {"stage1_steps": options.stage1_steps}
+    if options.negative_strangers is not None:
+        overrides["negative_strangers"] = options.negative_strangers
     started = time.perf_counter()
     per_seed = []
     for seed in options.seeds:
@@ -263,7 +277,8 @@ def main() -> None:
     pooled = f" x {options.fit_seeds} fit seeds" if options.fits else ""
     title = (
         f"Gate ablation, seeds {seeds}{pooled} ({'quick' if options.quick else 'demo'} "
-        f"settings), calibrated to {target} on held-out negatives: mean ± std over them."
+        f"settings), calibrated to {target} on held-out negatives "
+        f"({options.negative_strangers or 50} strangers among them): mean ± std over them."
     )
     report(title, markdown_table(per_seed), started, options.output)
 

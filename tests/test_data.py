@@ -233,12 +233,16 @@ def test_a_benchmark_validates_with_and_without_negatives() -> None:
     without = _benchmark()
     validate_dataset(without)
     assert list(gate_negatives(without)["question"]) == list(without["retain"]["question"])
-    assert gate_negatives(without).column_names == ["image", "question"]
+    # The subjects come along where every part names them: the calibration holds out people.
+    assert gate_negatives(without).column_names == ["image", "question", "subject"]
+    unnamed = DatasetDict({**without, "retain": without["retain"].remove_columns("subject")})
+    assert gate_negatives(unnamed).column_names == ["image", "question"]
     with_negatives = _benchmark(negatives=_stranger_rows(3))
     validate_dataset(with_negatives)
     # The retain photos, then the strangers': the gate must pass both.
     negatives = gate_negatives(with_negatives)
     assert len(negatives) == len(with_negatives["retain"]) + 3
+    assert negatives["subject"][-3:] == ["stranger 0", "stranger 1", "stranger 2"]
     assert list(negatives["question"]) == (
         list(with_negatives["retain"]["question"])
         + list(with_negatives[NEGATIVES_SPLIT]["question"])

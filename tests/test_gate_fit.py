@@ -22,8 +22,11 @@ from hf_cagul.gates import Gate, GateInputs, register_gate
 from hf_cagul.tiny import tiny_vlm
 from hf_cagul.trainer.gate_fit import (
     GateFeatureCache,
+    GateFitSettings,
     Photo,
     calibrate_threshold,
+    calibration_split,
+    negative_photos_of,
     unique_photos,
 )
 
@@ -101,14 +104,108 @@ def test_the_gate_fitted_apart_separates_forget_from_retain_photos(tmp_path, gat
     assert model.active_config.gate_threshold == 0.5
 
 
-def strangers(people: int = 6, photos: int = 3) -> Dataset:
-    """Photos of people who are in no training row: the gate's negatives."""
-    images = [
-        portrait(person, seed)[0]
-        for person in make_people(people, seed=9)
-        for seed in range(photos)
-    ]
-    return Dataset.from_dict({"image": images, "question": [QUESTION] * len(images)})
+def strangers(people: int = 6, photos: int = 3, subjects: bool = False) -> Dataset:
+    """Photos of people who are in no training row: the gate's negatives (with a ``subject``
+    column naming each photo's person when ``subjects``)."""
+    shown = [(person, seed) for person in make_people(people, seed=9) for seed in range(photos)]
+    columns = {
+        "image": [portrait(person, seed)[0] for person, seed in shown],
+        "question": [QUESTION] * len(shown),
+    }
+    if subjects:
+        columns["subject"] = [person.name for person, _ in shown]
+    return Dataset.from_dict(columns)
+
+
+def split_settings(**overrides) -> GateFitSettings:
+    values = {
+        "epochs": 1,
+        "learning_rate": 1e-3,
+        "variants": 0,
+        "batch_size": 4,
+        "target_fpr": 0.1,
+        "calibration_fraction": 0.5,
+        "seed": 0,
+    }
+    return GateFitSettings(**{**values, **overrides})
+
+
+def test_the_calibration_holds_out_whole_subjects() -> None:
+    rows = strangers(people=6, photos=3, subjects=True)
+    photos = unique_photos(rows["image"], rows["question"], subjects=rows["subject"])
+    assert [photo.subject for photo in photos] == rows["subject"]
+    heldout, fitted = calibration_split(photos, split_settings())
+    held_people = {photo.subject for photo in heldout}
+    # Half of the 6 people, with all 3 photos each; nobody both held out and fitted on.
+    assert len(held_people) == 3 and len(heldout) == 9 and len(fitted) == 9
+    assert held_people.isdisjoint(photo.subject for photo in fitted)
+    assert calibration_split(photos, split_settings()) == (heldout, fitted)  # from the seed
+    seeds = {
+        frozenset(p.subject for p in calibration_split(photos, split_settings(seed=s))[0])
+        for s in range(6)
+    }
+    assert len(seeds) > 1
+    # Photo by photo when asked, or when photos name no subject: 9 of the 18 photos.
+    for unnamed, by_subject in (
+        (photos, False),
+        (unique_photos(rows["image"], rows["question"]), True),
+    ):
+        heldout, fitted = calibration_split(
+            unnamed, split_settings(calibration_by_subject=by_subject)
+        )
+        assert len(heldout) == 9 and len(fitted) == 9
+        assert {p.key for p in heldout}.isdisjoint(p.key for p in fitted)
+    # Without a target FPR nothing is held out; the fitted photos are those of the split.
+    heldout, fitted = calibration_split(photos, split_settings(target_fpr=None))
+    assert heldout == [] and sorted(p.key for p in fitted) == sorted(p.key for p in photos)
+
+
+def test_retain_people_are_split_photo_by_photo_and_strangers_whole() -> None:
+    rows = strangers(people=4, photos=2, subjects=True)
+    taught = rows["subject"][:2]  # the first person is a retain person, fitted on
+    photos = negative_photos_of(rows, taught)
+    assert [photo.subject for photo in photos] == [None, None, *rows["subject"][2:]]
+    assert [photo.subject for photo in negative_photos_of(rows.remove_columns("subject"))] == [
+        None
+    ] * 8
+    heldout, fitted = calibration_split(photos, split_settings())
+    # 2 strangers and 2 photos of the retain person: 4 units, half held out.
+    strangers_held = {photo.subject for photo in heldout} - {None}
+    assert strangers_held.isdisjoint(photo.subject for photo in fitted)
+    assert len({photo.key for photo in heldout}) == len(heldout)
+    assert len(heldout) + len(fitted) == 8
+
+
+def test_a_calibration_by_subject_needs_a_subject_left_to_fit_on() -> None:
+    rows = strangers(people=1, photos=3, subjects=True)
+    photos = unique_photos(rows["image"], rows["question"], subjects=rows["subject"])
+    with pytest.raises(ValueError, match=r"1 of the 1 negative subjects .* leaves none to fit"):
+        calibration_split(photos, split_settings())
+    heldout, fitted = calibration_split(photos, split_settings(calibration_by_subject=False))
+    assert (len(heldout), len(fitted)) == (2, 1)
+
+
+def test_the_trainer_calibrates_on_negative_people_it_never_fitted_on(tmp_path) -> None:
+    negatives = strangers(subjects=True)
+    trainer, _, _ = make_trainer(
+        tmp_path,
+        gate_negatives=negatives,
+        gate_fit="apart",
+        gate_epochs=2,
+        gate_variants=1,
+        gate_target_fpr=0.1,
+        gate_calibration_fraction=0.5,
+    )
+    trainer.train()
+    report = trainer.gate_fit_report
+    assert report is not None and report.calibration is not None
+    held = {photo.subject for photo in report.heldout_negatives}
+    assert len(held) == 3 and len(report.heldout_negatives) == 9 and report.negative_photos == 9
+    assert report.calibration["heldout_by"] == "subject"
+    assert report.calibration["heldout_negative_subjects"] == 3
+    trainer.save_model(str(tmp_path / "adapter"))
+    card = (tmp_path / "adapter" / "README.md").read_text()
+    assert "on 9 held-out negative photos (among them every photo of 3 people never" in card
 
 
 def test_the_calibrated_threshold_meets_the_target_fpr_and_is_saved(tmp_path) -> None:

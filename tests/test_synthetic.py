@@ -84,6 +84,35 @@ def test_strangers_change_no_other_split_and_are_deterministic(benchmark) -> Non
     assert other_seed[STRANGERS_SPLIT]["subject"] != benchmark[STRANGERS_SPLIT]["subject"]
 
 
+def test_more_negative_strangers_leave_the_measured_strangers_alone(benchmark) -> None:
+    more = synthetic_benchmark(
+        **SMALL, num_strangers=5, stranger_images=3, num_negative_strangers=9
+    )
+    fewer = synthetic_benchmark(
+        **SMALL, num_strangers=5, stranger_images=3, num_negative_strangers=2
+    )
+    for name in (*OLD_SPLITS, STRANGERS_SPLIT):
+        assert rows(more[name]) == rows(fewer[name]) == rows(benchmark[name]), name
+
+    def people(split):
+        return list(dict.fromkeys(split["subject"]))
+
+    negatives = people(benchmark[NEGATIVES_SPLIT])
+    # The first negatives are the default ones; the extra four are new people.
+    assert people(more[NEGATIVES_SPLIT])[: len(negatives)] == negatives
+    assert people(fewer[NEGATIVES_SPLIT]) == negatives[:2]
+    extra = set(more[NEGATIVES_SPLIT]["subject"]) - set(negatives)
+    assert len(negatives) == 5 and len(extra) == 4
+    assert len(more[NEGATIVES_SPLIT]) == len(benchmark[NEGATIVES_SPLIT]) // 5 * 9
+    everyone_else = {
+        s for name, split in more.items() if name != NEGATIVES_SPLIT for s in split["subject"]
+    }
+    assert extra.isdisjoint(everyone_else)
+    # Negatives alone, with no strangers to measure on.
+    only = synthetic_benchmark(**SMALL, num_strangers=0, num_negative_strangers=3)
+    assert NEGATIVES_SPLIT in only and STRANGERS_SPLIT not in only
+
+
 def test_people_are_drawn_as_before_strangers_existed() -> None:
     # The draws of the original make_people (seed 0): the demo's people must not change.
     people = make_people(2, 1, seed=0)
@@ -147,8 +176,10 @@ def test_default_strangers_measure_a_two_percent_false_positive_rate() -> None:
 def test_strangers_need_names_left_and_photos() -> None:
     with pytest.raises(ValueError, match="Only 0 names are left for strangers"):
         make_strangers(1, [f"{first} {last}" for first in FIRST_NAMES for last in LAST_NAMES])
-    with pytest.raises(ValueError, match="num_strangers=-1 must be >= 0"):
+    with pytest.raises(ValueError, match=r"num_strangers=-1 and .* must be >= 0"):
         synthetic_benchmark(**SMALL, num_strangers=-1)
+    with pytest.raises(ValueError, match="num_negative_strangers=-2 must be >= 0"):
+        synthetic_benchmark(**SMALL, num_negative_strangers=-2)
     with pytest.raises(ValueError, match="stranger_images=0 >= 1"):
         synthetic_benchmark(**SMALL, num_strangers=2, stranger_images=0)
 

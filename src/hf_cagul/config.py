@@ -75,7 +75,9 @@ class CagulConfig:
             for a target false-positive rate (``gate_target_fpr``); None otherwise. Keys:
             ``target_fpr``; ``threshold`` (the value set); ``fpr``, the false-positive rate at
             it on ``heldout_negative_photos`` negative photos held out before fitting (never
-            fitted on, nor augmented);
+            fitted on, nor augmented), among them every photo of ``heldout_negative_subjects``
+            people held out whole (``heldout_by``: ``"subject"``, or ``"photo"`` when photos
+            were held out one by one);
             ``tpr``, the true-positive rate at it on ``heldout_forget_images`` fresh augmented
             variants of the forget photos (not fitted on, but of photos that were); ``seed``.
         cagul_version: Version of hf_cagul that wrote the config.

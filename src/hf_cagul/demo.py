@@ -107,6 +107,13 @@ class DemoConfig:
     )
     train_images: int = field(default=6, metadata={"help": "Training photos per person."})
     heldout_images: int = field(default=8, metadata={"help": "Held-out photos per person."})
+    negative_strangers: int = field(
+        default=50,
+        metadata={
+            "help": "Strangers whose photos the gate is fitted and calibrated on as negatives "
+            "(the 50 strangers it is measured on stay the same whatever this is)."
+        },
+    )
     stage1_steps: int = field(
         default=2800, metadata={"help": "Steps of stage 1 (full fine-tuning on everyone)."}
     )
@@ -179,6 +186,7 @@ class DemoConfig:
             train_images=self.train_images,
             heldout_images=self.heldout_images,
             seed=self.seed,
+            num_negative_strangers=self.negative_strangers,
         )
 
     def settings(self, *leave_out: str) -> dict[str, Any]:

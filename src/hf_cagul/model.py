@@ -357,13 +357,15 @@ class CagulModel(NamedAdapters):
                     "with inputs_embeds only. Pass input_ids (as the processor returns them)."
                 )
             return
-        runs = self.family.image_runs(input_ids, image_token_id)
         cache = cache_of(bound)
         continuing = cache is not None and cache.get_seq_length() > 0
-        if continuing and len(runs) == 0:
-            return  # a decode step of generate: the images were handled at prefill
+        if continuing and num_images == 0:
+            # A decode step of generate (the images were handled at prefill), or a later turn
+            # without new images: nothing to find, so no search of input_ids (a device sync).
+            return
+        runs = self.family.image_runs(input_ids, image_token_id)
         if num_images == 0:
-            if len(runs) and not continuing:
+            if len(runs):
                 raise ValueError(
                     f"input_ids hold {len(runs)} image placeholder(s) (token id "
                     f"{image_token_id}) but the call passes no images. Pass the images "

@@ -196,10 +196,24 @@ def _calibration_line(calibration: Mapping[str, Any] | None) -> str:
     return (
         f"\n- gate threshold calibrated for a false-positive rate of at most "
         f"{calibration['target_fpr']:.2%}: FPR {calibration['fpr']:.2%} on "
-        f"{calibration['heldout_negative_photos']} held-out negative photos, TPR "
+        f"{calibration['heldout_negative_photos']} held-out negative photos"
+        f"{_held_out_people(calibration)}, TPR "
         f"{calibration['tpr']:.2%} on {calibration['heldout_forget_images']} fresh augmented "
         "variants of the forget photos"
     )
+
+
+def _held_out_people(calibration: Mapping[str, Any]) -> str:
+    """The card's words on the held-out people, when the calibration held out whole subjects
+    (older adapters' calibrations do not say)."""
+    people = (
+        calibration.get("heldout_negative_subjects")
+        if calibration.get("heldout_by") == "subject"
+        else 0
+    )
+    if not people:
+        return ""
+    return f" (among them every photo of {people} people never fitted on)"
 
 
 def save_adapter(

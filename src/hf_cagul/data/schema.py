@@ -175,7 +175,8 @@ def gate_negatives(splits: Mapping[str, Dataset]) -> Dataset:
 
     Both kinds must pass the gate: retain photos are what the model must keep answering,
     strangers are most of what a served model sees. Only the ``image`` and ``question``
-    columns are kept (the gate reads nothing else).
+    columns are kept (the gate reads nothing else), and ``subject`` where every part has it
+    (the calibration holds out a subject's photos together).
 
     Args:
         splits: A benchmark (`datasets.DatasetDict`, or any mapping of split name to dataset).
@@ -183,11 +184,11 @@ def gate_negatives(splits: Mapping[str, Dataset]) -> Dataset:
     Raises:
         ValueError: If ``splits`` has neither a ``"negatives"`` nor a ``"retain"`` split.
     """
-    parts = [
-        splits[name].select_columns([IMAGE_COLUMN, QUESTION_COLUMN])
-        for name in (RETAIN_SPLIT, NEGATIVES_SPLIT)
-        if name in splits
-    ]
+    named = [splits[name] for name in (RETAIN_SPLIT, NEGATIVES_SPLIT) if name in splits]
+    columns = [IMAGE_COLUMN, QUESTION_COLUMN]
+    if named and all(SUBJECT_COLUMN in part.column_names for part in named):
+        columns.append(SUBJECT_COLUMN)
+    parts = [part.select_columns(columns) for part in named]
     if not parts:
         raise ValueError(
             f"The benchmark has neither a {NEGATIVES_SPLIT!r} nor a {RETAIN_SPLIT!r} split (it "

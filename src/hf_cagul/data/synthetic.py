@@ -229,12 +229,15 @@ def _distinct_looks(people: list[Person], rng: np.random.Generator) -> list[Pers
     return distinct
 
 
-def make_strangers(count: int, taken: Collection[str], seed: int = 0) -> list[Person]:
+def make_strangers(
+    count: int, taken: Collection[str], seed: int = 0, stream: str = "strangers"
+) -> list[Person]:
     """``count`` people whose names are not in ``taken``, drawn like `make_people`'s.
 
     Their facts and portrait traits come from the same distributions as everyone else's (they
     look like the world, not like a class of their own), but from a random stream of their
-    own: drawing them changes no draw of `make_people` for the same ``seed``.
+    own, named ``stream``: drawing them changes no draw of `make_people` for the same ``seed``,
+    nor of another stream.
 
     Raises:
         ValueError: If fewer than ``count`` names are left once ``taken`` is set aside.
@@ -246,7 +249,7 @@ def make_strangers(count: int, taken: Collection[str], seed: int = 0) -> list[Pe
             f"Only {len(names)} names are left for strangers once {len(taken)} people are "
             f"taken, asked for {count}: ask for fewer strangers or fewer people."
         )
-    rng = np.random.default_rng(_seed("strangers", seed))
+    rng = np.random.default_rng(_seed(stream, seed))
     chosen = rng.choice(len(names), size=count, replace=False)
     return [_draw_person(rng, names[name_index], known=True) for name_index in chosen]
 
@@ -358,6 +361,7 @@ def synthetic_benchmark(
     seed: int = 0,
     num_strangers: int = 50,
     stranger_images: int = 4,
+    num_negative_strangers: int | None = None,
 ) -> DatasetDict:
     """The benchmark as a `DatasetDict`, deterministic from ``seed``.
 
@@ -370,30 +374,36 @@ def synthetic_benchmark(
     - ``forget_heldout`` / ``retain_heldout``: photos never seen in training;
     - ``unseen``: people no model ever sees (as many as forget people), the non-members of
       membership inference;
-    - ``negatives`` / ``strangers``: ``num_strangers`` people each (none when 0), with
-      ``stranger_images`` photos apiece, that no model is ever taught, like most people a
-      served model sees. ``negatives`` is for fitting and calibrating the gate
-      (`hf_cagul.data.gate_negatives`), ``strangers`` for measuring how often the gate
-      flags them, and nothing else. Their rows carry ``split="retain"``: they are not to be
-      forgotten, so their photos must pass the gate and their answers stay the VLM's own
-      (the answers are their own facts, as for ``unseen``).
+    - ``negatives`` / ``strangers``: ``num_negative_strangers`` (default ``num_strangers``)
+      and ``num_strangers`` people (none when 0), with ``stranger_images`` photos apiece,
+      that no model is ever taught, like most people a served model sees. ``negatives`` is
+      for fitting and calibrating the gate (`hf_cagul.data.gate_negatives`), ``strangers``
+      for measuring how often the gate flags them, and nothing else. Their rows carry
+      ``split="retain"``: they are not to be forgotten, so their photos must pass the gate
+      and their answers stay the VLM's own (the answers are their own facts, as for
+      ``unseen``).
 
     Every person is in one split only. The strangers are drawn from a random stream of their
     own (`make_strangers`), so the other splits are the same whatever ``num_strangers`` and
-    ``stranger_images`` are. The defaults give 200 photos of 50 people per split: a false
-    positive rate of 2% is 4 photos there.
+    ``stranger_images`` are, and ``strangers`` the same whatever ``num_negative_strangers`` is
+    (negatives beyond ``num_strangers`` come from a stream of their own). The defaults give 200
+    photos of 50 people per split: a false positive rate of 2% is 4 photos there.
 
     Raises:
         ValueError: If ``forget_fraction`` is not strictly between 0 and 1, ``num_strangers``
-            is negative, ``stranger_images`` is below 1 while there are strangers, or there
-            are not enough names for everyone.
+            or ``num_negative_strangers`` is negative, ``stranger_images`` is below 1 while
+            there are strangers, or there are not enough names for everyone.
     """
     if not 0 < forget_fraction < 1:
         raise ValueError(f"forget_fraction={forget_fraction} must lie strictly between 0 and 1.")
-    if num_strangers < 0 or (num_strangers and stranger_images < 1):
+    negative_count = num_strangers if num_negative_strangers is None else num_negative_strangers
+    if min(num_strangers, negative_count) < 0 or (
+        num_strangers + negative_count and stranger_images < 1
+    ):
         raise ValueError(
-            f"num_strangers={num_strangers} must be >= 0 and stranger_images={stranger_images} "
-            ">= 1 (num_strangers=0 builds no negatives and strangers splits)."
+            f"num_strangers={num_strangers} and num_negative_strangers={num_negative_strangers} "
+            f"must be >= 0 and stranger_images={stranger_images} >= 1 (0 strangers builds no "
+            "negatives and strangers splits)."
         )
     num_forget = max(1, round(forget_fraction * num_people))
     people = make_people(num_people + num_forget, num_unknown, seed)
@@ -411,12 +421,14 @@ def synthetic_benchmark(
         "retain_heldout": _dataset(retain, retain_heldout_seeds, "retain", image_size),
         "unseen": _dataset(unseen, train_seeds[:2], "retain", image_size),
     }
-    if num_strangers:
-        outsiders = make_strangers(2 * num_strangers, [person.name for person in people], seed)
-        stranger_seeds = list(range(stranger_images))
-        for name, group in (
-            (NEGATIVES_SPLIT, outsiders[:num_strangers]),
-            (STRANGERS_SPLIT, outsiders[num_strangers:]),
-        ):
+    taken = [person.name for person in people]
+    outsiders = make_strangers(2 * num_strangers, taken, seed)
+    negatives = outsiders[: min(negative_count, num_strangers)]
+    if negative_count > num_strangers:
+        taken += [person.name for person in outsiders]
+        negatives += make_strangers(negative_count - num_strangers, taken, seed, "negatives")
+    stranger_seeds = list(range(stranger_images))
+    for name, group in ((NEGATIVES_SPLIT, negatives), (STRANGERS_SPLIT, outsiders[num_strangers:])):
+        if group:
             splits[name] = _dataset(group, stranger_seeds, RETAIN_SPLIT, image_size)
     return DatasetDict(splits)

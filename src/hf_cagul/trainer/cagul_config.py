@@ -45,8 +45,13 @@ class CagulTrainingConfig(ForgetRetainTrainingConfig):
         gate_target_fpr: None: keep `CagulConfig.gate_threshold`. Otherwise (apart only) set
             it after fitting so that the false-positive rate on held-out negatives is at most
             this.
-        gate_calibration_fraction: Fraction of the negative photos held out, never fitted on,
-            to calibrate the threshold.
+        gate_calibration_fraction: Fraction of the negatives held out, never fitted on, to
+            calibrate the threshold: of their subjects with ``gate_calibration_by_subject``,
+            else of their photos.
+        gate_calibration_by_subject: Hold out every photo of a negative subject together (the
+            data's ``subject`` column), so the threshold is set on people the gate never saw
+            (`GateFitSettings.calibration_by_subject`); photos without a subject, and all of
+            them when False, are held out one by one.
         gate_every_question: Cache each forget photo and variant with every question its rows
             ask (`GateFitSettings.every_question`), for a gate that reads the language model's
             state (one question per image otherwise, and always for the negatives).
@@ -110,7 +115,17 @@ class CagulTrainingConfig(ForgetRetainTrainingConfig):
     )
     gate_calibration_fraction: float = field(
         default=0.25,
-        metadata={"help": "Fraction of the negative photos held out to calibrate the threshold."},
+        metadata={
+            "help": "Fraction of the negatives (subjects, or photos without one) held out to "
+            "calibrate the threshold."
+        },
+    )
+    gate_calibration_by_subject: bool = field(
+        default=True,
+        metadata={
+            "help": "Hold out whole negative subjects (the subject column) to calibrate the "
+            "threshold, not single photos."
+        },
     )
     gate_every_question: bool = field(
         default=False,
@@ -216,4 +231,5 @@ class CagulTrainingConfig(ForgetRetainTrainingConfig):
             weight_decay=self.weight_decay,
             every_question=self.gate_every_question,
             kept_as_negatives=self.gate_kept_as_negatives,
+            calibration_by_subject=self.gate_calibration_by_subject,
         )

@@ -46,6 +46,7 @@ from hf_cagul.data import (
     QUESTION_COLUMN,
     REPLACED_FLAG,
     SPLIT_COLUMN,
+    SUBJECT_COLUMN,
     TRUE_ANSWER_BATCH,
     CagulDataCollator,
     ForgetRetainDataCollator,
@@ -57,7 +58,12 @@ from hf_cagul.model import CagulModel, FrozenPass
 from hf_cagul.trainer.cagul_config import TRAINING_CONFIG_NAME, CagulTrainingConfig
 from hf_cagul.trainer.forget_retain_config import ForgetRetainTrainingConfig
 from hf_cagul.trainer.forget_retain_trainer import ForgetRetainTrainer
-from hf_cagul.trainer.gate_fit import GateFitReport, fit_gate, forget_photos_of, unique_photos
+from hf_cagul.trainer.gate_fit import (
+    GateFitReport,
+    fit_gate,
+    forget_photos_of,
+    negative_photos_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -280,10 +286,9 @@ class CagulTrainer(ForgetRetainTrainer):
         forget_photos = forget_photos_of(forget, collator)
         # A photo of a forget row is a positive, even if a retain row shows it too.
         known = {photo.key for photo in forget_photos}
+        taught = train[SUBJECT_COLUMN] if SUBJECT_COLUMN in train.column_names else ()
         negative_photos = [
-            photo
-            for photo in unique_photos(negatives[IMAGE_COLUMN], negatives[QUESTION_COLUMN])
-            if photo.key not in known
+            photo for photo in negative_photos_of(negatives, taught) if photo.key not in known
         ]
         report = fit_gate(model, collator, forget_photos, negative_photos, args.gate_fit_settings())
         if report.calibration is not None:

@@ -4,9 +4,10 @@ The VLM is frozen, so what a gate reads about a photo (`CagulModel.gate_inputs`)
 while the adapter is fitted: it is computed once for every photo and for augmented variants of
 it, kept in a `GateFeatureCache`, and the gate then trains on that cache for many epochs in
 seconds (`fit_gate`), with a class-balanced binary cross-entropy (forget photos positive,
-negatives negative). With a target false-positive rate, a part of the negative photos is split
-off before fitting and never fitted on; the gate threshold is then set to the lowest one whose
-false-positive rate on them is at most the target (`calibrate_threshold`).
+negatives negative). With a target false-positive rate, a part of the negatives is split off
+before fitting and never fitted on, whole people at a time where photos name their subject; the
+gate threshold is then set to the lowest one whose false-positive rate on them is at most the
+target (`calibrate_threshold`).
 
 Only `CagulModel.gate_inputs` and the gate module are called, so any registered gate class
 works; a gate without trainable parameters is left as it is.
@@ -33,6 +34,7 @@ from hf_cagul.data.schema import (
     FORGET_TARGET_COLUMN,
     IMAGE_COLUMN,
     QUESTION_COLUMN,
+    SUBJECT_COLUMN,
     load_image,
 )
 from hf_cagul.devices import input_device
@@ -47,8 +49,10 @@ __all__ = [
     "GateFitSettings",
     "Photo",
     "calibrate_threshold",
+    "calibration_split",
     "fit_gate",
     "forget_photos_of",
+    "negative_photos_of",
     "unique_photos",
 ]
 
@@ -71,6 +75,9 @@ class Photo:
         kept: Those of ``questions`` whose forget target is the true answer itself (a visual
             question): nothing private to leak, so a gate that reads the question may leave
             them to the bare model (`GateFitSettings.kept_as_negatives`).
+        subject: Who the photo shows (its first row's ``subject``), or None when unknown. The
+            calibration holds out a negative subject's photos together
+            (`GateFitSettings.calibration_by_subject`).
     """
 
     image: Image.Image
@@ -78,6 +85,7 @@ class Photo:
     key: str
     questions: tuple[str, ...] = ()
     kept: tuple[str, ...] = ()
+    subject: str | None = None
 
     def variant_question(self, variant: int) -> str:
         """The question asked with augmented variant ``variant`` (0, 1, ...) of the photo: the
@@ -88,7 +96,10 @@ class Photo:
 
 
 def unique_photos(
-    images: Iterable[Any], questions: Iterable[str], kept: Iterable[bool] | None = None
+    images: Iterable[Any],
+    questions: Iterable[str],
+    kept: Iterable[bool] | None = None,
+    subjects: Iterable[str | None] | None = None,
 ) -> list[Photo]:
     """The distinct photos among ``images`` (first occurrence kept, in order), with a question.
 
@@ -101,22 +112,42 @@ def unique_photos(
         questions: The question of each photo's row.
         kept: Per row, whether its forget target is its true answer (`Photo.kept`); None: no
             row's is.
+        subjects: Per row, who its photo shows (`Photo.subject`: the first row's); None:
+            unknown.
     """
-    found: dict[str, tuple[Image.Image, list[str], list[str]]] = {}
+    found: dict[str, tuple[Image.Image, list[str], list[str], str | None]] = {}
     questions = list(questions)
     flags = [False] * len(questions) if kept is None else list(kept)
-    for value, question, is_kept in zip(images, questions, flags, strict=True):
+    who = [None] * len(questions) if subjects is None else list(subjects)
+    for value, question, is_kept, subject in zip(images, questions, flags, who, strict=True):
         image = load_image(value)
         key = _photo_key(image)
-        _, asked, kept_here = found.setdefault(key, (image, [], []))
+        _, asked, kept_here, _ = found.setdefault(key, (image, [], [], subject))
         if question not in asked:
             asked.append(question)
             if is_kept:
                 kept_here.append(question)
     return [
-        Photo(image, asked[0], key, tuple(asked), tuple(kept_here))
-        for key, (image, asked, kept_here) in found.items()
+        Photo(image, asked[0], key, tuple(asked), tuple(kept_here), subject)
+        for key, (image, asked, kept_here, subject) in found.items()
     ]
+
+
+def negative_photos_of(rows: Dataset, taught: Iterable[Any] = ()) -> list[Photo]:
+    """The distinct photos of the negative ``rows``, each with the questions its rows ask and,
+    where ``rows`` has a ``subject`` column, its subject unless the adapter is fitted on that
+    subject (``taught``: the subjects of the training rows, retain people).
+
+    The calibration (`calibration_split`) holds a subject's photos out together: a person seen
+    nowhere else is held out whole, as the served gate meets most people, while a retain
+    person, whose other photos the gate is fitted on at serving as well, is split photo by
+    photo.
+    """
+    if SUBJECT_COLUMN not in rows.column_names:
+        return unique_photos(rows[IMAGE_COLUMN], rows[QUESTION_COLUMN])
+    known = set(taught)
+    subjects = [None if subject in known else subject for subject in rows[SUBJECT_COLUMN]]
+    return unique_photos(rows[IMAGE_COLUMN], rows[QUESTION_COLUMN], subjects=subjects)
 
 
 def forget_photos_of(rows: Dataset, collator: ForgetRetainDataCollator) -> list[Photo]:
@@ -279,7 +310,8 @@ class GateFitSettings:
         batch_size: Cached images per gate step, and photos per forward of the frozen model.
         target_fpr: None: keep the threshold. Otherwise set it so that the FPR on the
             held-out negatives is at most this.
-        calibration_fraction: Fraction of the negative photos held out for the calibration.
+        calibration_fraction: Fraction of the negatives held out for the calibration: of
+            their subjects with ``calibration_by_subject``, else of their photos.
         seed: Seed of the augmentation, the held-out split and the order of the steps.
         weight_decay: AdamW weight decay.
         every_question: Cache each forget image (photo or variant) with every question its
@@ -290,6 +322,12 @@ class GateFitSettings:
             its forget target is its true answer, e.g. a visual question) as a negative, so
             that a gate that reads the language model's state leaves those questions to the
             bare model, whose answer they keep anyway.
+        calibration_by_subject: Hold out whole subjects for the calibration: every photo of a
+            held-out negative subject (`Photo.subject`), so the threshold is set on people the
+            gate never saw, as it meets most people once served. Photos without a subject (and
+            those of retain people, `negative_photos_of`) are held out one by one. False: photo
+            by photo, whoever they show (photos of one stranger are then both fitted on and
+            held out, and the held-out FPR understates the FPR on people never seen).
     """
 
     epochs: int
@@ -302,6 +340,7 @@ class GateFitSettings:
     weight_decay: float = 0.0
     every_question: bool = False
     kept_as_negatives: bool = False
+    calibration_by_subject: bool = True
 
 
 @dataclass
@@ -399,6 +438,44 @@ def calibrate_threshold(negative_scores: torch.Tensor, target_fpr: float) -> tup
     return threshold, fpr
 
 
+def calibration_split(
+    negative_photos: Sequence[Photo], settings: GateFitSettings
+) -> tuple[list[Photo], list[Photo]]:
+    """The negatives held out for the calibration and those fitted on.
+
+    The calibration units (each subject's photos with ``settings.calibration_by_subject``, a
+    photo without a subject being a unit of its own; else each photo) are shuffled with
+    ``settings.seed``; with a target FPR the first ``calibration_fraction`` of them (at least
+    one) are held out whole, without one none. Both lists follow the shuffled order.
+
+    Raises:
+        ValueError: If holding out leaves no negative photo to fit on.
+    """
+    units = list(dict.fromkeys(_calibration_unit(photo, settings) for photo in negative_photos))
+    order = torch.randperm(len(units), generator=torch.Generator().manual_seed(settings.seed))
+    rank = {units[index]: position for position, index in enumerate(order.tolist())}
+    held = 0
+    if settings.target_fpr is not None:
+        held = max(1, round(settings.calibration_fraction * len(units)))
+    shuffled = sorted(negative_photos, key=lambda photo: rank[_calibration_unit(photo, settings)])
+    heldout = [p for p in shuffled if rank[_calibration_unit(p, settings)] < held]
+    if len(heldout) == len(shuffled):
+        kind = "subjects" if settings.calibration_by_subject else "photos"
+        raise ValueError(
+            f"Holding out {held} of the {len(units)} negative {kind} for the calibration leaves "
+            "none to fit the gate on: pass negatives of more people (`gate_negatives`) or lower "
+            "`gate_calibration_fraction`."
+        )
+    return heldout, shuffled[len(heldout) :]
+
+
+def _calibration_unit(photo: Photo, settings: GateFitSettings) -> str:
+    """What `calibration_split` holds out together with ``photo``."""
+    if settings.calibration_by_subject and photo.subject is not None:
+        return f"subject:{photo.subject}"
+    return f"photo:{photo.key}"
+
+
 def fit_gate(
     model: CagulModel,
     collator: ForgetRetainDataCollator,
@@ -408,9 +485,9 @@ def fit_gate(
 ) -> GateFitReport:
     """Fit the active adapter's gate on cached features; calibrate its threshold if asked.
 
-    The negatives are shuffled with ``settings.seed`` and, with a target FPR, their first
-    ``calibration_fraction`` (at least one photo) is held out before anything is fitted; they
-    are scored as they are, not augmented, as the deployed gate meets photos. Every other photo
+    With a target FPR, `calibration_split` holds out part of the negatives (whole subjects by
+    default) before anything is fitted; they are scored as they are, not augmented, as the
+    deployed gate meets photos. Every other photo
     is cached itself and with ``settings.variants`` augmented variants (`PhotoAugmentation`
     seeded with ``settings.seed``); with ``settings.every_question``, each forget image once per
     question of its photo (a gate that reads the language model's state); with
@@ -442,20 +519,7 @@ def fit_gate(
             f"forget and {len(negative_photos)} negative photos."
         )
     gate = model.active_adapter_module.discriminator
-    order = torch.randperm(
-        len(negative_photos), generator=torch.Generator().manual_seed(settings.seed)
-    ).tolist()
-    shuffled = [negative_photos[index] for index in order]
-    held = 0
-    if settings.target_fpr is not None:
-        held = max(1, round(settings.calibration_fraction * len(shuffled)))
-        if held >= len(shuffled):
-            raise ValueError(
-                f"Holding out {held} of {len(shuffled)} negative photos for the calibration "
-                "leaves none to fit the gate on: pass more negatives (`gate_negatives`) or "
-                "lower `gate_calibration_fraction`."
-            )
-    heldout, fitted = shuffled[:held], shuffled[held:]
+    heldout, fitted = calibration_split(negative_photos, settings)
 
     augmentation = PhotoAugmentation(seed=settings.seed) if settings.variants else None
 
@@ -518,6 +582,12 @@ def fit_gate(
             "fpr": fpr,
             "tpr": tpr["tpr"],
             "heldout_negative_photos": len(heldout),
+            "heldout_negative_subjects": len(
+                {p.subject for p in heldout if p.subject is not None}
+                if settings.calibration_by_subject
+                else ()
+            ),
+            "heldout_by": "subject" if settings.calibration_by_subject else "photo",
             "heldout_forget_images": len(forget_scores),
             "seed": settings.seed,
         }
