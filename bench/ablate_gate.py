@@ -278,7 +278,7 @@ def main() -> None:
     title = (
         f"Gate ablation, seeds {seeds}{pooled} ({'quick' if options.quick else 'demo'} "
         f"settings), calibrated to {target} on held-out negatives "
-        f"({options.negative_strangers or 50} strangers among them): mean ± std over them."
+        f"({config.negative_strangers} strangers among them): mean ± std over them."
     )
     report(title, markdown_table(per_seed), started, options.output)
 

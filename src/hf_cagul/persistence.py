@@ -206,11 +206,7 @@ def _calibration_line(calibration: Mapping[str, Any] | None) -> str:
 def _held_out_people(calibration: Mapping[str, Any]) -> str:
     """The card's words on the held-out people, when the calibration held out whole subjects
     (older adapters' calibrations do not say)."""
-    people = (
-        calibration.get("heldout_negative_subjects")
-        if calibration.get("heldout_by") == "subject"
-        else 0
-    )
+    people = calibration.get("heldout_negative_subjects")  # 0 when held out photo by photo
     if not people:
         return ""
     return f" (among them every photo of {people} people never fitted on)"
