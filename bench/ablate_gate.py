@@ -45,7 +45,7 @@ from typing import Any
 
 import datasets
 import torch
-from ablation import cached_teach, cell, report
+from ablation import cached_teach, cell, parse_overrides, report
 
 from hf_cagul import CagulConfig, CagulTrainingConfig, get_cagul_model
 from hf_cagul.data import NEGATIVES_SPLIT, CagulDataCollator, gate_negatives
@@ -139,22 +139,16 @@ def parse_fit(fit: str) -> tuple[dict[str, Any], dict[str, Any], bool]:
         {item.name for item in dataclasses.fields(GateFitSettings)},
         {item.name for item in dataclasses.fields(CagulConfig)},
     )
-    overrides: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
-    unmistaken = False
-    for part in fit.split(","):
-        if part == UNMISTAKEN:
-            unmistaken = True
-            continue
-        name, _, value = part.partition("=")
-        kind = next((index for index, names in enumerate(kinds) if name in names), None)
-        if kind is None or not value:
-            raise SystemExit(
-                f"Fit {fit!r}: write 'demo' or FIELD=VALUE,... with FIELD one of "
-                f"{', '.join(sorted(kinds[0]))} (GateFitSettings, e.g. weight_decay=0.1) or "
-                f"a CagulConfig field (e.g. gate_members=5), or {UNMISTAKEN!r}."
-            )
-        overrides[kind][name] = json.loads(value)
-    return *overrides, unmistaken
+    parts = fit.split(",")
+    fitted, adapter = parse_overrides(
+        [part for part in parts if part != UNMISTAKEN],
+        kinds,
+        f"in fit {fit!r}, write 'demo' or FIELD=VALUE,... with FIELD one of "
+        f"{', '.join(sorted(kinds[0]))} (GateFitSettings, e.g. weight_decay=0.1) or a "
+        f"CagulConfig field (e.g. gate_members=5), or {UNMISTAKEN!r}.",
+    )
+    unmistaken = UNMISTAKEN in parts
+    return fitted, adapter, unmistaken
 
 
 def run_fits(

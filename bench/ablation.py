@@ -7,7 +7,7 @@ import hashlib
 import json
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,28 @@ def cached_teach(config: DemoConfig, cache: Path, gold: bool) -> tuple[Any, Any]
         processor.save_pretrained(directory)
         (directory / "demo_settings.json").write_text(json.dumps(settings, indent=2))
     return load_vlm(str(directory), device="cpu")
+
+
+def parse_overrides(
+    items: Iterable[str], kinds: Sequence[Collection[str]], usage: str
+) -> list[dict[str, Any]]:
+    """``FIELD=VALUE`` items sorted into one dict per kind of fields (the first of ``kinds``
+    that has the field); a value is JSON (``0.1``, ``false``) or else a bare string.
+
+    Raises:
+        SystemExit: Naming the item and ``usage`` when an item names no field or no value.
+    """
+    overrides: list[dict[str, Any]] = [{} for _ in kinds]
+    for item in items:
+        name, _, value = item.partition("=")
+        kind = next((index for index, names in enumerate(kinds) if name in names), None)
+        if kind is None or not value:
+            raise SystemExit(f"{item!r}: {usage}")
+        try:
+            overrides[kind][name] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[kind][name] = value
+    return overrides
 
 
 def cell(values: Sequence[float | None]) -> str:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from vlm_inputs import image
 
-from hf_cagul.data import PhotoAugmentation
+from hf_cagul.data import AUGMENTATIONS, PhotoAugmentation, named_augmentation
 
 
 def test_augmentation_is_reproducible_and_varies() -> None:
@@ -24,3 +25,14 @@ def test_augmentation_keeps_the_scene_recognisable() -> None:
     original = np.asarray(photo, dtype=np.float32).mean(axis=(0, 1))
     changed = np.asarray(augmented, dtype=np.float32).mean(axis=(0, 1))
     assert np.abs(original - changed).max() < 0.35 * original.max()
+
+
+def test_named_augmentations() -> None:
+    photo = image(0, size=32)
+    photo_preset = named_augmentation("photo", seed=4)(photo)
+    assert np.array_equal(np.asarray(photo_preset), np.asarray(PhotoAugmentation(seed=4)(photo)))
+    views = named_augmentation("views", seed=4)
+    assert views.flip_probability == AUGMENTATIONS["views"]["flip_probability"] > 0
+    assert views(photo).size == photo.size
+    with pytest.raises(ValueError, match="Unknown augmentation 'mixup'; choose one of photo"):
+        named_augmentation("mixup", seed=0)

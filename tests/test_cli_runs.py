@@ -96,6 +96,22 @@ def test_evaluate_a_converted_benchmark_with_the_fitted_adapter(tmp_path, capsys
     assert "Pass --benchmark" in capsys.readouterr().err
 
 
+def test_evaluate_attacks_the_gate_and_reports_it(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main([*TINY_FIT, "--output-dir", str(out), "--max-steps", "1"]) == 0
+    capsys.readouterr()
+    args = ["evaluate", "--tiny", "--benchmark", "synthetic", "--max-rows", "2", "--attacks"]
+    attack = ["--attack-queries", "2", "--attack-steps", "1", "--output-dir", str(tmp_path / "r")]
+    assert main([*args, *attack, "--adapter", str(out / "adapter")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    rows = report["attacks"]["rows"]
+    assert rows["white-box 8/255"]["max_change"] <= 8 and rows["none"]["photos"] == 2
+    assert "black-box 2 queries (answer)" in rows and "forget_keyword" in report["results"]["cagul"]
+    assert "## Attacks on the gate" in (tmp_path / "r" / "report.md").read_text()
+    assert main(args) == 2
+    assert "--attacks attacks an adapter's gate: pass --adapter" in capsys.readouterr().err
+
+
 def test_push_uploads_an_adapter_directory_to_the_hub(tmp_path, fake_hub, capsys) -> None:
     out = tmp_path / "run"
     assert main([*TINY_FIT, "--output-dir", str(out), "--max-steps", "1"]) == 0

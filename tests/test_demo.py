@@ -19,7 +19,7 @@ from hf_cagul.tiny import tiny_vlm
 @pytest.fixture(scope="module")
 def micro_run(tmp_path_factory) -> tuple[dict, Path]:
     output = tmp_path_factory.mktemp("demo")
-    config = micro_demo(output, ablation=True)
+    config = micro_demo(output, ablation=True, attack_queries=2)
     return run_demo(config), output
 
 
@@ -34,8 +34,15 @@ def test_demo_writes_the_report(micro_run) -> None:
         "cagul",
     }
     report = (output / "report.md").read_text()
-    for section in ("## Results", "## Targets", "## Robustness", "## Discriminator"):
+    for section in (
+        "## Results",
+        "## Targets",
+        "## Robustness",
+        "## Discriminator",
+        "## Attacks on the gate",
+    ):
         assert section in report
+    assert (output / "attacks.png").is_file()
     assert "text-only questions (no photo)" in metrics["robustness"]
 
 
@@ -63,7 +70,12 @@ def test_demo_metrics_cover_the_suite(micro_run) -> None:
     assert math.isnan(gate["leak_recall"]) == (gate["leaking_photos"] == 0)
     assert 0 <= gate["mistaken_strangers"] <= gate["stranger_photos"]
     assert set(metrics["ablation"]) == {"lowest attention", "random", "highest attention"}
-    assert len(metrics["targets"]) == 10
+    assert len(metrics["targets"]) == 11
+    attacks = metrics["attacks"]["rows"]
+    assert metrics["targets"][-1]["name"] == "gate: black-box 2 queries (answer) evasion"
+    assert metrics["targets"][-1]["target"] == "<= 0.05"
+    assert attacks["white-box 8/255"]["max_change"] <= 8
+    assert attacks["none"]["photos"] == 2  # one forget person, two held-out photos
     assert all(isinstance(target["met"], bool) for target in metrics["targets"])
     assert metrics["stage1"]["memorised"] == (
         metrics["results"]["base"]["forget_keyword"] >= metrics["stage1"]["threshold"]
@@ -165,6 +177,20 @@ def test_targets_judge_held_out_photos_the_gate_and_depth() -> None:
     ):
         missed = [t["name"] for t in demo_targets(_measured(**change)) if not t["met"]]
         assert missed == [name], (change, missed)
+    attacked = _measured()
+    attacked["attacks"] = {
+        "rows": {
+            "white-box 8/255": {"evasion_rate": 1.0},
+            "black-box 200 queries (answer)": {"evasion_rate": 0.04},
+            "black-box 200 queries (gate)": {"evasion_rate": 0.5},  # an upper bound: no target
+        }
+    }
+    targets = {target["name"]: target for target in demo_targets(attacked)}
+    assert targets["gate: black-box 200 queries (answer) evasion"]["met"]
+    assert len(targets) == len(demo_targets(_measured())) + 1
+    attacked["attacks"]["rows"]["black-box 200 queries (answer)"]["evasion_rate"] = 0.06
+    missed = [t["name"] for t in demo_targets(attacked) if not t["met"]]
+    assert missed == ["gate: black-box 200 queries (answer) evasion"]
     no_gate = _measured()
     no_gate["discriminator"] = {"leak_recall": math.nan}
     missed = {t["name"] for t in demo_targets(no_gate) if not t["met"]}

@@ -327,13 +327,20 @@ def test_defaults_leave_the_fit_as_it_was(tmp_path) -> None:
 
 def test_the_gate_fit_is_deterministic_from_the_seed(tmp_path) -> None:
     gates = []
-    for run in range(2):
+    for run, augmentation in enumerate(("photo", "photo", "views")):
         trainer, model, _ = make_trainer(
-            tmp_path / str(run), gate_fit="apart", gate_epochs=3, gate_variants=1, max_steps=1
+            tmp_path / str(run),
+            gate_fit="apart",
+            gate_epochs=3,
+            gate_variants=1,
+            max_steps=1,
+            gate_augmentation=augmentation,
         )
         trainer.train()
         gates.append(model.active_adapter_module.discriminator.state_dict())
     assert all(torch.equal(gates[0][k], gates[1][k]) for k in gates[0])
+    # The attacker's views are other variants: another gate from the same seed.
+    assert not all(torch.equal(gates[0][k], gates[2][k]) for k in gates[0])
 
 
 @pytest.mark.parametrize(
@@ -344,6 +351,7 @@ def test_the_gate_fit_is_deterministic_from_the_seed(tmp_path) -> None:
         ({"gate_fit": "apart", "gate_target_fpr": 1.0}, r"must lie in \[0, 1\)"),
         ({"gate_fit": "apart", "gate_epochs": 0}, "gate_epochs=0 must be >= 1"),
         ({"gate_fit": "apart", "forget_weight": 0, "retain_weight": 0}, "encoder nothing"),
+        ({"gate_augmentation": "mixup"}, "gate_augmentation='mixup' is not a preset"),
     ],
 )
 def test_bad_gate_fit_settings_are_refused(tmp_path, settings, message) -> None:

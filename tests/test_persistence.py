@@ -10,8 +10,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from vlm_inputs import randomise_encoder, standard_batch
 
-from hf_cagul import CagulConfig, CagulModel
+from hf_cagul import CagulConfig, CagulModel, get_cagul_model
 from hf_cagul.config import CONFIG_NAME, WEIGHTS_NAME
+from hf_cagul.evaluation.attacks import card_evaluation
 from hf_cagul.tiny import tiny_vlm
 
 
@@ -42,6 +43,23 @@ def test_saved_files_are_safetensors_and_json(saved_adapter) -> None:
     assert config["family"] == "llava" and config["hidden_size"] == 64
     card = (directory / "README.md").read_text()
     assert "library_name: hf_cagul" in card and "CagulModel.from_pretrained" in card
+    assert "## Limits" in card and "--adapter path/to/this-adapter" in card
+    assert "--attacks" in card
+
+
+def test_the_card_shows_the_measured_evasion_rates(tmp_path) -> None:
+    model = get_cagul_model(tiny_vlm("llava")[0], CagulConfig())
+    attacks = {
+        "rows": {
+            "none": {"evasion_rate": 0.0},
+            "white-box 4/255": {"evasion_rate": 0.75},
+            "black-box 200 queries (answer)": {"evasion_rate": float("nan")},
+        }
+    }
+    evaluation = card_evaluation(attacks)
+    assert evaluation == {"gate evasion rate, white-box 4/255": 0.75}  # NaN: none flagged
+    model.save_pretrained(tmp_path, evaluation=evaluation)
+    assert "| gate evasion rate, white-box 4/255 | 0.75 |" in (tmp_path / "README.md").read_text()
 
 
 def test_failed_save_leaves_the_old_adapter_intact(saved_adapter, monkeypatch) -> None:

@@ -136,6 +136,20 @@ class EvaluateArguments:
     output_dir: str | None = field(
         default=None, metadata={"help": "Also write report.md and plots there."}
     )
+    attacks: bool = field(
+        default=False,
+        metadata={
+            "help": "Also attack the adapter's gate (hf_cagul.evaluation.attacks) on the "
+            "held-out photos of forget people (the forget_heldout split, at most --max-rows "
+            "photos): white-box PGD at 1, 2, 4 and 8 / 255 and a black-box attacker. Needs "
+            "--adapter."
+        },
+    )
+    attack_queries: int = field(
+        default=200, metadata={"help": "The black-box attacker's queries per photo."}
+    )
+    attack_steps: int = field(default=10, metadata={"help": "The white-box attacker's steps."})
+    attack_seed: int = field(default=0, metadata={"help": "Seed of both attacks."})
 
 
 @dataclass
@@ -396,7 +410,14 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ValueError(
             "Pass --benchmark (with --data) or --dataset (a DatasetDict saved with save_to_disk)."
         )
+    if options.attacks and not options.adapter:
+        raise ValueError("--attacks attacks an adapter's gate: pass --adapter as well.")
     splits = benchmark.load(options.dataset)
+    if options.attacks and "forget_heldout" not in splits:
+        raise ValueError(
+            f"--attacks needs a forget_heldout split (held-out photos of forget people); the "
+            f"benchmark has {sorted(splits)}."
+        )
     vlm, processor = model_arguments.load()
     model: Any = vlm
     if options.adapter:
@@ -404,10 +425,23 @@ def _evaluate(args: argparse.Namespace) -> int:
     results = evaluate_model(model, processor, splits, max_rows=options.max_rows)
     results.pop("forget_truth_ratios", None)
     name = "cagul" if options.adapter else "base"
+    report: dict[str, Any] = {"results": {name: results}}
+    if options.attacks:
+        from hf_cagul.evaluation.attacks import attack_photos, refusals_of, run_attacks
+
+        report["attacks"] = run_attacks(
+            model,
+            processor,
+            attack_photos(splits["forget_heldout"], options.max_rows),
+            steps=options.attack_steps,
+            queries=options.attack_queries,
+            seed=options.attack_seed,
+            refusals=refusals_of(splits.get("forget")),
+        )
     if options.output_dir:
         title = f"Evaluation of {model_arguments.name()}"
-        write_report(options.output_dir, {"title": title, "results": {name: results}})
-    print(json.dumps(results, indent=2, sort_keys=True))
+        write_report(options.output_dir, {"title": title, **report})
+    print(json.dumps(report if options.attacks else results, indent=2, sort_keys=True))
     return 0
 
 

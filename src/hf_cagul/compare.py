@@ -198,6 +198,7 @@ class CagulFitSettings(FitSettings):
             ``gate_fit="apart"``).
         gate_kept_as_negatives: `CagulTrainingConfig.gate_kept_as_negatives` (with
             ``gate_fit="apart"``).
+        gate_augmentation: `CagulTrainingConfig.gate_augmentation` (with ``gate_fit="apart"``).
     """
 
     adapter: CagulConfig = field(default_factory=CagulConfig)
@@ -207,6 +208,7 @@ class CagulFitSettings(FitSettings):
     depth_loss: str = "npo"
     gate_every_question: bool = False
     gate_kept_as_negatives: bool = False
+    gate_augmentation: str = "photo"
 
     def training_arguments(self, output_dir: str) -> dict[str, Any]:
         """`FitSettings.training_arguments` with the gate's fit and the depth term."""
@@ -218,6 +220,7 @@ class CagulFitSettings(FitSettings):
             "depth_loss": self.depth_loss,
             "gate_every_question": self.gate_every_question,
             "gate_kept_as_negatives": self.gate_kept_as_negatives,
+            "gate_augmentation": self.gate_augmentation,
         }
 
 

@@ -18,6 +18,7 @@ import dataclasses
 import math
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -50,6 +51,12 @@ from hf_cagul.data import (
     load_image,
 )
 from hf_cagul.data.synthetic import BENCHMARK_VERSION, STRANGERS_SPLIT, synthetic_benchmark
+from hf_cagul.evaluation.attacks import (
+    attack_photos,
+    card_evaluation,
+    refusals_of,
+    run_attacks,
+)
 from hf_cagul.evaluation.probes import run_probes
 from hf_cagul.evaluation.report import AttentionHeatmap, write_report
 from hf_cagul.evaluation.suite import (
@@ -83,6 +90,7 @@ QUICK_PRESET: dict[str, Any] = {
     "stage1_steps": 300,
     "cagul_steps": 300,
     "max_eval_rows": 64,
+    "attack_queries": 20,
 }
 """`DemoConfig.quick`'s values (``hf-cagul demo --quick``): a smoke test, about 80 s on 2 cores."""
 
@@ -152,6 +160,13 @@ class DemoConfig:
             "model answers them (CagulTrainingConfig.gate_kept_as_negatives)."
         },
     )
+    gate_augmentation: str = field(
+        default="photo",
+        metadata={
+            "help": "How the gate's cached variants are drawn: 'photo' or 'views' (also "
+            "flips, rotations and colour shifts; CagulTrainingConfig.gate_augmentation)."
+        },
+    )
     depth_weight: float = field(
         default=1.0,
         metadata={"help": "Weight of CAGUL's depth term (NPO on the true answers; 0: off)."},
@@ -163,6 +178,13 @@ class DemoConfig:
         default=False, metadata={"help": "Also fit random / highest-attention selection."}
     )
     max_eval_rows: int = field(default=160, metadata={"help": "Evaluated rows per split and kind."})
+    attack_queries: int = field(
+        default=200,
+        metadata={
+            "help": "Queries per photo of the black-box attacker on the gate (the report's "
+            "'Attacks on the gate', with white-box PGD at 1-8/255; 0: no attacks)."
+        },
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the benchmark, models and fits."})
     compare: bool = field(
         default=False, metadata={"help": "Also fit and evaluate the fine-tuning baselines."}
@@ -277,6 +299,7 @@ def cagul_fit_settings(
         depth_weight=config.depth_weight,
         gate_every_question=config.gate_every_question,
         gate_kept_as_negatives=config.gate_kept_as_negatives,
+        gate_augmentation=config.gate_augmentation,
     )
 
 
@@ -285,14 +308,19 @@ APP_EXAMPLES = 4
 
 
 def save_for_the_app(
-    config: DemoConfig, model: CagulModel, processor: Any, splits: DatasetDict
+    config: DemoConfig,
+    model: CagulModel,
+    processor: Any,
+    splits: DatasetDict,
+    evaluation: Mapping[str, float] | None = None,
 ) -> DemoDirectory:
     """Write what ``hf-cagul app --demo-dir`` shows: the stage-1 VLM and its processor, the
-    adapter, and a few held-out photos (metrics.json is written with the report)."""
+    adapter (``evaluation`` in its model card), and a few held-out photos (metrics.json is
+    written with the report)."""
     directory = DemoDirectory(Path(config.output_dir))
     model.base_model.save_pretrained(directory.stage1)
     processor.save_pretrained(directory.stage1)
-    model.save_pretrained(directory.adapter)
+    model.save_pretrained(directory.adapter, evaluation=evaluation)
     per_photo = [one_row_per_photo(splits[name]) for name in ("forget_heldout", "retain_heldout")]
     photos = concatenate_datasets(
         [rows.select(range(min(APP_EXAMPLES, len(rows)))) for rows in per_photo]
@@ -378,6 +406,11 @@ def demo_targets(metrics: dict[str, Any]) -> list[dict[str, Any]]:
         _check("gate: FPR on strangers' photos", gate.get("stranger_fpr"), high=0.02),
         _check("MIA AUC, forget vs unseen", cagul.get("mia_auc"), low=0.4, high=0.6),
         _check("forget truth ratio, distance to gold", truth_gap, high=0.1),
+        *[
+            _check(f"gate: {name} evasion", row.get("evasion_rate"), high=0.05)
+            for name, row in metrics.get("attacks", {}).get("rows", {}).items()
+            if name.startswith("black-box") and name.endswith("(answer)")
+        ],
     ]
 
 
@@ -446,6 +479,18 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         bar.update()
     gate = discriminator_metrics(model, processor, **gate_photos(model, processor, splits))
     timings["evaluation"] = time.perf_counter() - clock
+    attacks = None
+    if config.attack_queries:
+        clock = time.perf_counter()
+        attacks = run_attacks(
+            model,
+            processor,
+            attack_photos(splits["forget_heldout"], config.max_eval_rows),
+            queries=config.attack_queries,
+            seed=config.seed,
+            refusals=refusals_of(splits["forget"]),
+        )
+        timings["attacks on the gate"] = time.perf_counter() - clock
 
     metrics: dict[str, Any] = {
         "title": "hf_cagul demo: forgetting fictitious people in a tiny LLaVA",
@@ -459,9 +504,14 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         "results": {name: scalar_metrics(values) for name, values in evaluated.items()},
         "discriminator": gate,
         "robustness": probes,
+        **({"attacks": attacks} if attacks is not None else {}),
     }
     heatmap = attention_heatmap(model, processor, rows_of_kind(splits["forget"], "private", 1))
-    save_for_the_app(config, model, processor, splits)
+    card = card_evaluation(attacks) if attacks is not None else {}
+    heldout = evaluated["cagul"].get("forget_heldout_keyword")
+    if heldout is not None:
+        card = {"forget keyword accuracy, held-out photos": heldout, **card}
+    save_for_the_app(config, model, processor, splits, card)
     bare = model.unload()
     if config.ablation:
         clock = time.perf_counter()

@@ -92,10 +92,11 @@ class VisualTokens:
 
     def read_language_state(self, hidden: torch.Tensor, query_mask: torch.Tensor) -> None:
         """Keep the state ``hidden`` ``(batch, seq, hidden)`` of a decoder layer at the last
-        prompt token (``query_mask``) of each image's sample, detached."""
+        prompt token (``query_mask``) of each image's sample (attached to the graph where the
+        pass has one: the frozen VLM's weights take no gradient, the pixels of an attack do)."""
         last = last_query_token(query_mask.to(hidden.device)).long().argmax(dim=1)
         samples = self.spans[:, 0].to(hidden.device)
-        self.language_state = hidden[samples, last[samples]].detach()
+        self.language_state = hidden[samples, last[samples]]
 
 
 def _as_input(adapter: CagulAdapter, tensor: torch.Tensor) -> torch.Tensor:

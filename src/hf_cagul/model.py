@@ -238,6 +238,19 @@ class CagulModel(NamedAdapters):
         names = list(self._active_adapters)
         return GateScores(names, decision.logits, decision.probabilities, tokens.spans)
 
+    def gate_logits(self, **inputs: Any) -> torch.Tensor:
+        """The gate logit of every active adapter for each image of ``inputs``,
+        ``(adapters, images)``, attached to the autograd graph: with ``pixel_values`` that
+        require grad, the gradient reaches the pixels through the vision tower, the projector
+        and, for a gate that reads the language model's state, the decoder layers up to the
+        one it reads. For attacks on the gate (`hf_cagul.evaluation.attacks`); serving scores
+        come from `gate_probabilities`. The VLM's weights stay frozen.
+
+        Raises:
+            ValueError: If the inputs carry no image.
+        """
+        return self._gate_pass(inputs)[0].logits
+
     @torch.no_grad()
     def gate_inputs(self, **inputs: Any) -> GateInputs:
         """What the active adapter's gate reads about the images of ``inputs`` (detached), as

@@ -33,6 +33,10 @@ from hf_cagul.version import __version__
 CARD_NAME = "README.md"
 APP_GUIDE_URL = "https://github.com/hf-cagul/hf_cagul/blob/main/docs/app.md"
 """The guide to the adapter inspector that model cards link to."""
+ATTACKS_GUIDE_URL = (
+    "https://github.com/hf-cagul/hf_cagul/blob/main/docs/evaluation.md#attacks-on-the-gate"
+)
+"""The guide to the attacks on the gate that model cards link to."""
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
@@ -185,6 +189,16 @@ hf-cagul app --model {base} --adapter {name}
 - tokens rewritten per flagged image: {config.num_tokens or f"{config.token_ratio:.0%}"}
 - gate: `{config.gate}`{f", an ensemble of {config.gate_members}" * (config.gate_members > 1)}
 - gate threshold: {config.gate_threshold}{_calibration_line(config.gate_calibration)}
+
+## Limits
+
+The gate is this adapter's only protection: a photo it does not flag reaches the base model
+untouched and gets its answer, and an attacker can search for such photos. Measure what one
+gets past this gate, on held-out photos of the forget subjects ([how]({ATTACKS_GUIDE_URL})):
+
+```bash
+hf-cagul evaluate --model {base} --adapter {name} --dataset path/to/benchmark --attacks
+```
 {table}"""
     return str(ModelCard(content))
 

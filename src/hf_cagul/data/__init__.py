@@ -10,7 +10,7 @@ Validate a dataset or a whole benchmark up front with `validate_dataset`; batch 
 builds an offline benchmark in this contract.
 """
 
-from hf_cagul.data.augment import PhotoAugmentation
+from hf_cagul.data.augment import AUGMENTATIONS, PhotoAugmentation, named_augmentation
 from hf_cagul.data.collator import (
     CAGUL_TARGETS,
     FORGET_FLAG,
@@ -47,6 +47,7 @@ from hf_cagul.data.schema import (
 
 __all__ = [
     "ANSWER_COLUMN",
+    "AUGMENTATIONS",
     "CAGUL_TARGETS",
     "DATA_COLUMNS",
     "DEFAULT_REFUSALS",
@@ -75,5 +76,6 @@ __all__ = [
     "UnlearningDataCollator",
     "gate_negatives",
     "load_image",
+    "named_augmentation",
     "validate_dataset",
 ]

@@ -44,6 +44,7 @@ _KNOWN_SECTIONS = (
     "targets",
     "discriminator",
     "robustness",
+    "attacks",
     "ablation",
     "comparison",
     "timings",
@@ -162,8 +163,8 @@ def write_report(
     ``metrics`` is a JSON-serialisable nested mapping. Only ``results`` (model name -> metric
     name -> value, e.g. ``"base"``, ``"cagul"``, ``"gold"``) is required; the sections
     ``title``, ``settings``, ``stage1``, ``targets``, ``discriminator``, ``robustness``,
-    ``ablation`` and ``timings`` get a dedicated rendering when present, and any other
-    top-level key a generic one (a table where its shape allows).
+    ``attacks``, ``ablation`` and ``timings`` get a dedicated rendering when present, and any
+    other top-level key a generic one (a table where its shape allows).
 
     Files (``output_dir`` is created if missing):
 
@@ -179,6 +180,8 @@ def write_report(
       never fitted on) when every point has it, else ``forget_keyword``; utility is
       ``model_utility`` when every plotted point has it, else ``retain_keyword``, so that
       all points share one axis.
+    - ``attacks.png``, when ``attacks`` (`hf_cagul.evaluation.attacks.run_attacks`) has
+      white-box rows: evasion rate and leak against the budget.
     - ``attention_heatmap.png``, when ``heatmap`` is given: the photo and the attention
       scores on the token grid side by side, the rewritten tokens boxed in red.
 
@@ -205,6 +208,9 @@ def write_report(
         plots["leakage"] = _save(leakage, directory / "leakage_vs_utility.png")
     if attention is not None:
         plots["heatmap"] = _save(attention, directory / "attention_heatmap.png")
+    attacks = _attacks_figure(metrics.get("attacks"))
+    if attacks is not None:
+        plots["attacks"] = _save(attacks, directory / "attacks.png")
 
     report = directory / "report.md"
     report.write_text(_markdown(metrics, results, plots), encoding="utf-8")
@@ -273,6 +279,8 @@ def _markdown(
         section("Discriminator", _discriminator(metrics["discriminator"]))
     if "robustness" in metrics:
         section("Robustness", _generic(metrics["robustness"], "probe"))
+    if "attacks" in metrics:
+        section("Attacks on the gate", [*_attacks(metrics["attacks"]), *_images(plots, "attacks")])
     if "ablation" in metrics:
         section("Ablation", _generic(metrics["ablation"], "variant"))
     if "comparison" in metrics:
@@ -408,6 +416,28 @@ def _discriminator(gate: Any) -> list[str]:
     return _table(["metric", "value", "what it measures"], rows)
 
 
+def _attacks(attacks: Any) -> list[str]:
+    """The attacks table (`hf_cagul.evaluation.attacks.run_attacks`) and what it means."""
+    if not isinstance(attacks, Mapping) or not isinstance(attacks.get("rows"), Mapping):
+        return _generic(attacks, "key")
+    half = attacks.get("white_box_half_budget")
+    lines = [
+        f"{format_value(attacks.get('photos'))} held-out photos of forget people; the evasion "
+        "rate counts, of those the gate flags as they are, the share whose attacked photo it "
+        "no longer flags; leak is the forget keyword accuracy of the served model on the "
+        "attacked photos, base leak the bare model's on the same photos. White-box: "
+        f"{format_value(attacks.get('steps'))} PGD steps on the gate's logit within an L-inf "
+        "budget; black-box: random views until the answer is no refusal (answer) or the gate "
+        "lets the view pass (gate, an upper bound).",
+        "",
+        *_generic(attacks["rows"], "attack"),
+        "",
+        "Smallest white-box budget at which more than half the flagged photos evade: "
+        + (f"{half}/255." if half is not None else "none of those tried."),
+    ]
+    return lines
+
+
 def _timings(timings: Any) -> list[str]:
     """Seconds per stage, with their total unless ``timings`` has a ``total`` already."""
     if not isinstance(timings, Mapping) or not timings:
@@ -429,6 +459,7 @@ def _images(plots: Mapping[str, Path], *names: str) -> list[str]:
         "accuracy": "accuracy per model",
         "leakage": "leakage vs utility",
         "heatmap": "attention heatmap",
+        "attacks": "evasion and leak against the white-box budget",
     }
     return [
         line
@@ -446,6 +477,46 @@ def _save(figure: Figure, path: Path) -> Path:
     FigureCanvasAgg(figure)
     figure.savefig(path, dpi=120)
     return path
+
+
+def _attacks_figure(attacks: Any) -> Figure | None:
+    """Evasion rate and leak against the white-box budget, the black-box attacks as dashed
+    levels; ``None`` without white-box rows."""
+    rows = attacks.get("rows") if isinstance(attacks, Mapping) else None
+    if not isinstance(rows, Mapping):
+        return None
+    white = [
+        (int(name.split()[1].split("/")[0]), values)
+        for name, values in rows.items()
+        if name.startswith("white-box ")
+    ]
+    if not white:
+        return None
+    figure = Figure(figsize=(6.5, 4.0), layout="constrained")
+    axes = figure.add_subplot()
+    budgets = [budget for budget, _ in white]
+    for key, color, label in (
+        ("evasion_rate", "tab:red", "evasion rate"),
+        ("leak", "tab:purple", "leak (served)"),
+        ("base_leak", "tab:gray", "leak (bare model)"),
+    ):
+        values = [_number(row.get(key)) for _, row in white]
+        axes.plot(
+            budgets, [np.nan if v is None else v for v in values], "o-", color=color, label=label
+        )
+    for name, values in rows.items():
+        evasion = _number(values.get("evasion_rate"))
+        if name.startswith("black-box") and evasion is not None:
+            axes.axhline(evasion, linestyle="--", linewidth=1, color="tab:blue", alpha=0.7)
+            axes.annotate(f"{name}: evasion", (budgets[0], evasion), fontsize=7, color="tab:blue")
+    axes.set_xscale("log", base=2)
+    axes.set_xticks(budgets, [f"{b}/255" for b in budgets])
+    axes.set_ylim(-0.02, 1.02)
+    axes.set_xlabel("white-box L-inf budget")
+    axes.set_ylabel("share of photos")
+    axes.set_title("Attacks on the gate")
+    axes.legend(fontsize=8)
+    return figure
 
 
 def _accuracy_figure(results: Mapping[str, Mapping[str, Any]]) -> Figure | None:

@@ -238,13 +238,7 @@ def discriminator_metrics(
             no rows, ``leaks`` is not one flag per forget photo, or ``mistaken`` is not one
             flag per stranger's photo.
     """
-    thresholds = {model.cagul_config[name].gate_threshold for name in model.active_adapters}
-    if len(thresholds) != 1:
-        raise ValueError(
-            f"The active adapters {model.active_adapters} use different gate thresholds "
-            f"{sorted(thresholds)}: measure each alone (`model.set_adapter(name)`)."
-        )
-    (threshold,) = thresholds
+    threshold = shared_threshold(model)
     if stranger_photos is not None and len(stranger_photos) == 0:
         raise ValueError("stranger_photos has no rows: pass photos of strangers, or None.")
     if leaks is not None and len(leaks) != len(forget_photos):
@@ -258,8 +252,8 @@ def discriminator_metrics(
             f"{0 if stranger_photos is None else len(stranger_photos)} strangers' photos: give "
             "one per photo of stranger_photos, in order (`mistaken_photos`)."
         )
-    forget = _gate_scores(model, processor, forget_photos, batch_size)
-    retain = _gate_scores(model, processor, retain_photos, batch_size)
+    forget = gate_scores(model, processor, forget_photos, batch_size)
+    retain = gate_scores(model, processor, retain_photos, batch_size)
     labels = [True] * len(forget) + [False] * len(retain)
     metrics = {
         "auc": roc_auc(forget + retain, labels),
@@ -267,7 +261,7 @@ def discriminator_metrics(
         "threshold": threshold,
     }
     if stranger_photos is not None:
-        strangers = _gate_scores(model, processor, stranger_photos, batch_size)
+        strangers = gate_scores(model, processor, stranger_photos, batch_size)
         negatives = [False] * len(strangers)
         metrics["stranger_fpr"] = rates_at_threshold(strangers, negatives, threshold)["fpr"]
         metrics["stranger_photos"] = len(strangers)
@@ -291,10 +285,26 @@ def _flagged_share(scores: Sequence[float], threshold: float) -> float:
     return rates_at_threshold(scores, [True] * len(scores), threshold)["tpr"]
 
 
-def _gate_scores(
-    model: CagulModel, processor: Any, photos: Dataset, batch_size: int
+def shared_threshold(model: CagulModel) -> float:
+    """The gate threshold of the active adapters (an image is flagged above it).
+
+    Raises:
+        ValueError: If the active adapters use different thresholds.
+    """
+    thresholds = {model.cagul_config[name].gate_threshold for name in model.active_adapters}
+    if len(thresholds) != 1:
+        raise ValueError(
+            f"The active adapters {model.active_adapters} use different gate thresholds "
+            f"{sorted(thresholds)}: measure each alone (`model.set_adapter(name)`)."
+        )
+    return thresholds.pop()
+
+
+def gate_scores(
+    model: CagulModel, processor: Any, photos: Dataset, batch_size: int = 32
 ) -> list[float]:
-    """Each photo's gate probability (the highest any active adapter gives it)."""
+    """Each photo's gate probability (the highest any active adapter gives it), one per row
+    of ``photos`` (with ``image`` and ``question``)."""
     collator = CagulDataCollator(processor)
     device = input_device(model)
     probabilities: list[float] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from hf_cagul.data.augment import AUGMENTATIONS
 from hf_cagul.trainer.forget_retain_config import ForgetRetainTrainingConfig
 from hf_cagul.trainer.gate_fit import GateFitSettings
 
@@ -42,6 +43,9 @@ class CagulTrainingConfig(ForgetRetainTrainingConfig):
         gate_variants: Augmented variants cached per photo (besides the photo itself).
         gate_batch_size: Cached images per step of the gate fitted apart (and photos per
             forward of the frozen VLM while caching).
+        gate_augmentation: The `hf_cagul.data.AUGMENTATIONS` preset the variants are drawn
+            with: ``"photo"`` or ``"views"`` (flips, rotations and colour shifts besides: a
+            gate fitted on the black-box attacker's views).
         gate_target_fpr: None: keep `CagulConfig.gate_threshold`. Otherwise (apart only) set
             it after fitting so that the false-positive rate on held-out negatives is at most
             this.
@@ -105,6 +109,14 @@ class CagulTrainingConfig(ForgetRetainTrainingConfig):
     gate_batch_size: int = field(
         default=32,
         metadata={"help": "Cached images per step of the gate fitted apart."},
+    )
+    gate_augmentation: str = field(
+        default="photo",
+        metadata={
+            "help": "How the cached variants are drawn (hf_cagul.data.AUGMENTATIONS): 'photo' "
+            "(shifts, crops, lighting, noise, JPEG) or 'views' (also flips, rotations and "
+            "colour shifts: the black-box attacker's views)."
+        },
     )
     gate_target_fpr: float | None = field(
         default=None,
@@ -199,6 +211,11 @@ class CagulTrainingConfig(ForgetRetainTrainingConfig):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
         self.require_non_negative("gate_learning_rate", "gate_variants")
+        if self.gate_augmentation not in AUGMENTATIONS:
+            raise ValueError(
+                f"gate_augmentation={self.gate_augmentation!r} is not a preset; choose one of "
+                f"{', '.join(AUGMENTATIONS)} (hf_cagul.data.AUGMENTATIONS)."
+            )
         if self.gate_target_fpr is not None:
             if self.gate_fit != "apart":
                 raise ValueError(
@@ -232,4 +249,5 @@ class CagulTrainingConfig(ForgetRetainTrainingConfig):
             every_question=self.gate_every_question,
             kept_as_negatives=self.gate_kept_as_negatives,
             calibration_by_subject=self.gate_calibration_by_subject,
+            augmentation=self.gate_augmentation,
         )

@@ -28,7 +28,7 @@ from datasets import Dataset
 from PIL import Image
 from torch import nn
 
-from hf_cagul.data import ForgetRetainDataCollator, PhotoAugmentation
+from hf_cagul.data import ForgetRetainDataCollator, PhotoAugmentation, named_augmentation
 from hf_cagul.data.schema import (
     ANSWER_COLUMN,
     FORGET_TARGET_COLUMN,
@@ -121,7 +121,7 @@ def unique_photos(
     who = [None] * len(questions) if subjects is None else list(subjects)
     for value, question, is_kept, subject in zip(images, questions, flags, who, strict=True):
         image = load_image(value)
-        key = _photo_key(image)
+        key = photo_key(image)
         _, asked, kept_here, _ = found.setdefault(key, (image, [], [], subject))
         if question not in asked:
             asked.append(question)
@@ -160,7 +160,8 @@ def forget_photos_of(rows: Dataset, collator: ForgetRetainDataCollator) -> list[
     return unique_photos(rows[IMAGE_COLUMN], rows[QUESTION_COLUMN], kept)
 
 
-def _photo_key(image: Image.Image) -> str:
+def photo_key(image: Image.Image) -> str:
+    """What tells photos apart: a SHA-256 of the image's mode, size and pixels."""
     digest = hashlib.sha256(f"{image.mode}:{image.size}".encode())
     digest.update(image.tobytes())
     return digest.hexdigest()
@@ -328,6 +329,7 @@ class GateFitSettings:
             those of retain people, `negative_photos_of`) are held out one by one. False: photo
             by photo, whoever they show (photos of one stranger are then both fitted on and
             held out, and the held-out FPR understates the FPR on people never seen).
+        augmentation: The `hf_cagul.data.AUGMENTATIONS` preset the variants are drawn with.
     """
 
     epochs: int
@@ -341,6 +343,7 @@ class GateFitSettings:
     every_question: bool = False
     kept_as_negatives: bool = False
     calibration_by_subject: bool = True
+    augmentation: str = "photo"
 
 
 @dataclass
@@ -521,7 +524,9 @@ def fit_gate(
     gate = model.active_adapter_module.discriminator
     heldout, fitted = calibration_split(negative_photos, settings)
 
-    augmentation = PhotoAugmentation(seed=settings.seed) if settings.variants else None
+    augmentation: PhotoAugmentation | None = None
+    if settings.variants:
+        augmentation = named_augmentation(settings.augmentation, settings.seed)
 
     def cache(photos: Sequence[Photo], label: bool, **kwargs: Any) -> GateFeatureCache:
         return GateFeatureCache.compute(
@@ -557,7 +562,7 @@ def fit_gate(
             forget_photos,
             True,
             variants=max(1, settings.variants),
-            augmentation=PhotoAugmentation(seed=settings.seed + 1),
+            augmentation=named_augmentation(settings.augmentation, settings.seed + 1),
             include_photos=False,
             every_question=every_question,
             kept_as_negatives=kept_as_negatives,
