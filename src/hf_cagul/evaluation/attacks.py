@@ -27,7 +27,6 @@ import dataclasses
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import nullcontext
 from typing import Any, Literal
 
 import numpy as np
@@ -202,27 +201,19 @@ def white_box_attack(
         delta, pixels = delta.to(device), pixels.to(device)
         best = (pixels + delta).clamp(0, 1)
         best_logits = torch.full((len(pixels),), math.inf, device=device)
-        for _ in range(steps + 1):
-            delta.requires_grad_(True)
+        dtype = inputs["pixel_values"].dtype
+        for done in range(steps + 1):  # the start, then each step's result
+            delta.requires_grad_(done < steps)
             candidate = (pixels + delta).clamp(0, 1)
-            with torch.enable_grad():
-                logits = (
-                    model.gate_logits(
-                        **{
-                            **inputs,
-                            "pixel_values": (offset + scale * candidate).to(
-                                inputs["pixel_values"].dtype
-                            ),
-                        }
-                    )
-                    .max(dim=0)
-                    .values
-                )
-                (gradient,) = torch.autograd.grad(logits.sum(), delta)
+            with torch.set_grad_enabled(done < steps):
+                gated = {**inputs, "pixel_values": (offset + scale * candidate).to(dtype)}
+                logits = model.gate_logits(**gated).max(dim=0).values
             better = logits.detach() < best_logits
             best[better] = candidate.detach()[better]
             best_logits = torch.where(better, logits.detach(), best_logits)
-            delta = (delta.detach() - step * gradient.sign()).clamp(-epsilon, epsilon)
+            if done < steps:
+                (gradient,) = torch.autograd.grad(logits.sum(), delta)
+                delta = (delta.detach() - step * gradient.sign()).clamp(-epsilon, epsilon)
         attacked += [_to_image(image) for image in best.cpu()]
     originals = [_resized(load_image(image), attacked[0].size) for image in photos["image"]]
     change = max(
@@ -385,7 +376,7 @@ def _measure(
         return float(np.mean([keyword_match(a, k) for a, k in zip(answers, keywords, strict=True)]))
 
     served = accuracy(lambda: generate_answers(model, processor, views, batch_size, progress=False))
-    with model.disable_adapter() if isinstance(model, CagulModel) else nullcontext():
+    with model.disable_adapter():
         bare = accuracy(
             lambda: generate_answers(model, processor, views, batch_size, progress=False)
         )
