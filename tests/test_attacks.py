@@ -13,6 +13,7 @@ from hf_cagul import CagulConfig, get_cagul_model
 from hf_cagul.data import PhotoAugmentation
 from hf_cagul.evaluation.attacks import (
     BLACK_BOX_VIEWS,
+    WhiteBoxUnsupportedError,
     black_box_attack,
     is_refusal,
     refusals_of,
@@ -90,11 +91,21 @@ def test_white_box_never_touches_the_base_weights() -> None:
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_white_box_refuses_processors_that_cut_photos_into_patches() -> None:
+def test_white_box_refuses_processors_that_cut_photos_into_patches(tmp_path) -> None:
     vlm, processor = tiny_vlm("qwen2_vl")
     model = get_cagul_model(vlm, CagulConfig())
-    with pytest.raises(ValueError, match="black_box_attack"):
+    with pytest.raises(WhiteBoxUnsupportedError, match="black_box_attack"):
         white_box_attack(model, processor, photos(1), budget=4)
+    # run_attacks says why and still runs the black-box attacker.
+    attacks = run_attacks(model, processor, photos(1), steps=1, queries=2, progress=False)
+    assert "pixel_values of shape (photos, 3, H, W)" in attacks["white_box_skipped"]
+    assert list(attacks["rows"]) == [
+        "none",
+        "black-box 2 queries (answer)",
+        "black-box 2 queries (gate)",
+    ]
+    write_report(tmp_path, {"results": {"cagul": {}}, "attacks": attacks})
+    assert "No white-box attack: The white-box attack needs" in (tmp_path / "report.md").read_text()
 
 
 @pytest.mark.parametrize("budget, steps", [(0, 4), (4, 0)])

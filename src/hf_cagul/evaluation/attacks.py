@@ -46,6 +46,7 @@ from hf_cagul.trainer.gate_fit import photo_key
 __all__ = [
     "BLACK_BOX_VIEWS",
     "AttackResult",
+    "WhiteBoxUnsupportedError",
     "attack_photos",
     "black_box_attack",
     "card_evaluation",
@@ -72,6 +73,11 @@ BLACK_BOX_VIEWS: dict[str, Any] = {
 shifts (brightness, contrast, saturation) and a JPEG round trip at quality 20-90 half the time."""
 
 Oracle = Literal["answer", "gate"]
+
+
+class WhiteBoxUnsupportedError(ValueError):
+    """The processor's ``pixel_values`` are not one affine ``(3, H, W)`` image per photo, so the
+    white-box attack cannot differentiate through them (the black-box one still runs)."""
 
 
 @dataclasses.dataclass
@@ -179,10 +185,10 @@ def white_box_attack(
         batch_size: Photos attacked together.
 
     Raises:
-        ValueError: If ``budget`` or ``steps`` is below 1, or the processor's ``pixel_values``
-            are not one ``(3, H, W)`` affine image of the pixels per photo (processors that cut
-            photos into tiles or flatten them into patches): attack those with
-            `black_box_attack`.
+        ValueError: If ``budget`` or ``steps`` is below 1.
+        WhiteBoxUnsupportedError: If the processor's ``pixel_values`` are not one ``(3, H, W)``
+            affine image of the pixels per photo (processors that cut photos into tiles or
+            flatten them into patches): attack those with `black_box_attack`.
     """
     if budget < 1 or steps < 1:
         raise ValueError(f"budget and steps must be at least 1, got {budget} and {steps}.")
@@ -311,7 +317,9 @@ def run_attacks(
         ``rows`` (attack name -> `AttackResult.as_row`; the first, ``"none"``, measures the
         photos as they are), ``white_box_half_budget`` (the smallest white-box budget, in
         1/255, at which more than half the flagged photos evade; None if none does),
-        ``photos``, ``steps``, ``queries`` and ``seed``.
+        ``photos``, ``steps``, ``queries`` and ``seed``; and ``white_box_skipped`` (why) when
+        the processor rules the white-box attack out (`WhiteBoxUnsupportedError`): the
+        black-box rows are still there.
 
     Raises:
         ValueError: If ``photos`` has no rows; as the attacks do.
@@ -321,8 +329,12 @@ def run_attacks(
     clean = [load_image(image) for image in photos["image"]]
     results = [_measure(model, processor, photos, clean, "none", 1.0, 0, 16)]
     budgets = sorted(budgets)
-    for budget in tqdm(budgets, desc="white-box attacks", disable=not progress):
-        results.append(white_box_attack(model, processor, photos, budget, steps, seed))
+    skipped = None
+    try:
+        for budget in tqdm(budgets, desc="white-box attacks", disable=not progress):
+            results.append(white_box_attack(model, processor, photos, budget, steps, seed))
+    except WhiteBoxUnsupportedError as err:
+        skipped, budgets = str(err), []
     for oracle in ("answer", "gate"):
         results.append(
             black_box_attack(
@@ -337,6 +349,7 @@ def run_attacks(
     return {
         "rows": {result.attack: result.as_row() for result in results},
         "white_box_half_budget": half[0] if half else None,
+        **({"white_box_skipped": skipped} if skipped is not None else {}),
         "photos": len(photos),
         "steps": steps,
         "queries": queries,
@@ -396,7 +409,7 @@ def _processor_view(
     values = inputs.get("pixel_values")
     if values is None or values.ndim != 4 or values.shape[:2] != (len(images), 3):
         shape = None if values is None else list(values.shape)
-        raise ValueError(
+        raise WhiteBoxUnsupportedError(
             f"The white-box attack needs pixel_values of shape (photos, 3, H, W), one image "
             f"per photo; this processor gives {shape} for {len(images)} photos (tiles or "
             "patches). Attack this model with black_box_attack."
@@ -422,7 +435,7 @@ def _processor_view(
     if processed.shape != values.shape or not torch.allclose(
         processed.float(), offset + scale * pixels, atol=tolerance
     ):
-        raise ValueError(
+        raise WhiteBoxUnsupportedError(
             "The white-box attack needs a processor that maps a photo at its resolution "
             f"({width}x{height}) to pixel_values by rescaling and normalising alone; this one "
             "does more (resampling, padding or another layout). Attack this model with "

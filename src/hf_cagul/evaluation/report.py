@@ -435,6 +435,8 @@ def _attacks(attacks: Any) -> list[str]:
         "Smallest white-box budget at which more than half the flagged photos evade: "
         + (f"{half}/255." if half is not None else "none of those tried."),
     ]
+    if attacks.get("white_box_skipped"):
+        lines[-1] = f"No white-box attack: {format_value(attacks['white_box_skipped'])}"
     return lines
 
 
