@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from hf_cagul.data import CagulDataCollator, PhotoAugmentation, load_image
 from hf_cagul.data.schema import DEFAULT_REFUSALS, FORGET_TARGET_COLUMN
 from hf_cagul.devices import input_device
-from hf_cagul.evaluation.generation import generate_answers, keyword_match
+from hf_cagul.evaluation.generation import generate_answers, keyword_accuracy
 from hf_cagul.evaluation.suite import gate_scores, keywords_of, rows_of_kind, shared_threshold
 from hf_cagul.model import CagulModel
 from hf_cagul.trainer.gate_fit import photo_key
@@ -197,6 +197,7 @@ def white_box_attack(
     epsilon, step = budget / 255, 2.5 * budget / 255 / steps
     generator = torch.Generator().manual_seed(seed)
     attacked: list[Image.Image] = []
+    originals: list[Image.Image] = []  # at the processor's resolution
     for start in range(0, len(photos), batch_size):
         rows = photos[start : start + batch_size]
         inputs = collator.prompts(rows["image"], rows["question"])
@@ -221,7 +222,7 @@ def white_box_attack(
                 (gradient,) = torch.autograd.grad(logits.sum(), delta)
                 delta = (delta.detach() - step * gradient.sign()).clamp(-epsilon, epsilon)
         attacked += [_to_image(image) for image in best.cpu()]
-    originals = [_resized(load_image(image), attacked[0].size) for image in photos["image"]]
+        originals += [_to_image(image) for image in pixels.cpu()]
     change = max(
         int(np.abs(np.asarray(a, np.int16) - np.asarray(o, np.int16)).max())
         for a, o in zip(attacked, originals, strict=True)
@@ -383,15 +384,12 @@ def _measure(
     before = gate_scores(model, processor, photos, batch_size)
     after = gate_scores(model, processor, views, batch_size)
     keywords = keywords_of(photos)
-
-    def accuracy(answer: Callable[[], list[str]]) -> float:
-        answers = answer()
-        return float(np.mean([keyword_match(a, k) for a, k in zip(answers, keywords, strict=True)]))
-
-    served = accuracy(lambda: generate_answers(model, processor, views, batch_size, progress=False))
+    served = keyword_accuracy(
+        generate_answers(model, processor, views, batch_size, progress=False), keywords
+    )
     with model.disable_adapter():
-        bare = accuracy(
-            lambda: generate_answers(model, processor, views, batch_size, progress=False)
+        bare = keyword_accuracy(
+            generate_answers(model, processor, views, batch_size, progress=False), keywords
         )
     flagged = [score > threshold for score in before]
     evaded = sum(f and a <= threshold for f, a in zip(flagged, after, strict=True))
