@@ -141,6 +141,28 @@ def test_summary_says_what_the_gate_lets_through(tmp_path, capsys) -> None:
     assert "gate:" not in capsys.readouterr().out
 
 
+def test_summary_aligns_targets_and_says_n_a_for_nan(tmp_path, capsys) -> None:
+    targets = [
+        {"name": "short", "value": 0.5, "target": "<= 0.05", "met": False},
+        {
+            "name": "a much longer name than any before it",
+            "value": float("nan"),
+            "target": "<= 0.05",
+            "met": False,
+        },
+    ]
+    metrics = {
+        "stage1": {"memorised": True, "forget_keyword_accuracy": 0.95, "threshold": 0.9},
+        "targets": targets,
+        "timings": {"total": 1.0},
+    }
+    print_summary(metrics, tmp_path)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "target <=" in line]
+    assert len(lines) == 2
+    assert lines[0].index("target") == lines[1].index("target")
+    assert "    n/a  target" in lines[1] and "nan" not in lines[1]
+
+
 def _measured(**cagul: float) -> dict:
     base = {"forget_keyword": 1.0, "retain_keyword": 0.9, "forget_visual_keyword": 1.0}
     return {

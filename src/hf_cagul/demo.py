@@ -573,10 +573,12 @@ def print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
             f"{stage1['forget_keyword_accuracy']:.3f} < {stage1['threshold']}): the unlearning "
             f"numbers below say little.{reset}"
         )
+    width = max((len(target["name"]) for target in metrics["targets"]), default=0)
     for target in metrics["targets"]:
         mark = f"{green}met{reset}" if target["met"] else f"{red}MISSED{reset}"
-        value = "n/a" if target["value"] is None else f"{target['value']:.3f}"
-        print(f"  {target['name']:<44} {value:>7}  target {target['target']:<8} {mark}")
+        measured = target["value"]
+        value = "n/a" if measured is None or math.isnan(measured) else f"{measured:.3f}"
+        print(f"  {target['name']:<{width}} {value:>7}  target {target['target']:<8} {mark}")
     gate = gate_summary(metrics.get("discriminator", {}))
     if gate:
         print(f"  {gate}")
