@@ -82,9 +82,12 @@ def seconds(run: Callable[[], object]) -> float:
 def interleaved_ratio(
     name: str, baseline: Callable[[], object], candidate: Callable[[], object], repeats: int
 ) -> float:
-    """Median time of ``candidate`` over median time of ``baseline``.
+    """Median over repeats of the ratio of ``candidate``'s time to ``baseline``'s, each pair
+    timed back to back.
 
-    Runs alternate in ABBA order, so slow drifts of the machine hit both sides alike.
+    Runs alternate in ABBA order and each ratio compares two neighbouring runs, so slow drifts
+    of the machine hit both sides alike. Printed with the medians of both and the interquartile
+    range of the ratios, which says how far a ratio can be trusted.
     """
     baseline(), candidate()  # warm-up
     base_times, candidate_times = [], []
@@ -95,6 +98,12 @@ def interleaved_ratio(
         else:
             base_times.append(seconds(baseline))
             candidate_times.append(seconds(candidate))
+    ratios = [c / b for b, c in zip(base_times, candidate_times, strict=True)]
+    ratio = statistics.median(ratios)
+    low, _, high = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratio,) * 3
     base, cand = statistics.median(base_times), statistics.median(candidate_times)
-    print(f"{name:<32} baseline {base:7.3f}s  candidate {cand:7.3f}s  ratio {cand / base:5.3f}x")
-    return cand / base
+    print(
+        f"{name:<32} baseline {base:7.4f}s  candidate {cand:7.4f}s  "
+        f"ratio {ratio:5.3f}x (IQR {low:5.3f}-{high:5.3f})"
+    )
+    return ratio

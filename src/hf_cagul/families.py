@@ -148,6 +148,23 @@ class VLMFamily:
         """The decoder layer whose attention ranks the visual tokens, for the configured one."""
         return layer
 
+    def side_pass_rows(
+        self, decoder_kwargs: Mapping[str, Any], rows: torch.Tensor, batch: int
+    ) -> dict[str, Any] | None:
+        """The decoder kwargs of a side pass (`hf_cagul.inflight.side_pass`) cut to the batch
+        ``rows``, or None when this call's kwargs cannot be cut (the side pass then runs on the
+        whole batch).
+
+        A side pass over a sample sees nothing of the other samples, so running it on the rows
+        that hold a flagged image gives those rows' attention, at the cost of those rows only.
+        Tensors whose first axis is the batch are cut along it (``position_ids`` of shape
+        ``(sections, batch, seq)``, as in Qwen2-VL's multimodal rotary positions, along the
+        second), those with a first axis of 1 broadcast and are kept, as are ``cache_position``
+        and every value that is no tensor, and a dict of masks is cut value by value. Anything
+        else, and a cache that already holds keys, makes the call one that cannot be cut.
+        """
+        return _cut_rows(decoder_kwargs, rows, batch)
+
     def rewrite_extra_visual_inputs(
         self, decoder_kwargs: dict[str, Any], samples: torch.Tensor, positions: torch.Tensor
     ) -> dict[str, Any]:
@@ -159,6 +176,38 @@ class VLMFamily:
         reaches the model there. In most families ``inputs_embeds`` is the only way in.
         """
         return decoder_kwargs
+
+
+_KEPT_WHOLE = ("cache_position",)
+_CACHES = ("cache", "past_key_values")
+
+
+def _cut_rows(kwargs: Mapping[str, Any], rows: torch.Tensor, batch: int) -> dict[str, Any] | None:
+    """`VLMFamily.side_pass_rows` for the arguments every family shares."""
+    cut: dict[str, Any] = {}
+    for name, value in kwargs.items():
+        if name in _CACHES:
+            if value is not None and value.get_seq_length() > 0:
+                return None
+            cut[name] = value
+        elif isinstance(value, dict):
+            masks = _cut_rows(value, rows, batch)
+            if masks is None:
+                return None
+            cut[name] = masks
+        elif value is None or isinstance(value, bool | int | float | str) or name in _KEPT_WHOLE:
+            cut[name] = value
+        elif not isinstance(value, torch.Tensor):
+            return None
+        elif name == "position_ids" and value.dim() == 3:
+            cut[name] = value[:, rows.to(value.device)]
+        elif value.dim() and value.shape[0] == batch:
+            cut[name] = value[rows.to(value.device)]
+        elif value.dim() and value.shape[0] == 1:
+            cut[name] = value
+        else:
+            return None
+    return cut
 
 
 @dataclass(frozen=True)
@@ -211,6 +260,30 @@ class Qwen3VLFamily(Qwen2VLFamily):
             features[rows.to(features.device)] = 0
             rewritten.append(features)
         return {**decoder_kwargs, "deepstack_visual_embeds": rewritten}
+
+    def side_pass_rows(
+        self, decoder_kwargs: Mapping[str, Any], rows: torch.Tensor, batch: int
+    ) -> dict[str, Any] | None:
+        """As `VLMFamily.side_pass_rows`, with the deepstack features of the kept rows (those
+        that follow their ``visual_pos_masks`` entries)."""
+        deepstack = decoder_kwargs.get("deepstack_visual_embeds")
+        masks = decoder_kwargs.get("visual_pos_masks")
+        cut = _cut_rows(
+            {k: v for k, v in decoder_kwargs.items() if k != "deepstack_visual_embeds"},
+            rows,
+            batch,
+        )
+        if cut is None or deepstack is None:
+            return cut
+        if masks is None:
+            return None
+        kept = masks[rows.to(masks.device)].reshape(-1)
+        chosen = masks.reshape(-1).long().cumsum(0).reshape(masks.shape)[rows.to(masks.device)]
+        positions = chosen.reshape(-1)[kept] - 1
+        cut["deepstack_visual_embeds"] = [
+            features[positions.to(features.device)] for features in deepstack
+        ]
+        return cut
 
 
 # --- end Qwen3-VL ----------------------------------------------------------------------------

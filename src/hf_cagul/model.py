@@ -593,7 +593,8 @@ class CagulModel(NamedAdapters):
             if found is not None:
                 return found[:, -visual.states.shape[1] :]
             if key not in scores:
-                scores[key] = self._attention_scores(visual, state, config, args, side())
+                rows = tokens.spans[decision.flagged.to(tokens.spans.device), 0].unique()
+                scores[key] = self._attention_scores(visual, state, config, args, side(), rows)
             return scores[key]
 
         result = method.rewrite(tokens, decision, adapters, configs, scores_for)
@@ -623,19 +624,34 @@ class CagulModel(NamedAdapters):
         config: CagulConfig,
         args: tuple[Any, ...],
         side: dict[str, Any],
+        rows: torch.Tensor,
     ) -> torch.Tensor:
-        """Attention ``(batch, n)`` that each visual state receives from ``config``'s queries."""
+        """Attention ``(batch, n)`` that each visual state receives from ``config``'s queries,
+        from a truncated pass over the batch ``rows`` only (those holding a flagged image) where
+        the family can cut the call to them (`VLMFamily.side_pass_rows`); the other rows' scores
+        are zeros, which no rewrite reads."""
         embeds = visual.states
         weights = method.query_weights(
             state.query_mask.to(embeds.device), config, visual.query_rows
         )
         truncated = self.family.with_visual_states(side, visual, embeds.detach())
+        batch = embeds.shape[0]
+        cut = None
+        if not args and len(rows) < batch:
+            cut = self.family.side_pass_rows(truncated, rows, batch)
+        passed = truncated if cut is None else cut
 
         def run() -> None:
             with _IN_TRUNCATED_PASS.scoped(self, True):
-                self._decoder(*args, **truncated)
+                self._decoder(*args, **passed)
 
-        return method.attention_scores(self._scoring_layer(config), weights, run, embeds.shape[1])
+        layer, num_keys = self._scoring_layer(config), embeds.shape[1]
+        if cut is None:
+            return method.attention_scores(layer, weights, run, num_keys)
+        found = method.attention_scores(layer, weights[rows.to(weights.device)], run, num_keys)
+        scores = found.new_zeros(batch, found.shape[1])
+        scores[rows.to(scores.device)] = found
+        return scores
 
 
 def _frozen_state(
