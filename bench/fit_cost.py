@@ -6,26 +6,30 @@ Two parts, each printing CAGUL / baseline ratios (lower is cheaper for CAGUL):
   by the fit, on the "small-real" LLaVA (``common.py``, 256 visual tokens) with pre-tokenised
   batches. Every baseline fine-tunes LoRA r=16 on the language model's attention projections
   through its `hf_cagul.baselines` trainer; CAGUL fits its adapter with `CagulTrainer`.
-* ``forget``: on the demo's stage-1 model (a tiny LLaVA that memorised the synthetic people,
-  ``DemoConfig.quick``), steps until the forget keyword accuracy is <= 0.05 (checked every
-  ``--every`` steps by greedy generation on the forget questions, as served), the fit time to
-  get there (evaluation excluded) and the fit's peak memory. A method that never gets there
-  within ``--max-steps`` shows ">max".
+* ``forget``: on the demo's stage-1 model (``--quick``: the quick demo's), steps until the model
+  is *useful and forgotten*: forget keyword accuracy <= 0.05 on the training photos and on
+  held-out photos while retain keyword accuracy stays >= 0.95x its value before (checked every
+  ``--every`` steps by greedy generation, as served), the fit time to get there (evaluation
+  excluded; CAGUL's includes building its gate's cache and fitting the gate, the demo's fit)
+  and the fit's peak memory. A method that never gets there within ``--max-steps`` shows
+  ">max" with its best check.
 
 CAGUL's row is printed twice, with its frozen pass shared (the default: each reference pass also
 gives the selection scores and the gate's input) and without (``share_frozen_pass=False``).
 
     python bench/fit_cost.py [--part cost|forget|all] [--steps 6] [--batch 2] [--gate G]
-        [--depth-weight W]
+        [--depth-weight W] [--max-steps 400] [--every 25] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -40,16 +44,23 @@ from hf_cagul.baselines import (
     get_baseline_trainer,
     prepare_model,
 )
-from hf_cagul.compare import BaselineSettings, CagulFitSettings, FitSettings
+from hf_cagul.compare import BaselineSettings, FitSettings
 from hf_cagul.config import DEFAULT_GATE
-from hf_cagul.data import FORGET_FLAG, REFUSAL_BATCH, REPLACED_FLAG, TRUE_ANSWER_BATCH
-from hf_cagul.demo import DemoConfig, teach
+from hf_cagul.data import (
+    FORGET_FLAG,
+    REFUSAL_BATCH,
+    REPLACED_FLAG,
+    TRUE_ANSWER_BATCH,
+    gate_negatives,
+)
+from hf_cagul.demo import DemoConfig, cagul_fit_settings, teach
 from hf_cagul.evaluation.suite import generation_metrics, rows_of_kind
 from hf_cagul.gates import GATES
 from hf_cagul.profiling import measure, release_memory
 
 ANSWER_TOKENS = 8
 FORGOTTEN = 0.05
+USEFUL = 0.95
 REFUSAL_TOKEN = 7
 
 
@@ -67,13 +78,55 @@ class StepTimer(TrainerCallback):
         self.durations.append(time.perf_counter() - self._start)
 
 
-class ForgetProbe(TrainerCallback):
-    """Every ``every`` steps, greedy forget keyword accuracy; stops the fit once forgotten."""
+@dataclass(frozen=True)
+class Check:
+    """One check of a fit: keyword accuracies after ``step`` optimizer steps."""
 
-    def __init__(self, processor: Any, rows: Dataset, every: int) -> None:
-        self.processor, self.rows, self.every = processor, rows, every
-        self.forgotten_at: int | None = None
+    step: int
+    forget: float
+    heldout: float
+    retain_ratio: float
+
+    @property
+    def useful_and_forgotten(self) -> bool:
+        """Forgotten on the training and the held-out photos, retain kept (`USEFUL`)."""
+        return (
+            self.forget <= FORGOTTEN and self.heldout <= FORGOTTEN and self.retain_ratio >= USEFUL
+        )
+
+    def describe(self) -> str:
+        """The check in a few words."""
+        return (
+            f"step {self.step}: forget {self.forget:.3f}, held-out {self.heldout:.3f}, "
+            f"retain {self.retain_ratio:.3f}x"
+        )
+
+
+class ForgetProbe(TrainerCallback):
+    """Every ``every`` steps, greedy keyword accuracy (as served) on the forget questions of the
+    training photos and of held-out photos, and on retain questions; stops the fit once the
+    model is useful and forgotten (`Check.useful_and_forgotten`)."""
+
+    def __init__(
+        self, processor: Any, probes: dict[str, Dataset], retain_before: float, every: int
+    ) -> None:
+        self.processor, self.probes, self.every = processor, probes, every
+        self.retain_before = retain_before
+        self.checks: list[Check] = []
         self.evaluation_seconds = 0.0
+
+    @property
+    def reached(self) -> Check | None:
+        """The first check at which the model was useful and forgotten, or None."""
+        return next((check for check in self.checks if check.useful_and_forgotten), None)
+
+    @property
+    def best(self) -> Check | None:
+        """The check closest to the goal: the least leak (the worse of the two photo sets)
+        among the checks that kept retain, else among all."""
+        useful = [check for check in self.checks if check.retain_ratio >= USEFUL]
+        pool = useful or self.checks
+        return min(pool, key=lambda c: (max(c.forget, c.heldout), -c.retain_ratio), default=None)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         if state.global_step % self.every:
@@ -81,11 +134,20 @@ class ForgetProbe(TrainerCallback):
         clock = time.perf_counter()
         model = kwargs["model"]
         model.eval()
-        accuracy = generation_metrics(model, self.processor, self.rows)["keyword"]
+        keyword = {
+            name: generation_metrics(model, self.processor, rows)["keyword"]
+            for name, rows in self.probes.items()
+        }
         model.train()
         self.evaluation_seconds += time.perf_counter() - clock
-        if accuracy <= FORGOTTEN:
-            self.forgotten_at = state.global_step
+        check = Check(
+            state.global_step,
+            keyword["forget"],
+            keyword["heldout"],
+            keyword["retain"] / max(self.retain_before, 1e-9),
+        )
+        self.checks.append(check)
+        if check.useful_and_forgotten:
             control.should_training_stop = True
         return control
 
@@ -209,51 +271,54 @@ def cost_part(steps: int, batch: int, gate: str, depth_weight: float) -> None:
         )
 
 
-def forget_part(max_steps: int, every: int) -> None:
-    """Steps, fit time and peak memory until the forget set is forgotten, on a memorised model."""
-    demo = DemoConfig.quick()
+def forget_part(max_steps: int, every: int, quick: bool) -> None:
+    """Steps, fit time and peak memory until the model is useful and forgotten, on the demo's
+    stage-1 model, for CAGUL (the demo's own fit) and every baseline (the comparison's)."""
+    demo = DemoConfig.quick() if quick else DemoConfig()
     splits = demo.benchmark()
     train = concatenate_datasets([splits["forget"], splits["retain"]])
     vlm, processor = teach(demo, train, "stage 1")
-    probe_rows = rows_of_kind(splits["forget"], "private", 32)
+    probes = {
+        "forget": rows_of_kind(splits["forget"], "private", 32),
+        "heldout": rows_of_kind(splits["forget_heldout"], "private", 32),
+        "retain": rows_of_kind(splits["retain"], "private", 32),
+    }
+    before = {
+        name: generation_metrics(vlm, processor, rows)["keyword"] for name, rows in probes.items()
+    }
     print(
-        f"\n[forget] stage-1 forget keyword accuracy "
-        f"{generation_metrics(vlm, processor, probe_rows)['keyword']:.3f}"
+        f"\n[forget] {'quick' if quick else 'default'} demo, stage 1: forget keyword accuracy "
+        f"{before['forget']:.3f} (training photos), {before['heldout']:.3f} (held-out photos), "
+        f"retain {before['retain']:.3f}; goal: both forget <= {FORGOTTEN}, retain >= "
+        f"{USEFUL}x before"
     )
-    figures: dict[str, tuple[int | None, float, int]] = {}
+    figures: dict[str, tuple[ForgetProbe, float, int]] = {}
 
-    def run(
-        name: str, make: Callable[[str, ForgetProbe], Trainer], cleanup: Callable[[], None]
-    ) -> None:
-        probe = ForgetProbe(processor, probe_rows, every)
+    def run(name: str, make: Callable[[str], Trainer], cleanup: Callable[[], None]) -> None:
+        probe = ForgetProbe(processor, probes, before["retain"], every)
         with tempfile.TemporaryDirectory() as output_dir:
-            trainer = make(output_dir, probe)
+            trainer = make(output_dir)
             trainer.add_callback(probe)
             with measure(cuda=False) as memory:
-                trainer.train()
-        figures[name] = (
-            probe.forgotten_at,
-            memory.seconds - probe.evaluation_seconds,
-            memory.peak_bytes,
-        )
+                trainer.train()  # CAGUL's includes its gate's cache and fit
+        figures[name] = (probe, memory.seconds - probe.evaluation_seconds, memory.peak_bytes)
         cleanup()
         release_memory()
 
-    # The comparison's budget (hf_cagul.compare): batch 16, photos augmented, on the CPU.
-    cagul_fit = CagulFitSettings(
-        steps=max_steps, learning_rate=demo.cagul_learning_rate, use_cpu=True
-    )
+    cagul_fit = dataclasses.replace(cagul_fit_settings(demo), steps=max_steps)
+    negatives = gate_negatives(splits) if cagul_fit.gate_fit == "apart" else None
     baselines = BaselineSettings()
     baseline_fit = baselines.budget(cagul_fit)
-    torch.manual_seed(0)
+    torch.manual_seed(cagul_fit.seed)
     cagul_model = get_cagul_model(vlm, cagul_fit.adapter)
     run(
         "cagul",
-        lambda output_dir, _: CagulTrainer(
+        lambda output_dir: CagulTrainer(
             model=cagul_model,
             args=CagulTrainingConfig(**cagul_fit.training_arguments(output_dir)),
             train_dataset=train,
             processing_class=processor,
+            gate_negatives=negatives,
         ),
         cagul_model.unload,
     )
@@ -261,7 +326,7 @@ def forget_part(max_steps: int, every: int) -> None:
         model: Any = prepare_model(vlm, lora_r=baselines.lora_r)
         run(
             method,
-            lambda output_dir, _, model=model, method=method: get_baseline_trainer(method)(
+            lambda output_dir, model=model, method=method: get_baseline_trainer(method)(
                 model,
                 UnlearningTrainingConfig(**baseline_fit.training_arguments(output_dir)),
                 train_dataset=train,
@@ -270,24 +335,20 @@ def forget_part(max_steps: int, every: int) -> None:
             model.unload,
         )
 
-    def steps(value: int | None) -> str:
-        return f">{max_steps}" if value is None else str(value)
-
-    cagul_at, cagul_seconds, cagul_memory = figures.pop("cagul")
     print(
-        f"CAGUL: forgotten at step {steps(cagul_at)}, {cagul_seconds:.1f} s of fitting, "
-        f"peak +{cagul_memory / 2**20:.0f} MiB (checked every {every} steps)"
+        f"{'method':<10}{'steps':>7}{'fit s':>8}{'CAGUL/it':>10}{'peak MiB':>10}{'CAGUL/it':>10}"
+        f"  first useful-and-forgotten check, else the best one (checked every {every} steps)"
     )
-    print(
-        f"{'baseline (LoRA r=16)':<22}{'steps':>7}{'ratio':>8}{'fit s':>8}{'ratio':>8}"
-        f"{'peak MiB':>10}{'ratio':>8}"
-    )
-    for method, (at, seconds, memory) in figures.items():
-        step_ratio = "—" if at is None or cagul_at is None else f"{cagul_at / at:.2f}x"
-        time_ratio = "—" if at is None or cagul_at is None else f"{cagul_seconds / seconds:.2f}x"
+    cagul_probe, cagul_seconds, cagul_memory = figures["cagul"]
+    for method, (probe, seconds, memory) in figures.items():
+        reached = probe.reached
+        both = reached is not None and cagul_probe.reached is not None
+        shown = reached or probe.best
         print(
-            f"{method:<22}{steps(at):>7}{step_ratio:>8}{seconds:>8.1f}{time_ratio:>8}"
-            f"{memory / 2**20:>10.0f}{cagul_memory / max(memory, 1):>7.2f}x"
+            f"{method:<10}{reached.step if reached else f'>{max_steps}':>7}{seconds:>8.1f}"
+            f"{f'{cagul_seconds / seconds:.2f}x' if both else '-':>10}{memory / 2**20:>10.0f}"
+            f"{cagul_memory / max(memory, 1):>9.2f}x  "
+            f"{shown.describe() if shown else 'never checked'}"
         )
 
 
@@ -303,11 +364,16 @@ def main() -> None:
     parser.add_argument("--depth-weight", type=float, default=0.0, help="[cost] CAGUL's depth term")
     parser.add_argument("--max-steps", type=int, default=400, help="[forget] step budget")
     parser.add_argument("--every", type=int, default=25, help="[forget] steps between checks")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="[forget] the quick demo's stage-1 model (a smoke test)",
+    )
     args = parser.parse_args()
     if args.part in ("cost", "all"):
         cost_part(args.steps, args.batch, args.gate, args.depth_weight)
     if args.part in ("forget", "all"):
-        forget_part(args.max_steps, args.every)
+        forget_part(args.max_steps, args.every, args.quick)
 
 
 if __name__ == "__main__":
