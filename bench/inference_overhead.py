@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -162,7 +163,7 @@ def decode_steps(
     first = prefill.logits[:, -1:].argmax(-1)
     caches = [copy.deepcopy(prefill.past_key_values) for _ in range(runs)]
     mask = inputs["attention_mask"]
-    calls = iter(range(10**9))
+    calls = itertools.count()
 
     def run() -> object:
         cache = caches[next(calls) % runs]

@@ -17,6 +17,8 @@ from typing import Any, cast
 import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
+from hf_cagul.inflight import CACHE_ARGUMENTS
+
 
 @dataclass
 class VisualStates:
@@ -179,14 +181,13 @@ class VLMFamily:
 
 
 _KEPT_WHOLE = ("cache_position",)
-_CACHES = ("cache", "past_key_values")
 
 
 def _cut_rows(kwargs: Mapping[str, Any], rows: torch.Tensor, batch: int) -> dict[str, Any] | None:
     """`VLMFamily.side_pass_rows` for the arguments every family shares."""
     cut: dict[str, Any] = {}
     for name, value in kwargs.items():
-        if name in _CACHES:
+        if name in CACHE_ARGUMENTS:
             if value is not None and value.get_seq_length() > 0:
                 return None
             cut[name] = value
@@ -250,10 +251,7 @@ class Qwen3VLFamily(Qwen2VLFamily):
         deepstack = decoder_kwargs.get("deepstack_visual_embeds")
         if masks is None or deepstack is None:
             return decoder_kwargs
-        # Deepstack rows follow the True entries of visual_pos_masks in row-major order (image
-        # and video positions alike), so a position's row is the running count of True before it.
-        row_of_position = masks.reshape(-1).long().cumsum(0).reshape(masks.shape) - 1
-        rows = row_of_position[samples.to(masks.device), positions.to(masks.device)]
+        rows = _deepstack_rows(masks)[samples.to(masks.device), positions.to(masks.device)]
         rewritten = []
         for features in deepstack:
             features = features.clone()
@@ -277,13 +275,19 @@ class Qwen3VLFamily(Qwen2VLFamily):
             return cut
         if masks is None:
             return None
-        kept = masks[rows.to(masks.device)].reshape(-1)
-        chosen = masks.reshape(-1).long().cumsum(0).reshape(masks.shape)[rows.to(masks.device)]
-        positions = chosen.reshape(-1)[kept] - 1
+        kept = rows.to(masks.device)
+        positions = _deepstack_rows(masks)[kept][masks[kept]]
         cut["deepstack_visual_embeds"] = [
             features[positions.to(features.device)] for features in deepstack
         ]
         return cut
+
+
+def _deepstack_rows(masks: torch.Tensor) -> torch.Tensor:
+    """``(batch, seq)``: the deepstack row of each position of ``visual_pos_masks`` (meaningful
+    where the mask is True). Deepstack rows follow the True entries in row-major order (image
+    and video positions alike), so a position's row is the running count of True before it."""
+    return masks.reshape(-1).long().cumsum(0).reshape(masks.shape) - 1
 
 
 # --- end Qwen3-VL ----------------------------------------------------------------------------
