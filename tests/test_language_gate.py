@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from vlm_inputs import snapshot, standard_batch, tiny_dataset
+from vlm_inputs import batch, image, image_runs, snapshot, standard_batch, tiny_dataset
 
 from hf_cagul import CagulConfig, CagulTrainer, CagulTrainingConfig, get_cagul_model
+from hf_cagul.families import get_family
 from hf_cagul.gates import GATES, LANGUAGE_STATE, GateInputs
 from hf_cagul.tiny import TINY_FAMILIES, tiny_vlm
 
@@ -166,3 +167,52 @@ def test_a_flagged_image_takes_its_scores_from_the_aborted_pass(family) -> None:
         paper(**inputs)
     for got, want in zip(traces, expected, strict=True):
         assert torch.equal(got.scores, want.scores) and torch.equal(got.selected, want.selected)
+
+
+@pytest.mark.parametrize("family", [f for f in TINY_FAMILIES if get_family(f).expands_image_tokens])
+def test_a_gate_can_read_the_mean_state_of_the_image_own_tokens(family) -> None:
+    """``gate_state_tokens="visual"``: the mean over each image's visual tokens of its layer's
+    output, the same whatever question follows the image under causal attention."""
+    vlm, processor = tiny_vlm(family, num_hidden_layers=4)
+    bare_inputs = batch(
+        processor,
+        family,
+        [
+            ("{image} what is the name of this person ?", [image(1)]),
+            ("{image} where was he born ?", [image(1)]),
+        ],
+    )
+    with torch.no_grad():
+        bare = vlm(**bare_inputs).logits
+    before = snapshot(vlm)
+    model = get_cagul_model(
+        vlm, CagulConfig(gate="language_state", gate_layer=2, gate_state_tokens="visual")
+    )
+    features = model.gate_inputs(**bare_inputs)
+    hidden: list[torch.Tensor] = []
+    layer = model.family.decoder(vlm).layers[2]
+    handle = layer.register_forward_hook(
+        lambda m, a, out: hidden.append(out[0] if isinstance(out, tuple) else out)
+    )
+    try:
+        with torch.no_grad(), model.disable_adapter():
+            vlm(**bare_inputs)
+    finally:
+        handle.remove()
+    runs = image_runs(bare_inputs, model._image_token_id)
+    expected = torch.stack([hidden[0][s, start:end].mean(0) for s, start, end in runs])
+    assert torch.allclose(features.language_state, expected, atol=1e-6)
+    same = torch.allclose(features.language_state[0], features.language_state[1], atol=1e-5)
+    # PaliGemma's prompt is a prefix that attends both ways: the question reaches the image.
+    assert same == (family != "paligemma")
+    with torch.no_grad():  # a closed gate: the bare model's logits
+        assert torch.equal(model(**bare_inputs).logits, bare)
+    assert all(torch.equal(before[k], v) for k, v in model.unload().state_dict().items())
+
+
+def test_cross_attention_families_refuse_the_visual_state() -> None:
+    vlm, _ = tiny_vlm("mllama", num_hidden_layers=4)
+    with pytest.raises(ValueError, match="gate_state_tokens='last_prompt'"):
+        get_cagul_model(vlm, CagulConfig(gate="language_state", gate_state_tokens="visual"))
+    with pytest.raises(ValueError, match="gate_state_tokens='nearest' is not supported"):
+        CagulConfig(gate_state_tokens="nearest")  # type: ignore[arg-type]

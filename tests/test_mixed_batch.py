@@ -1,5 +1,6 @@
 """A batch in which some images are flagged: the truncated attention pass runs on the rows that
-hold a flagged image only, and gives what a pass over the whole batch gives."""
+hold a flagged image only, and gives what a pass over the whole batch gives; a gate that reads
+the language model's state reruns the flagged rows alone instead of restarting the batch."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ from hf_cagul.tiny import TINY_FAMILIES, tiny_vlm
 QUESTIONS = ("what is the name of this person ?", "where was he born ?", "who is this ?")
 
 
-def _one_flagged(family: str):
-    """A tiny VLM with a random paper's gate whose threshold flags exactly one of three images,
-    its inputs, and the bare logits."""
+def _one_flagged(family: str, **config: object):
+    """A tiny VLM with a random gate (the paper's unless ``config`` says) whose threshold flags
+    exactly one of three images, its inputs, and the bare logits."""
     vlm, processor = tiny_vlm(family, num_hidden_layers=4)
     inputs = batch(
         processor, family, [("{image} " + q, [image(i)]) for i, q in enumerate(QUESTIONS)]
@@ -26,7 +27,9 @@ def _one_flagged(family: str):
     with torch.no_grad():
         bare = vlm(**inputs).logits
     torch.manual_seed(0)
-    model = get_cagul_model(vlm, CagulConfig(gate="visual_tokens", token_ratio=0.25))
+    model = get_cagul_model(
+        vlm, CagulConfig(**{"gate": "visual_tokens", "token_ratio": 0.25, **config})
+    )
     randomise_encoder(model)
     head = model.active_adapter_module.discriminator.head
     with torch.no_grad():
@@ -73,6 +76,64 @@ def test_the_truncated_pass_runs_on_the_flagged_row_only(family, monkeypatch) ->
     assert torch.equal(mine.selected, theirs.selected)
     assert torch.equal(logits, whole)
     assert all(torch.equal(before[k], v) for k, v in model.unload().state_dict().items())
+
+
+def _layer_batches(model, run):
+    """What ``run()`` returns, and the batch size of every pass through the first decoder layer."""
+    sizes: list[int] = []
+    layer = model.family.decoder(model.base_model).layers[0]
+    handle = layer.register_forward_pre_hook(
+        lambda module, args, kwargs: sizes.append(
+            (args[0] if args else kwargs["hidden_states"]).shape[0]
+        ),
+        with_kwargs=True,
+    )
+    try:
+        with torch.no_grad():
+            return run(), sizes
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_a_state_gate_reruns_the_flagged_row_alone(family, monkeypatch) -> None:
+    model, inputs, bare, flagged = _one_flagged(family, gate="language_state")
+    before = snapshot(model.base_model)
+    with torch.no_grad(), model.disable_adapter():
+        bare_tokens = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    logits, passes = _layer_batches(model, lambda: model(**inputs).logits)
+    assert passes == [3, 1]  # the pass went on, then the flagged row ran again on its own
+    for row in range(3):
+        if row != flagged:
+            assert torch.equal(logits[row], bare[row])
+    assert not torch.allclose(logits[flagged], bare[flagged])
+    tokens, _ = _layer_batches(
+        model, lambda: model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    )
+
+    # The same calls restarting the whole batch, as families that cannot cut do.
+    monkeypatch.setattr(type(model.family), "side_pass_rows", lambda self, *_: None)
+    whole, passes = _layer_batches(model, lambda: model(**inputs).logits)
+    assert passes == [3, 3]
+    assert torch.allclose(logits, whole, atol=1e-5)
+    restarted, _ = _layer_batches(
+        model, lambda: model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    )
+    # The spliced cache holds the rerun row's keys: decoding goes on as after a restart.
+    assert torch.equal(tokens, restarted)
+    unflagged = [row for row in range(3) if row != flagged]
+    assert torch.equal(tokens[unflagged], bare_tokens[unflagged])
+    assert all(torch.equal(before[k], v) for k, v in model.unload().state_dict().items())
+
+
+def test_a_rerun_costs_less_than_a_restart_or_the_batch_restarts() -> None:
+    """At an early gate layer a restart repeats little, so it beats a rerun of the whole pass."""
+    model, inputs, bare, flagged = _one_flagged("llava", gate="language_state", gate_layer=0)
+    logits, passes = _layer_batches(model, lambda: model(**inputs).logits)
+    # The aborted pass, the truncated scoring pass on the flagged row (the scoring layer lies
+    # past the gate's), then the restart of the whole batch.
+    assert passes == [3, 1, 3]
+    assert all(torch.equal(logits[row], bare[row]) for row in range(3) if row != flagged)
 
 
 def test_a_cache_with_keys_keeps_the_whole_batch() -> None:

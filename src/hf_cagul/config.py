@@ -17,6 +17,7 @@ WEIGHTS_NAME = "cagul_adapter.safetensors"
 
 QUERY_TOKEN_CHOICES = ("prompt", "last")
 TOKEN_SELECTION_CHOICES = ("lowest", "random", "highest")
+GATE_STATE_TOKEN_CHOICES = ("last_prompt", "visual")
 DEFAULT_GATE = "visual_tokens"
 """The paper's gate (`hf_cagul.gates.ForgetDiscriminator`); adapters saved without a gate use it."""
 # Written at injection; a saved adapter without them cannot be checked against a model.
@@ -64,6 +65,12 @@ class CagulConfig:
             ``"visual_and_language_state"`` reads both.
         gate_layer: Decoder layer whose output a gate that reads the language model's state
             reads (``None``: the last layer).
+        gate_state_tokens: Where in that layer's output such a gate reads: ``"last_prompt"``,
+            the last prompt token of the image's sample; ``"visual"``, the mean over the image's
+            own visual tokens (one state per image, and the same for every question where a
+            causal prompt puts the image before the question; PaliGemma's prefix attends both
+            ways). ``"visual"`` needs a family whose visual
+            tokens are positions of the sequence (not Mllama's cross-attention).
         gate_members: How many copies of the gate design the gate is (at most
             `MAX_GATE_MEMBERS`): above 1, an ensemble (`hf_cagul.gates.GateEnsemble`) whose
             probability is the mean of its members', each initialised and fitted on its own
@@ -153,6 +160,14 @@ class CagulConfig:
             "reads (None: the last layer)."
         },
     )
+    gate_state_tokens: Literal["last_prompt", "visual"] = field(
+        default="last_prompt",
+        metadata={
+            "help": "Where a gate reading the language model's state reads it: 'last_prompt' "
+            "(the last prompt token of the image's sample) or 'visual' (the mean of the image's "
+            "own visual tokens)."
+        },
+    )
     gate_members: int = field(
         default=1,
         metadata={
@@ -187,6 +202,11 @@ class CagulConfig:
             raise ValueError(
                 f"query_tokens={self.query_tokens!r} is not supported; "
                 f"choose one of {QUERY_TOKEN_CHOICES}."
+            )
+        if self.gate_state_tokens not in GATE_STATE_TOKEN_CHOICES:
+            raise ValueError(
+                f"gate_state_tokens={self.gate_state_tokens!r} is not supported; "
+                f"choose one of {GATE_STATE_TOKEN_CHOICES}."
             )
         if self.token_selection not in TOKEN_SELECTION_CHOICES:
             raise ValueError(

@@ -23,7 +23,7 @@ import torch
 
 from hf_cagul.attention import ScoreRequest, TruncatedPassDone, request_scores
 from hf_cagul.config import CagulConfig
-from hf_cagul.gates import GateInputs
+from hf_cagul.gates import GateInputs, segment_mean
 from hf_cagul.modules import CagulAdapter
 
 __all__ = [
@@ -53,7 +53,7 @@ class VisualTokens:
         samples: ``(T,)`` the batch row of each gathered token.
         positions: ``(T,)`` the position of each gathered token along ``n``.
         tokens: ``(T, hidden)`` the gathered tokens, ``states[samples, positions]``.
-        language_state: ``(num_images, hidden)`` language-model state of each image's sample
+        language_state: ``(num_images, hidden)`` language-model state of each image
             (`read_language_state`), once read; for gates that read it.
     """
 
@@ -90,10 +90,21 @@ class VisualTokens:
         state = None if self.language_state is None else _as_input(adapter, self.language_state)
         return GateInputs(tokens, self.image_index.to(tokens.device), self.num_images, state)
 
-    def read_language_state(self, hidden: torch.Tensor, query_mask: torch.Tensor) -> None:
-        """Keep the state ``hidden`` ``(batch, seq, hidden)`` of a decoder layer at the last
-        prompt token (``query_mask``) of each image's sample (attached to the graph where the
-        pass has one: the frozen VLM's weights take no gradient, the pixels of an attack do)."""
+    def read_language_state(
+        self, hidden: torch.Tensor, query_mask: torch.Tensor, where: str = "last_prompt"
+    ) -> None:
+        """Keep the state ``hidden`` ``(batch, seq, hidden)`` of a decoder layer for each image:
+        at the last prompt token (``query_mask``) of its sample, or (``where="visual"``) the
+        mean over its own visual tokens, whose spans are then positions of ``hidden``'s
+        sequence (`CagulConfig.gate_state_tokens`). Attached to the graph where the pass has
+        one: the frozen VLM's weights take no gradient, the pixels of an attack do."""
+        if where == "visual":
+            samples = self.samples.to(hidden.device)
+            states = hidden[samples, self.positions.to(hidden.device)]
+            self.language_state = segment_mean(
+                states, self.image_index.to(hidden.device), self.num_images
+            )
+            return
         last = last_query_token(query_mask.to(hidden.device)).long().argmax(dim=1)
         samples = self.spans[:, 0].to(hidden.device)
         self.language_state = hidden[samples, last[samples]]

@@ -35,7 +35,15 @@ from hf_cagul.attention import ScoreRequest, request_scores, scoring_implementat
 from hf_cagul.config import CagulConfig
 from hf_cagul.families import VisualStates, detect_family
 from hf_cagul.gates import LANGUAGE_STATE, GateInputs
-from hf_cagul.inflight import Restart, allow_restarts, cache_of, side_pass
+from hf_cagul.inflight import (
+    CACHE_ARGUMENTS,
+    Restart,
+    RowRerun,
+    allow_restarts,
+    cache_of,
+    side_pass,
+    splices,
+)
 from hf_cagul.modules import CagulAdapter
 from hf_cagul.outputs import FrozenPass, GateScores, ImageTrace, image_traces, with_gate_outputs
 from hf_cagul.switches import PerModel
@@ -85,6 +93,8 @@ _FORWARD: PerModel[dict[str, Any] | None] = PerModel("cagul_forward", None)
 _TRACES: PerModel[list[ImageTrace] | None] = PerModel("cagul_trace", None)
 _GATE_ONLY: PerModel[bool] = PerModel("cagul_gate_only", False)
 _ARMED: PerModel[bool] = PerModel("cagul_armed", False)
+# The flagged rows an armed call's pass asks to run again on their own, once it has returned.
+_RERUN: PerModel[RowRerun | None] = PerModel("cagul_rerun", None)
 _RECORDING: PerModel[_Recording | None] = PerModel("cagul_recording", None)
 # The score requests a call's in-flight pass answers, open until the call returns.
 _DEFERRED: PerModel[ExitStack | None] = PerModel("cagul_deferred", None)
@@ -342,13 +352,20 @@ class CagulModel(NamedAdapters):
 
     def _check_layer(self, config: CagulConfig) -> None:
         self._scoring_layer(config)
+        if config.gate_state_tokens == "visual" and not self.family.expands_image_tokens:
+            raise ValueError(
+                f"gate_state_tokens='visual' reads the states of the image's visual tokens in "
+                f"the language model's sequence, but {self.family.name} passes its images "
+                "through cross-attention, not as tokens of the sequence: use "
+                "gate_state_tokens='last_prompt'."
+            )
 
     def _install(self, adapter_name: str, config: CagulConfig, *args: Any, **kwargs: Any) -> None:
         super()._install(adapter_name, config, *args, **kwargs)
         gate = cast(CagulAdapter, self.cagul_adapters[adapter_name]).discriminator
         if gate.reads == LANGUAGE_STATE and self._remove_restarts is None:
             # Looked up before the decoder's pre-hooks run: in place before any call.
-            self._remove_restarts = allow_restarts(self._decoder, self._armed)
+            self._remove_restarts = allow_restarts(self._decoder, self._armed, self._rerun)
 
     def _before_model(
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -479,31 +496,40 @@ class CagulModel(NamedAdapters):
         adapters = [cast(CagulAdapter, self.cagul_adapters[n]) for n in self._active_adapters]
         tokens = method.VisualTokens.gather(visual.states, visual.spans)
         layers = {
-            self.cagul_config[name].resolved_gate_layer
+            (self.cagul_config[name].resolved_gate_layer, self.cagul_config[name].gate_state_tokens)
             for name, adapter in zip(self._active_adapters, adapters, strict=True)
             if adapter.discriminator.reads == LANGUAGE_STATE
         }
         if state.frozen is not None:
             tokens.language_state = _frozen_state(state.frozen, visual, state, needed=bool(layers))
         if state.frozen is not None or not layers:
-            return self._decide(visual, state, tokens, args, kwargs, lambda: side_pass(kwargs))
+            rewrite = self._decide(visual, state, tokens, args, kwargs, lambda: side_pass(kwargs))
+            return None if rewrite is None else rewrite[0]
         if len(layers) > 1:
             raise ValueError(
                 f"The active adapters {self._active_adapters} read the language model's state "
-                f"at different layers {sorted(layers)}: activate adapters with one gate_layer."
+                f"at different (gate_layer, gate_state_tokens) {sorted(layers)}: activate "
+                "adapters that read it at one place."
             )
-        gate_layer = layers.pop()
+        gate_layer, where = layers.pop()
         layer = cast(nn.Module, self._decoder.layers[gate_layer])
         side = side_pass(kwargs)  # now: the pass below appends to the caller's cache
+        splice = not args and splices(cache_of(kwargs))
         deferred = self._defer_scores(visual, state, gate_layer)
 
         def read(module: nn.Module, inputs: Any, output: Any) -> None:
             handle.remove()
             hidden = output[0] if isinstance(output, tuple) else output
-            tokens.read_language_state(hidden, state.query_mask)
-            rewritten = self._decide(visual, state, tokens, args, kwargs, lambda: side, deferred)
-            if rewritten is not None:
-                raise Restart(rewritten)
+            tokens.read_language_state(hidden, state.query_mask, where)
+            rewrite = self._decide(visual, state, tokens, args, kwargs, lambda: side, deferred)
+            if rewrite is None:
+                return
+            rerun = (
+                self._row_rerun(*rewrite, visual.states.shape[0], gate_layer) if splice else None
+            )
+            if rerun is None:
+                raise Restart(rewrite[0])
+            _RERUN.put(self, rerun)
 
         handle = layer.register_forward_hook(read)
         _ARMED.put(self, True)
@@ -545,6 +571,27 @@ class CagulModel(NamedAdapters):
         stack.enter_context(request_scores(*requests.values()))
         return requests, stack
 
+    def _row_rerun(
+        self, rewritten: dict[str, Any], rows: torch.Tensor, batch: int, gate_layer: int
+    ) -> RowRerun | None:
+        """A rerun of the flagged ``rows`` (of ``batch``) alone, where it costs less than
+        restarting the batch (None: restart it). A restart repeats the layers up to
+        ``gate_layer`` and then the whole pass for every row; a rerun lets the pass finish and
+        repeats it for ``rows``.
+        """
+        depth = len(self._decoder.layers)
+        if len(rows) * depth >= batch * (gate_layer + 1):
+            return None
+        uncached = {**rewritten, **{name: None for name in CACHE_ARGUMENTS if name in rewritten}}
+        cut = self.family.side_pass_rows(uncached, rows, batch)
+        return None if cut is None else RowRerun(rows, cut)
+
+    def _rerun(self) -> RowRerun | None:
+        """The row rerun the pass that just returned asked for (once)."""
+        rerun = _RERUN.get(self)
+        _RERUN.put(self, None)
+        return rerun
+
     def _armed(self) -> bool:
         """Whether the decoder call starting now reads the state in flight (once per call)."""
         armed = _ARMED.get(self)
@@ -560,10 +607,11 @@ class CagulModel(NamedAdapters):
         kwargs: dict[str, Any],
         side: Callable[[], dict[str, Any]],
         deferred: Mapping[tuple[int, str], ScoreRequest] | None = None,
-    ) -> dict[str, Any] | None:
-        """Gate, and rewrite the flagged images: the decoder's new kwargs, or None (``side``:
-        the kwargs of a side pass, `hf_cagul.inflight.side_pass`; ``deferred``: score requests
-        the in-flight pass answered, by scoring layer and query mode)."""
+    ) -> tuple[dict[str, Any], torch.Tensor] | None:
+        """Gate, and rewrite the flagged images: the decoder's new kwargs and the batch rows
+        that hold a flagged image, or None (``side``: the kwargs of a side pass,
+        `hf_cagul.inflight.side_pass`; ``deferred``: score requests the in-flight pass
+        answered, by scoring layer and query mode)."""
         names = self._active_adapters
         adapters = [cast(CagulAdapter, self.cagul_adapters[name]) for name in names]
         configs = [self.cagul_config[name] for name in names]
@@ -582,6 +630,7 @@ class CagulModel(NamedAdapters):
             return None
 
         scores: dict[tuple[int, str], torch.Tensor] = {}
+        rows = tokens.spans[decision.flagged.to(tokens.spans.device), 0].unique()
 
         def scores_for(config: CagulConfig) -> torch.Tensor:
             if state.selection_scores is not None:
@@ -593,7 +642,6 @@ class CagulModel(NamedAdapters):
             if found is not None:
                 return found[:, -visual.states.shape[1] :]
             if key not in scores:
-                rows = tokens.spans[decision.flagged.to(tokens.spans.device), 0].unique()
                 scores[key] = self._attention_scores(visual, state, config, args, side(), rows)
             return scores[key]
 
@@ -601,11 +649,12 @@ class CagulModel(NamedAdapters):
         for image, trace in enumerate(traces):
             trace.scores = result.scores.get(image)
             trace.selected = result.selected.get(image)
-        return self.family.rewrite_extra_visual_inputs(
+        rewritten = self.family.rewrite_extra_visual_inputs(
             self.family.with_visual_states(kwargs, visual, result.states),
             result.samples,
             result.positions,
         )
+        return rewritten, rows
 
     def _record(
         self, decision: method.GateDecision, tokens: method.VisualTokens, names: list[str]
