@@ -11,7 +11,9 @@ the bare VLM:
   nothing on it);
 * the prefill forward with the gate closed (target <= 1.03x);
 * the prefill forward of ``--mixed-batch`` images of which the gate flags one (target <= 1.05x:
-  the truncated pass runs on that image's row only);
+  the truncated pass runs on that image's row only; a gate that reads the language model's
+  state lets the pass finish and runs that row once more on its own, so its floor is about
+  ``1 + 1 / mixed_batch``: 1.0625x for 16);
 * the prefill forward with every image flagged (target <= 1 + (L + 1) / N_layers + 0.10, L the
   attention layer: the truncated pass runs layers 0..L once more; with a gate that reads the
   language model's state, 1 + (G + 1) / N_layers + 0.10 instead: the pass aborted at the gate's
@@ -161,7 +163,8 @@ def decode_steps(
     after ``runs`` of them starts over with the first copy's used cache, so allow enough)."""
     prefill = model(**inputs, use_cache=True)
     first = prefill.logits[:, -1:].argmax(-1)
-    caches = [copy.deepcopy(prefill.past_key_values) for _ in range(runs)]
+    filled = prefill["cache" if "cache" in prefill else "past_key_values"]  # transformers < 5.25
+    caches = [copy.deepcopy(filled) for _ in range(runs)]
     mask = inputs["attention_mask"]
     calls = itertools.count()
 

@@ -101,8 +101,14 @@ def test_a_state_gate_reruns_the_flagged_row_alone(family, monkeypatch) -> None:
     before = snapshot(model.base_model)
     with torch.no_grad(), model.disable_adapter():
         bare_tokens = model.generate(**inputs, max_new_tokens=4, do_sample=False)
-    logits, passes = _layer_batches(model, lambda: model(**inputs).logits)
+    with model.trace() as traces:
+        logits, passes = _layer_batches(model, lambda: model(**inputs).logits)
     assert passes == [3, 1]  # the pass went on, then the flagged row ran again on its own
+    # Its scores, computed for its row alone, are those of a call that flags every row.
+    with model.force_gate(True), model.trace() as every:
+        _layer_batches(model, lambda: model(**inputs))
+    assert torch.allclose(traces[flagged].scores, every[flagged].scores, atol=1e-6)
+    assert torch.equal(traces[flagged].selected, every[flagged].selected)
     for row in range(3):
         if row != flagged:
             assert torch.equal(logits[row], bare[row])

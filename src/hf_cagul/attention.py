@@ -66,16 +66,27 @@ class ScoreRequest:
         if not self.defer:
             self.resolve()
 
-    def resolve(self) -> torch.Tensor | None:
+    def resolve(self, rows: torch.Tensor | None = None) -> torch.Tensor | None:
         """The scores, computed now from the kept inputs of a deferred request (None: the
-        layer never ran)."""
+        layer never ran). With ``rows``, computed for those batch rows only (the others are
+        zeros): the rows that hold a flagged image, the only ones a rewrite reads."""
         if self.scores is None and self._inputs is not None:
             module, query, key, attention_mask, kwargs = self._inputs
             self._inputs = None
+            batch, weights = query.shape[0], self.query_weights
+            kept = None if rows is None or len(rows) == batch else rows.to(query.device)
+            if kept is not None:
+                query, key, weights = query[kept], key[kept], weights[kept.to(weights.device)]
+                if attention_mask is not None and attention_mask.shape[0] == batch:
+                    attention_mask = attention_mask[kept.to(attention_mask.device)]
             with torch.no_grad():
-                self.scores = text_to_visual_scores(
-                    module, query, key, attention_mask, self.query_weights, **kwargs
+                scores = text_to_visual_scores(
+                    module, query, key, attention_mask, weights, **kwargs
                 )
+            if kept is not None:
+                found, scores = scores, scores.new_zeros(batch, scores.shape[1])
+                scores[kept.to(scores.device)] = found
+            self.scores = scores
         return self.scores
 
 

@@ -638,7 +638,7 @@ class CagulModel(NamedAdapters):
             key = (self._scoring_layer(config), config.query_tokens)
             if state.frozen is not None and key in state.frozen.scores:
                 return state.frozen.scores[key].to(visual.states.device)
-            found = deferred[key].resolve() if deferred and key in deferred else None
+            found = deferred[key].resolve(rows) if deferred and key in deferred else None
             if found is not None:
                 return found[:, -visual.states.shape[1] :]
             if key not in scores:
