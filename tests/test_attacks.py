@@ -204,6 +204,8 @@ def test_run_attacks_gives_the_report_its_table(tmp_path) -> None:
     ]
     none = attacks["rows"]["none"]
     assert none["evaded"] == 0 and none["flagged"] == 2 and none["max_change"] == 0
+    # The report's plot reads each white-box row's budget from the row, not from its name.
+    assert [row["budget"] for row in attacks["rows"].values()] == [None, 2, 16, None, None]
     half = [
         budget
         for budget in (2, 16)

@@ -96,6 +96,7 @@ class AttackResult:
         max_change: White-box: the largest change of a pixel channel (0-255) between a photo,
             at the processor's resolution, and its attacked version; never above the budget.
             None for the black-box attacker, whose views change the photo freely.
+        budget: White-box: the L-inf budget, in 1/255; None for the other attacks.
         images: The attacked photos, in order (what the measurement used).
     """
 
@@ -107,6 +108,7 @@ class AttackResult:
     base_leak: float
     queries: float
     max_change: int | None
+    budget: int | None
     images: list[Image.Image] = dataclasses.field(repr=False)
 
     @property
@@ -227,9 +229,8 @@ def white_box_attack(
         int(np.abs(np.asarray(a, np.int16) - np.asarray(o, np.int16)).max())
         for a, o in zip(attacked, originals, strict=True)
     )
-    return _measure(
-        model, processor, photos, attacked, f"white-box {budget}/255", steps, change, batch_size
-    )
+    name = f"white-box {budget}/255"
+    return _measure(model, processor, photos, attacked, name, steps, change, batch_size, budget)
 
 
 def black_box_attack(
@@ -377,6 +378,7 @@ def _measure(
     queries: float,
     max_change: int | None,
     batch_size: int,
+    budget: int | None = None,
 ) -> AttackResult:
     """Gate decisions and answers, served and bare, on the clean and the attacked photos."""
     threshold = shared_threshold(model)
@@ -394,7 +396,7 @@ def _measure(
     flagged = [score > threshold for score in before]
     evaded = sum(f and a <= threshold for f, a in zip(flagged, after, strict=True))
     return AttackResult(
-        name, len(photos), sum(flagged), evaded, served, bare, queries, max_change, attacked
+        name, len(photos), sum(flagged), evaded, served, bare, queries, max_change, budget, attacked
     )
 
 

@@ -488,9 +488,9 @@ def _attacks_figure(attacks: Any) -> Figure | None:
     if not isinstance(rows, Mapping):
         return None
     white = [
-        (int(name.split()[1].split("/")[0]), values)
-        for name, values in rows.items()
-        if name.startswith("white-box ")
+        (values["budget"], values)
+        for values in rows.values()
+        if isinstance(values, Mapping) and isinstance(values.get("budget"), int)
     ]
     if not white:
         return None
