@@ -76,27 +76,33 @@ def test_a_flagged_image_restarts_the_forward_with_the_rewrite(family) -> None:
     assert torch.equal(generated, expected)  # the aborted pass left nothing in the cache
 
 
+def bare_layer_output(model, index: int, inputs) -> torch.Tensor:
+    """The output of decoder layer ``index`` of the bare VLM on ``inputs``."""
+    hidden: list[torch.Tensor] = []
+    layer = model.family.decoder(model.base_model).layers[index]
+    handle = layer.register_forward_hook(
+        lambda m, a, out: hidden.append(out[0] if isinstance(out, tuple) else out)
+    )
+    try:
+        with torch.no_grad(), model.disable_adapter():
+            model.base_model(**inputs)
+    finally:
+        handle.remove()
+    return hidden[0]
+
+
 @families
 def test_the_gate_reads_the_state_after_its_layer_at_the_last_prompt_token(family) -> None:
     vlm, processor = tiny_vlm(family, num_hidden_layers=4)
     model = get_cagul_model(vlm, CagulConfig(gate="language_state", gate_layer=1))
     inputs = standard_batch(processor, family)
     features = model.gate_inputs(**inputs)
-    hidden: list[torch.Tensor] = []
-    layer = model.family.decoder(vlm).layers[1]
-    handle = layer.register_forward_hook(
-        lambda m, a, out: hidden.append(out[0] if isinstance(out, tuple) else out)
-    )
-    try:
-        with torch.no_grad(), model.disable_adapter(), model.trace() as traces:
-            vlm(**inputs)
-        with torch.no_grad(), model.trace() as traces:
-            model(**inputs)
-    finally:
-        handle.remove()
+    hidden = bare_layer_output(model, 1, inputs)
+    with torch.no_grad(), model.trace() as traces:
+        model(**inputs)
     prompt = inputs["attention_mask"].bool() & (inputs["input_ids"] != model._image_token_id)
     last = prompt.long().cumsum(1).argmax(1)
-    expected = torch.stack([hidden[0][t.sample, last[t.sample]] for t in traces])
+    expected = torch.stack([hidden[t.sample, last[t.sample]] for t in traces])
     assert torch.equal(features.language_state, expected)
     assert features.language_state.shape == (len(traces), vlm.config.get_text_config().hidden_size)
 
@@ -189,18 +195,9 @@ def test_a_gate_can_read_the_mean_state_of_the_image_own_tokens(family) -> None:
         vlm, CagulConfig(gate="language_state", gate_layer=2, gate_state_tokens="visual")
     )
     features = model.gate_inputs(**bare_inputs)
-    hidden: list[torch.Tensor] = []
-    layer = model.family.decoder(vlm).layers[2]
-    handle = layer.register_forward_hook(
-        lambda m, a, out: hidden.append(out[0] if isinstance(out, tuple) else out)
-    )
-    try:
-        with torch.no_grad(), model.disable_adapter():
-            vlm(**bare_inputs)
-    finally:
-        handle.remove()
+    hidden = bare_layer_output(model, 2, bare_inputs)
     runs = image_runs(bare_inputs, model._image_token_id)
-    expected = torch.stack([hidden[0][s, start:end].mean(0) for s, start, end in runs])
+    expected = torch.stack([hidden[s, start:end].mean(0) for s, start, end in runs])
     assert torch.allclose(features.language_state, expected, atol=1e-6)
     same = torch.allclose(features.language_state[0], features.language_state[1], atol=1e-5)
     # PaliGemma's prompt is a prefix that attends both ways: the question reaches the image.
