@@ -12,8 +12,7 @@ the bare VLM:
 * the prefill forward with the gate closed (target <= 1.03x);
 * the prefill forward of ``--mixed-batch`` images of which the gate flags one (target <= 1.05x:
   the truncated pass runs on that image's row only; a gate that reads the language model's
-  state lets the pass finish and runs that row once more on its own, so its floor is about
-  ``1 + 1 / mixed_batch``: 1.0625x for 16);
+  state lets the pass finish and runs that row once more on its own: one row's pass more);
 * the prefill forward with every image flagged (target <= 1 + (L + 1) / N_layers + 0.10, L the
   attention layer: the truncated pass runs layers 0..L once more; with a gate that reads the
   language model's state, 1 + (G + 1) / N_layers + 0.10 instead: the pass aborted at the gate's
@@ -153,6 +152,13 @@ def flag_one_image(model: Any, inputs: dict[str, torch.Tensor]) -> None:
         raise RuntimeError("the two highest gate probabilities are equal: no threshold flags one")
     config = dataclasses.replace(model.active_config, gate_threshold=float(top[0] + top[1]) / 2)
     model.cagul_config[model.active_adapter] = config
+    with torch.no_grad(), model.trace() as traces:
+        model(**inputs)
+    if sum(trace.flagged for trace in traces) != 1:
+        raise RuntimeError(
+            "the threshold set between the two highest probabilities flags "
+            f"{sum(trace.flagged for trace in traces)} images, not one"
+        )
 
 
 def decode_steps(

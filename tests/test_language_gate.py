@@ -178,7 +178,8 @@ def test_a_flagged_image_takes_its_scores_from_the_aborted_pass(family) -> None:
 @pytest.mark.parametrize("family", [f for f in TINY_FAMILIES if get_family(f).expands_image_tokens])
 def test_a_gate_can_read_the_mean_state_of_the_image_own_tokens(family) -> None:
     """``gate_state_tokens="visual"``: the mean over each image's visual tokens of its layer's
-    output, the same whatever question follows the image under causal attention."""
+    output, the same whatever question follows the image under causal attention; ``"both"``:
+    the last prompt token's state beside it, read by gates twice as wide."""
     vlm, processor = tiny_vlm(family, num_hidden_layers=4)
     bare_inputs = batch(
         processor,
@@ -203,6 +204,24 @@ def test_a_gate_can_read_the_mean_state_of_the_image_own_tokens(family) -> None:
     # PaliGemma's prompt is a prefix that attends both ways: the question reaches the image.
     assert same == (family != "paligemma")
     with torch.no_grad():  # a closed gate: the bare model's logits
+        assert torch.equal(model(**bare_inputs).logits, bare)
+    prompt = bare_inputs["attention_mask"].bool() & (
+        bare_inputs["input_ids"] != model._image_token_id
+    )
+    last = hidden[torch.arange(2), prompt.long().cumsum(1).argmax(1)]
+    for gate in STATE_GATES:
+        config = CagulConfig(gate=gate, gate_layer=2, gate_state_tokens="both")
+        model.add_adapter("both", config)
+        model.set_adapter("both")
+        both = model.gate_inputs(**bare_inputs).language_state
+        assert model.gate_probabilities(**bare_inputs).probabilities.shape == (1, 2)
+        model.set_adapter("default")
+        model.delete_adapter("both")
+        hidden_size = expected.shape[-1]
+        assert both.shape == (2, 2 * hidden_size)
+        assert torch.equal(both[:, :hidden_size], last)
+        assert torch.allclose(both[:, hidden_size:], expected, atol=1e-6)
+    with torch.no_grad():
         assert torch.equal(model(**bare_inputs).logits, bare)
     assert all(torch.equal(before[k], v) for k, v in model.unload().state_dict().items())
 

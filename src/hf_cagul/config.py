@@ -17,7 +17,7 @@ WEIGHTS_NAME = "cagul_adapter.safetensors"
 
 QUERY_TOKEN_CHOICES = ("prompt", "last")
 TOKEN_SELECTION_CHOICES = ("lowest", "random", "highest")
-GATE_STATE_TOKEN_CHOICES = ("last_prompt", "visual")
+GATE_STATE_TOKEN_CHOICES = ("last_prompt", "visual", "both")
 DEFAULT_GATE = "visual_tokens"
 """The paper's gate (`hf_cagul.gates.ForgetDiscriminator`); adapters saved without a gate use it."""
 # Written at injection; a saved adapter without them cannot be checked against a model.
@@ -69,8 +69,9 @@ class CagulConfig:
             the last prompt token of the image's sample; ``"visual"``, the mean over the image's
             own visual tokens (one state per image, and the same for every question where a
             causal prompt puts the image before the question; PaliGemma's prefix attends both
-            ways). ``"visual"`` needs a family whose visual
-            tokens are positions of the sequence (not Mllama's cross-attention).
+            ways); ``"both"``, the two side by side (a state twice as wide). ``"visual"`` and
+            ``"both"`` need a family whose visual tokens are positions of the sequence (not
+            Mllama's cross-attention).
         gate_members: How many copies of the gate design the gate is (at most
             `MAX_GATE_MEMBERS`): above 1, an ensemble (`hf_cagul.gates.GateEnsemble`) whose
             probability is the mean of its members', each initialised and fitted on its own
@@ -160,12 +161,12 @@ class CagulConfig:
             "reads (None: the last layer)."
         },
     )
-    gate_state_tokens: Literal["last_prompt", "visual"] = field(
+    gate_state_tokens: Literal["last_prompt", "visual", "both"] = field(
         default="last_prompt",
         metadata={
             "help": "Where a gate reading the language model's state reads it: 'last_prompt' "
-            "(the last prompt token of the image's sample) or 'visual' (the mean of the image's "
-            "own visual tokens)."
+            "(the last prompt token of the image's sample), 'visual' (the mean of the image's "
+            "own visual tokens) or 'both' (side by side)."
         },
     )
     gate_members: int = field(
@@ -251,6 +252,12 @@ class CagulConfig:
         if self.num_hidden_layers is None:
             raise ValueError("The config has not been bound to a model yet (num_hidden_layers).")
         return self.num_hidden_layers // 4
+
+    @property
+    def gate_state_size(self) -> int:
+        """Width of the language state a gate reads (`gate_state_tokens`), once the config
+        knows the model's hidden size (0 before)."""
+        return (self.hidden_size or 0) * (2 if self.gate_state_tokens == "both" else 1)
 
     @property
     def resolved_gate_layer(self) -> int:

@@ -291,8 +291,9 @@ class LanguageStateGate(Gate):
 
     @classmethod
     def from_config(cls, config: CagulConfig) -> LanguageStateGate:
-        """A gate of width ``config.discriminator_hidden_size``."""
-        return cls(config.hidden_size or 0, config.discriminator_hidden_size)
+        """A gate of width ``config.discriminator_hidden_size`` over the state the config reads
+        (`CagulConfig.gate_state_size`)."""
+        return cls(config.gate_state_size, config.discriminator_hidden_size)
 
     def forward(self, inputs: GateInputs) -> torch.Tensor:
         """Logits of shape ``(num_images,)`` from each image's language state."""
@@ -309,25 +310,30 @@ class VisualAndLanguageGate(Gate):
     question, the state carries the model's recognition, which is what leaks.
 
     Args:
-        hidden_size: Width of the visual tokens and of the language model's state.
+        hidden_size: Width of the visual tokens (and of the language model's state).
         inner_size: Width of each branch's hidden layer.
+        state_size: Width of the state read, when not ``hidden_size``
+            (`CagulConfig.gate_state_size`).
     """
 
     name = VISUAL_AND_LANGUAGE
     reads = LANGUAGE_STATE
 
-    def __init__(self, hidden_size: int, inner_size: int) -> None:
+    def __init__(self, hidden_size: int, inner_size: int, state_size: int | None = None) -> None:
         super().__init__()
+        state_size = state_size or hidden_size
         self.norm = nn.LayerNorm(hidden_size)
         self.token_mlp = nn.Sequential(nn.Linear(hidden_size, inner_size), nn.GELU())
-        self.state_norm = nn.LayerNorm(hidden_size)
-        self.state_mlp = nn.Sequential(nn.Linear(hidden_size, inner_size), nn.GELU())
+        self.state_norm = nn.LayerNorm(state_size)
+        self.state_mlp = nn.Sequential(nn.Linear(state_size, inner_size), nn.GELU())
         self.head = closed_head(3 * inner_size)
 
     @classmethod
     def from_config(cls, config: CagulConfig) -> VisualAndLanguageGate:
         """A gate whose branches have width ``config.discriminator_hidden_size``."""
-        return cls(config.hidden_size or 0, config.discriminator_hidden_size)
+        return cls(
+            config.hidden_size or 0, config.discriminator_hidden_size, config.gate_state_size
+        )
 
     def forward(self, inputs: GateInputs) -> torch.Tensor:
         """Logits of shape ``(num_images,)`` from each image's tokens and language state."""

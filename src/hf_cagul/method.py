@@ -96,18 +96,18 @@ class VisualTokens:
         """Keep the state ``hidden`` ``(batch, seq, hidden)`` of a decoder layer for each image:
         at the last prompt token (``query_mask``) of its sample, or (``where="visual"``) the
         mean over its own visual tokens, whose spans are then positions of ``hidden``'s
-        sequence (`CagulConfig.gate_state_tokens`). Attached to the graph where the pass has
-        one: the frozen VLM's weights take no gradient, the pixels of an attack do."""
-        if where == "visual":
-            samples = self.samples.to(hidden.device)
-            states = hidden[samples, self.positions.to(hidden.device)]
-            self.language_state = segment_mean(
-                states, self.image_index.to(hidden.device), self.num_images
-            )
-            return
-        last = last_query_token(query_mask.to(hidden.device)).long().argmax(dim=1)
-        samples = self.spans[:, 0].to(hidden.device)
-        self.language_state = hidden[samples, last[samples]]
+        sequence, or (``"both"``) the two side by side (`CagulConfig.gate_state_tokens`).
+        Attached to the graph where the pass has one: the frozen VLM's weights take no
+        gradient, the pixels of an attack do."""
+        read = []
+        if where != "visual":
+            last = last_query_token(query_mask.to(hidden.device)).long().argmax(dim=1)
+            samples = self.spans[:, 0].to(hidden.device)
+            read.append(hidden[samples, last[samples]])
+        if where != "last_prompt":
+            states = hidden[self.samples.to(hidden.device), self.positions.to(hidden.device)]
+            read.append(segment_mean(states, self.image_index.to(hidden.device), self.num_images))
+        self.language_state = torch.cat(read, dim=-1) if len(read) > 1 else read[0]
 
 
 def _as_input(adapter: CagulAdapter, tensor: torch.Tensor) -> torch.Tensor:

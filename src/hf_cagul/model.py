@@ -352,10 +352,11 @@ class CagulModel(NamedAdapters):
 
     def _check_layer(self, config: CagulConfig) -> None:
         self._scoring_layer(config)
-        if config.gate_state_tokens == "visual" and not self.family.expands_image_tokens:
+        if config.gate_state_tokens != "last_prompt" and not self.family.expands_image_tokens:
             raise ValueError(
-                f"gate_state_tokens='visual' reads the states of the image's visual tokens in "
-                f"the language model's sequence, but {self.family.name} passes its images "
+                f"gate_state_tokens={config.gate_state_tokens!r} reads the states of the "
+                "image's visual tokens in the language model's sequence, but "
+                f"{self.family.name} passes its images "
                 "through cross-attention, not as tokens of the sequence: use "
                 "gate_state_tokens='last_prompt'."
             )
