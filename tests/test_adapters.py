@@ -33,6 +33,7 @@ def logits(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
 def saved_pair(tmp_path):
     """Adapters "a" (25% of the tokens) and "b" (50%) with random encoders, saved apart."""
     vlm, processor = tiny_vlm("llava")
+    torch.manual_seed(0)  # the gates' layers: the same whatever ran before in this process
     model = get_cagul_model(vlm, CagulConfig(token_ratio=0.25), adapter_name="a")
     randomise_encoder(model, seed=1)
     model.add_adapter("b", CagulConfig(token_ratio=0.5))
@@ -165,11 +166,14 @@ def test_each_image_goes_to_its_own_adapter(pair) -> None:
     model.cagul_config["a"].gate_threshold = 0.01
     with model.trace() as traces:
         alone_a = logits(model, inputs)
+    assert all(trace.flagged for trace in traces)  # both rewritten by "a" alone
     low, high = sorted(range(2), key=lambda i: traces[i].probability)
     middle = (traces[low].probability + traces[high].probability) / 2
     set_gate(model, "b", middle, threshold=0.01)
     model.set_adapter("b")
-    alone_b = logits(model, inputs)
+    with model.trace() as traces:
+        alone_b = logits(model, inputs)
+    assert all(trace.flagged for trace in traces)  # and both by "b" alone
     model.set_adapter(["a", "b"])
     with model.trace() as traces:
         composed = logits(model, inputs)
