@@ -142,6 +142,21 @@ def test_a_rerun_costs_less_than_a_restart_or_the_batch_restarts() -> None:
     assert all(torch.equal(logits[row], bare[row]) for row in range(3) if row != flagged)
 
 
+def test_a_pass_that_fails_after_asking_for_a_rerun_leaves_none_behind() -> None:
+    model, inputs, bare, _ = _one_flagged("llava", gate="language_state")
+    norm = model.family.decoder(model.base_model).norm  # runs after the gate's (last) layer
+
+    def fail(*_: object) -> None:
+        raise RuntimeError("a failure after the gate's layer")
+
+    handle = norm.register_forward_pre_hook(fail)
+    with pytest.raises(RuntimeError, match="after the gate"), torch.no_grad():
+        model(**inputs)
+    handle.remove()
+    with torch.no_grad(), model.force_gate(False):
+        assert torch.equal(model(**inputs).logits, bare)
+
+
 def test_a_cache_with_keys_keeps_the_whole_batch() -> None:
     family = VLMFamily("llava", ("llava",))
     cache = type("Cache", (), {"get_seq_length": lambda self: 3})()

@@ -372,6 +372,7 @@ class CagulModel(NamedAdapters):
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
         _CALL.put(self, None)
+        _RERUN.put(self, None)  # a call that failed after its hook asked for a rerun left one
         if _DISABLED.get(self):
             return
         bound = kwargs  # generate calls with keywords only: nothing to bind on a decode step
