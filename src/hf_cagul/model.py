@@ -18,6 +18,7 @@ other's state, and two wrapped models never see each other's.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
@@ -526,11 +527,14 @@ class CagulModel(NamedAdapters):
             rewrite = self._decide(visual, state, tokens, args, kwargs, lambda: side, deferred)
             if rewrite is None:
                 return
+            rewritten, rows = rewrite
             rerun = (
-                self._row_rerun(*rewrite, visual.states.shape[0], gate_layer) if splice else None
+                self._row_rerun(rewritten, rows(), visual.states.shape[0], gate_layer)
+                if splice
+                else None
             )
             if rerun is None:
-                raise Restart(rewrite[0])
+                raise Restart(rewritten)
             _RERUN.put(self, rerun)
 
         handle = layer.register_forward_hook(read)
@@ -609,9 +613,10 @@ class CagulModel(NamedAdapters):
         kwargs: dict[str, Any],
         side: Callable[[], dict[str, Any]],
         deferred: Mapping[tuple[int, str], ScoreRequest] | None = None,
-    ) -> tuple[dict[str, Any], torch.Tensor] | None:
+    ) -> tuple[dict[str, Any], Callable[[], torch.Tensor]] | None:
         """Gate, and rewrite the flagged images: the decoder's new kwargs and the batch rows
-        that hold a flagged image, or None (``side``: the kwargs of a side pass,
+        that hold a flagged image (found when first asked: a device sync that a call with its
+        scores given never needs), or None (``side``: the kwargs of a side pass,
         `hf_cagul.inflight.side_pass`; ``deferred``: score requests the in-flight pass
         answered, by scoring layer and query mode)."""
         names = self._active_adapters
@@ -632,7 +637,9 @@ class CagulModel(NamedAdapters):
             return None
 
         scores: dict[tuple[int, str], torch.Tensor] = {}
-        rows = tokens.spans[decision.flagged.to(tokens.spans.device), 0].unique()
+        rows = functools.cache(
+            lambda: tokens.spans[decision.flagged.to(tokens.spans.device), 0].unique()
+        )
 
         def scores_for(config: CagulConfig) -> torch.Tensor:
             if state.selection_scores is not None:
@@ -640,11 +647,11 @@ class CagulModel(NamedAdapters):
             key = (self._scoring_layer(config), config.query_tokens)
             if state.frozen is not None and key in state.frozen.scores:
                 return state.frozen.scores[key].to(visual.states.device)
-            found = deferred[key].resolve(rows) if deferred and key in deferred else None
+            found = deferred[key].resolve(rows()) if deferred and key in deferred else None
             if found is not None:
                 return found[:, -visual.states.shape[1] :]
             if key not in scores:
-                scores[key] = self._attention_scores(visual, state, config, args, side(), rows)
+                scores[key] = self._attention_scores(visual, state, config, args, side(), rows())
             return scores[key]
 
         result = method.rewrite(tokens, decision, adapters, configs, scores_for)
