@@ -154,10 +154,11 @@ def flag_one_image(model: Any, inputs: dict[str, torch.Tensor]) -> None:
     model.cagul_config[model.active_adapter] = config
     with torch.no_grad(), model.trace() as traces:
         model(**inputs)
-    if sum(trace.flagged for trace in traces) != 1:
+    flagged = sum(trace.flagged for trace in traces)
+    if flagged != 1:
         raise RuntimeError(
-            "the threshold set between the two highest probabilities flags "
-            f"{sum(trace.flagged for trace in traces)} images, not one"
+            f"the threshold set between the two highest probabilities flags {flagged} images, "
+            "not one"
         )
 
 

@@ -270,7 +270,8 @@ def _language_state(gate: Gate, inputs: GateInputs) -> torch.Tensor:
 class LanguageStateGate(Gate):
     """A gate that reads the model's own recognition: the frozen language model's hidden state
     after `CagulConfig.gate_layer` at the last prompt token of the image's sample (or, with
-    `CagulConfig.gate_state_tokens` ``"visual"``, its mean over the image's own visual tokens).
+    `CagulConfig.gate_state_tokens` ``"visual"``, its mean over the image's own visual tokens;
+    ``"both"``, the two side by side).
 
     Leaks come from what the model recognises; the deeper the state, the better it predicts
     them. A layer-normalised MLP with one hidden layer of ``discriminator_hidden_size``.
